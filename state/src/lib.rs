@@ -1,1 +1,215 @@
-//! placeholder
+//! Platform state that outlives a restart: gateway credentials (and, in
+//! later issues, API tokens and alert states). Kept in `state.db`, a SQLite
+//! database in the data directory, so that `pantau gateway add` in another
+//! process takes effect in a running server without a restart.
+//!
+//! Secrets are random 256-bit tokens shown once; only their SHA-256 is
+//! stored. A fast hash is enough for a secret with that much entropy (there
+//! is nothing to brute-force), and it keeps each CONNECT cheap.
+
+#![forbid(unsafe_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use pantau_model::{GatewayId, Timestamp};
+use ring::digest;
+use ring::rand::{SecureRandom, SystemRandom};
+use rusqlite::{params, Connection, OptionalExtension};
+
+/// Errors of the state store.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// SQLite failed.
+    #[error("state database {path}: {source}")]
+    Sqlite {
+        /// The database file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// The gateway is already registered.
+    #[error("gateway {0} is already registered")]
+    DuplicateGateway(String),
+    /// The system random generator failed.
+    #[error("the system random number generator failed")]
+    Random,
+}
+
+/// Result of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The platform state database.
+#[derive(Debug)]
+pub struct StateDb {
+    /// Where the database lives, for error messages.
+    path: PathBuf,
+    /// One connection; state operations are rare and short.
+    conn: Mutex<Connection>,
+}
+
+/// A gateway as registered (no secret).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GatewayRecord {
+    /// Gateway id.
+    pub id: String,
+    /// When it was registered.
+    pub created: Timestamp,
+}
+
+impl StateDb {
+    /// Opens (creating if needed) `state.db` in `data_dir`.
+    pub fn open(data_dir: &Path) -> Result<Self> {
+        let path = data_dir.join("state.db");
+        let sql = |source| Error::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let conn = Connection::open(&path).map_err(sql)?;
+        conn.busy_timeout(Duration::from_secs(10)).map_err(sql)?;
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL;
+             PRAGMA synchronous = FULL;
+             CREATE TABLE IF NOT EXISTS gateways (
+                 id TEXT PRIMARY KEY,
+                 token_sha256 TEXT NOT NULL,
+                 created_ms INTEGER NOT NULL
+             ) WITHOUT ROWID;",
+        )
+        .map_err(sql)?;
+        Ok(Self {
+            path,
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn sql(&self, source: rusqlite::Error) -> Error {
+        Error::Sqlite {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        // A panic while holding the lock cannot leave SQLite inconsistent.
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Registers a new gateway and returns its token (shown only once).
+    pub fn add_gateway(&self, id: &GatewayId) -> Result<String> {
+        let token = new_token()?;
+        let n = self
+            .conn()
+            .execute(
+                "INSERT INTO gateways (id, token_sha256, created_ms) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (id) DO NOTHING",
+                params![id.as_str(), hash(&token), Timestamp::now().millis()],
+            )
+            .map_err(|e| self.sql(e))?;
+        if n == 0 {
+            return Err(Error::DuplicateGateway(id.to_string()));
+        }
+        Ok(token)
+    }
+
+    /// Registers a gateway or replaces its token; returns the new token.
+    /// Used for the demo's own simulated gateways at each start.
+    pub fn rotate_gateway_token(&self, id: &GatewayId) -> Result<String> {
+        let token = new_token()?;
+        self.conn()
+            .execute(
+                "INSERT INTO gateways (id, token_sha256, created_ms) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (id) DO UPDATE SET token_sha256 = excluded.token_sha256",
+                params![id.as_str(), hash(&token), Timestamp::now().millis()],
+            )
+            .map_err(|e| self.sql(e))?;
+        Ok(token)
+    }
+
+    /// Whether `token` is the secret of gateway `id`.
+    pub fn verify_gateway(&self, id: &str, token: &str) -> Result<bool> {
+        let stored: Option<String> = self
+            .conn()
+            .query_row(
+                "SELECT token_sha256 FROM gateways WHERE id = ?1",
+                [id],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| self.sql(e))?;
+        Ok(stored.is_some_and(|s| equal(s.as_bytes(), hash(token).as_bytes())))
+    }
+
+    /// Every registered gateway.
+    pub fn gateways(&self) -> Result<Vec<GatewayRecord>> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare("SELECT id, created_ms FROM gateways ORDER BY id")
+            .map_err(|e| self.sql(e))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(GatewayRecord {
+                    id: r.get(0)?,
+                    created: Timestamp(r.get(1)?),
+                })
+            })
+            .map_err(|e| self.sql(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.sql(e))
+    }
+}
+
+/// A new random token: 256 bits, hex.
+fn new_token() -> Result<String> {
+    let mut bytes = [0u8; 32];
+    SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|_| Error::Random)?;
+    Ok(hex(&bytes))
+}
+
+fn hash(token: &str) -> String {
+    hex(digest::digest(&digest::SHA256, token.as_bytes()).as_ref())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Compares without an early exit.
+fn equal(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gateway_tokens_verify_and_are_stored_hashed() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = StateDb::open(dir.path()).unwrap();
+        let id = GatewayId::new("gw-a").unwrap();
+        let token = db.add_gateway(&id).unwrap();
+        assert_eq!(token.len(), 64);
+        assert!(db.verify_gateway("gw-a", &token).unwrap());
+        assert!(!db.verify_gateway("gw-a", "wrong").unwrap());
+        assert!(!db.verify_gateway("gw-b", &token).unwrap());
+        assert!(matches!(
+            db.add_gateway(&id),
+            Err(Error::DuplicateGateway(_))
+        ));
+        drop(db);
+        let raw = std::fs::read(dir.path().join("state.db")).unwrap();
+        let text = String::from_utf8_lossy(&raw);
+        assert!(!text.contains(&token), "token stored in clear");
+        // A second process sees the gateway, and rotation replaces the token.
+        let db = StateDb::open(dir.path()).unwrap();
+        assert!(db.verify_gateway("gw-a", &token).unwrap());
+        let new = db.rotate_gateway_token(&id).unwrap();
+        assert!(!db.verify_gateway("gw-a", &token).unwrap());
+        assert!(db.verify_gateway("gw-a", &new).unwrap());
+        assert_eq!(db.gateways().unwrap().len(), 1);
+    }
+}

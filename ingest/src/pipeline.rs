@@ -1,0 +1,166 @@
+//! From an envelope payload to stored readings: validate → commit → count →
+//! offer to live subscribers. The caller acknowledges upstream only after
+//! [`Ingestor::ingest`] returns `Ok`.
+
+use std::sync::{Arc, RwLock};
+
+use pantau_model::validate::check_envelope;
+use pantau_model::{Policy, Reading, Registry, SensorKind, Timestamp};
+use serde::Serialize;
+use tokio::sync::broadcast;
+
+use crate::metrics::IngestMetrics;
+use crate::store::Store;
+use crate::Result;
+
+/// Live events kept for slow live subscribers before they skip ahead.
+const LIVE_BUFFER: usize = 4096;
+
+/// A stored reading, as offered to live subscribers.
+#[derive(Debug, Clone, Serialize)]
+pub struct LiveReading {
+    /// Sensor id.
+    pub sensor: String,
+    /// Sensor kind.
+    pub kind: SensorKind,
+    /// Reporting gateway.
+    pub gateway: String,
+    /// Observation time.
+    pub ts: Timestamp,
+    /// Values.
+    pub values: pantau_model::Values,
+}
+
+/// What became of one envelope.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct IngestOutcome {
+    /// Readings stored.
+    pub stored: usize,
+    /// Readings refused (each counted by reason).
+    pub rejected: usize,
+    /// Why the whole envelope was refused, if it was.
+    pub envelope_error: Option<String>,
+}
+
+/// The ingest path shared by every connection.
+#[derive(Debug)]
+pub struct Ingestor {
+    /// Sensors and which gateway owns each.
+    registry: RwLock<Arc<Registry>>,
+    /// Where readings are committed.
+    store: Arc<Store>,
+    /// Counters.
+    metrics: IngestMetrics,
+    /// Timestamp limits.
+    policy: Policy,
+    /// Fan-out of stored readings to live feeds.
+    live: broadcast::Sender<Arc<LiveReading>>,
+}
+
+impl Ingestor {
+    /// Builds the ingest path over a store.
+    pub fn new(registry: Registry, store: Arc<Store>, metrics: IngestMetrics) -> Self {
+        let (live, _) = broadcast::channel(LIVE_BUFFER);
+        Self {
+            registry: RwLock::new(Arc::new(registry)),
+            store,
+            metrics,
+            policy: Policy::default(),
+            live,
+        }
+    }
+
+    /// The current registry.
+    pub fn registry(&self) -> Arc<Registry> {
+        self.registry
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The store readings are committed to.
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    /// The counters.
+    pub fn metrics(&self) -> &IngestMetrics {
+        &self.metrics
+    }
+
+    /// A receiver of every reading stored from now on.
+    pub fn subscribe_live(&self) -> broadcast::Receiver<Arc<LiveReading>> {
+        self.live.subscribe()
+    }
+
+    /// Validates and durably stores the readings of one envelope published
+    /// by `gateway`. `Ok` means every good reading is committed and every bad
+    /// one counted; `Err` means nothing may be acknowledged.
+    pub async fn ingest(&self, gateway: &str, payload: &[u8]) -> Result<IngestOutcome> {
+        self.metrics.envelopes_received.inc();
+        let registry = self.registry();
+        let checked = match check_envelope(
+            payload,
+            gateway,
+            registry.as_ref(),
+            Timestamp::now(),
+            &self.policy,
+        ) {
+            Ok(c) => c,
+            Err(e) => {
+                self.metrics.reject_envelope(e.reason());
+                tracing::warn!(gateway, reason = e.reason(), error = %e, "Envelope rejected.");
+                return Ok(IngestOutcome {
+                    envelope_error: Some(e.to_string()),
+                    ..IngestOutcome::default()
+                });
+            }
+        };
+        for r in &checked.rejected {
+            self.metrics.reject_reading(r.reason.code());
+        }
+        if !checked.rejected.is_empty() {
+            let shown: Vec<String> = checked.rejected.iter().take(5).map(|r| r.to_string()).collect();
+            tracing::warn!(
+                gateway,
+                seq = checked.seq,
+                rejected = checked.rejected.len(),
+                accepted = checked.accepted.len(),
+                reasons = %shown.join("; "),
+                "Readings rejected."
+            );
+        }
+        let stored = checked.accepted.len();
+        self.metrics.readings_accepted.inc_by(stored as u64);
+        let readings: Vec<Reading> = checked.accepted;
+        let live: Vec<Arc<LiveReading>> = if self.live.receiver_count() > 0 {
+            readings
+                .iter()
+                .filter_map(|r| {
+                    registry.get(&r.sensor).map(|s| {
+                        Arc::new(LiveReading {
+                            sensor: r.sensor.clone(),
+                            kind: s.kind,
+                            gateway: gateway.to_owned(),
+                            ts: r.ts,
+                            values: r.values.clone(),
+                        })
+                    })
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        self.store.write(readings).await?;
+        self.metrics.readings_persisted.inc_by(stored as u64);
+        for event in live {
+            // No receiver left is fine: nobody is watching.
+            let _ = self.live.send(event);
+        }
+        Ok(IngestOutcome {
+            stored,
+            rejected: checked.rejected.len(),
+            envelope_error: None,
+        })
+    }
+}
