@@ -1,0 +1,242 @@
+//! rumqttd's router, used only for live fan-out, behind one feeder thread.
+//!
+//! rumqttd's in-process links have sharp edges (DESIGN.md §5): `LinkTx`
+//! sends block on the router's bounded channel, `LinkBuilder::build()`
+//! blocks until the router answers, and connection ids are reused slots,
+//! so a stale Disconnect can kill a newer connection. All of that is
+//! confined here: one thread owns every `LinkTx` and performs every build
+//! and send in arrival order. Connections talk to it through a bounded
+//! async queue, so a busy router slows publishers down instead of blocking
+//! tokio workers. A client id taken over by a new connection has its old
+//! link disconnected first, and the old key is forgotten, so the old
+//! connection's own late Disconnect can never reach the new one.
+//!
+//! Subscriptions are registered at QoS 0: live fan-out is best effort by
+//! design, since storage never depends on it.
+
+use std::collections::HashMap;
+use std::thread;
+
+use rumqttd::local::{LinkBuilder, LinkRx, LinkTx};
+use rumqttd::protocol::{Disconnect, DisconnectReasonCode, Packet, Publish};
+use rumqttd::{Notification, Router, RouterConfig};
+use tokio::sync::{mpsc, oneshot};
+
+/// Commands queued to the feeder before senders wait.
+const FEEDER_QUEUE: usize = 4096;
+
+/// Identifies one link for the feeder.
+pub type LinkKey = u64;
+
+/// Router sizing.
+#[derive(Debug, Clone)]
+pub struct RouterLimits {
+    /// Most simultaneous links.
+    pub max_connections: usize,
+    /// Bytes per log segment of each topic filter.
+    pub max_segment_size: usize,
+    /// Segments kept per topic filter.
+    pub max_segment_count: usize,
+}
+
+impl Default for RouterLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: 20_000,
+            max_segment_size: 1024 * 1024,
+            max_segment_count: 4,
+        }
+    }
+}
+
+#[derive(Debug)]
+enum Cmd {
+    Connect {
+        client_id: String,
+        clean_session: bool,
+        reply: oneshot::Sender<Result<(LinkKey, LinkRx), String>>,
+    },
+    Publish {
+        key: LinkKey,
+        publish: Publish,
+    },
+    Subscribe {
+        key: LinkKey,
+        filter: String,
+    },
+    Unsubscribe {
+        key: LinkKey,
+        filter: String,
+    },
+    Disconnect {
+        key: LinkKey,
+    },
+}
+
+/// Why the router could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum RouterError {
+    /// The feeder thread has stopped.
+    #[error("the router feeder has stopped")]
+    Gone,
+    /// The router refused the link.
+    #[error("the router refused the link: {0}")]
+    Refused(String),
+}
+
+/// A cheap, cloneable handle to the router's feeder.
+#[derive(Debug, Clone)]
+pub struct RouterHandle {
+    tx: mpsc::Sender<Cmd>,
+}
+
+impl RouterHandle {
+    /// Starts rumqttd's router thread and the feeder thread.
+    pub fn start(limits: &RouterLimits) -> std::io::Result<Self> {
+        let mut config = RouterConfig::default();
+        config.max_connections = limits.max_connections;
+        config.max_outgoing_packet_count = 200;
+        config.max_segment_size = limits.max_segment_size;
+        config.max_segment_count = limits.max_segment_count;
+        let router_tx = Router::new(0, config).spawn();
+        // The router's event type is private, so its sender is only ever
+        // held by this closure.
+        let build = move |client_id: &str, clean: bool| {
+            LinkBuilder::new(client_id, router_tx.clone())
+                .clean_session(clean)
+                .build()
+        };
+        let (tx, rx) = mpsc::channel(FEEDER_QUEUE);
+        thread::Builder::new()
+            .name("router-feeder".into())
+            .spawn(move || feeder(rx, build))?;
+        Ok(Self { tx })
+    }
+
+    async fn send(&self, cmd: Cmd) -> Result<(), RouterError> {
+        self.tx.send(cmd).await.map_err(|_| RouterError::Gone)
+    }
+
+    /// Opens a link for `client_id`, replacing any link it already has.
+    pub async fn connect(
+        &self,
+        client_id: &str,
+        clean_session: bool,
+    ) -> Result<(LinkKey, LinkRx), RouterError> {
+        let (reply, wait) = oneshot::channel();
+        self.send(Cmd::Connect {
+            client_id: client_id.to_owned(),
+            clean_session,
+            reply,
+        })
+        .await?;
+        wait.await
+            .map_err(|_| RouterError::Gone)?
+            .map_err(RouterError::Refused)
+    }
+
+    /// Publishes on behalf of a link (QoS 0 fan-out; `retain` is kept).
+    pub async fn publish(
+        &self,
+        key: LinkKey,
+        topic: bytes::Bytes,
+        payload: bytes::Bytes,
+        retain: bool,
+    ) -> Result<(), RouterError> {
+        self.send(Cmd::Publish {
+            key,
+            publish: Publish::new(topic, payload, retain),
+        })
+        .await
+    }
+
+    /// Subscribes a link to a filter.
+    pub async fn subscribe(&self, key: LinkKey, filter: String) -> Result<(), RouterError> {
+        self.send(Cmd::Subscribe { key, filter }).await
+    }
+
+    /// Unsubscribes a link from a filter.
+    pub async fn unsubscribe(&self, key: LinkKey, filter: String) -> Result<(), RouterError> {
+        self.send(Cmd::Unsubscribe { key, filter }).await
+    }
+
+    /// Closes a link. A link already replaced by a newer one is ignored.
+    pub async fn disconnect(&self, key: LinkKey) -> Result<(), RouterError> {
+        self.send(Cmd::Disconnect { key }).await
+    }
+}
+
+type BuildResult = Result<(LinkTx, LinkRx, Notification), rumqttd::local::LinkError>;
+
+fn feeder(mut rx: mpsc::Receiver<Cmd>, build: impl Fn(&str, bool) -> BuildResult) {
+    let mut links: HashMap<LinkKey, (String, LinkTx)> = HashMap::new();
+    let mut by_client: HashMap<String, LinkKey> = HashMap::new();
+    let mut next_key: LinkKey = 0;
+    let disconnect = |tx: &mut LinkTx| {
+        let packet = Packet::Disconnect(
+            Disconnect {
+                reason_code: DisconnectReasonCode::NormalDisconnection,
+            },
+            None,
+        );
+        if let Err(e) = futures::executor::block_on(tx.send(packet)) {
+            tracing::warn!(error = %e, "Router link disconnect failed.");
+        }
+    };
+    while let Some(cmd) = rx.blocking_recv() {
+        match cmd {
+            Cmd::Connect {
+                client_id,
+                clean_session,
+                reply,
+            } => {
+                if let Some(old) = by_client.remove(&client_id) {
+                    if let Some((_, mut tx)) = links.remove(&old) {
+                        disconnect(&mut tx);
+                    }
+                }
+                let answer = match build(&client_id, clean_session) {
+                    Ok((tx, link_rx, _connack)) => {
+                        next_key += 1;
+                        links.insert(next_key, (client_id.clone(), tx));
+                        by_client.insert(client_id, next_key);
+                        Ok((next_key, link_rx))
+                    }
+                    Err(e) => Err(e.to_string()),
+                };
+                let _ = reply.send(answer);
+            }
+            Cmd::Publish { key, publish } => {
+                if let Some((_, tx)) = links.get_mut(&key) {
+                    if let Err(e) =
+                        futures::executor::block_on(tx.send(Packet::Publish(publish, None)))
+                    {
+                        tracing::warn!(error = %e, "Router publish failed.");
+                    }
+                }
+            }
+            Cmd::Subscribe { key, filter } => {
+                if let Some((_, tx)) = links.get_mut(&key) {
+                    if let Err(e) = tx.subscribe(filter) {
+                        tracing::warn!(error = %e, "Router subscribe failed.");
+                    }
+                }
+            }
+            Cmd::Unsubscribe { key, filter } => {
+                if let Some((_, tx)) = links.get_mut(&key) {
+                    if let Err(e) = tx.unsubscribe(filter) {
+                        tracing::warn!(error = %e, "Router unsubscribe failed.");
+                    }
+                }
+            }
+            Cmd::Disconnect { key } => {
+                if let Some((client_id, mut tx)) = links.remove(&key) {
+                    if by_client.get(&client_id) == Some(&key) {
+                        by_client.remove(&client_id);
+                    }
+                    disconnect(&mut tx);
+                }
+            }
+        }
+    }
+}

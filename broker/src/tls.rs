@@ -1,0 +1,217 @@
+//! The platform's TLS material. On first start a development CA and a
+//! server certificate signed by it are generated into `DATA_DIR/tls/` and
+//! reused on every later start; gateways trust `tls/ca.pem`. An operator
+//! may replace `server.pem`/`server-key.pem` with a certificate from the
+//! city's own CA.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
+    IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use time::{Duration, OffsetDateTime};
+
+/// Errors preparing TLS.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Certificate generation failed.
+    #[error("certificate generation failed: {0}")]
+    Generate(#[from] rcgen::Error),
+    /// A PEM file holds no usable certificate or key.
+    #[error("{path}: not a usable PEM certificate or key: {source}")]
+    Pem {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: rustls_pki_types::pem::Error,
+    },
+    /// rustls refused the configuration.
+    #[error("TLS configuration: {0}")]
+    Rustls(#[from] rustls::Error),
+}
+
+/// Paths of the platform's TLS files.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// The CA certificate gateways trust.
+    pub ca_cert: PathBuf,
+    /// The CA's private key (mode 0600).
+    pub ca_key: PathBuf,
+    /// The MQTT listener's certificate.
+    pub server_cert: PathBuf,
+    /// The MQTT listener's private key (mode 0600).
+    pub server_key: PathBuf,
+}
+
+impl TlsFiles {
+    /// The file layout under `data_dir/tls`.
+    pub fn in_data_dir(data_dir: &Path) -> Self {
+        let dir = data_dir.join("tls");
+        Self {
+            ca_cert: dir.join("ca.pem"),
+            ca_key: dir.join("ca-key.pem"),
+            server_cert: dir.join("server.pem"),
+            server_key: dir.join("server-key.pem"),
+        }
+    }
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TlsError + '_ {
+    move |source| TlsError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+fn write_file(path: &Path, contents: &str, secret: bool) -> Result<(), TlsError> {
+    let mut opts = fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    if secret {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let _ = secret;
+    let mut f = opts.open(path).map_err(io(path))?;
+    f.write_all(contents.as_bytes()).map_err(io(path))?;
+    f.sync_all().map_err(io(path))
+}
+
+/// The CA's parameters. They are the same on every call, so an issuer can
+/// be rebuilt from the stored key alone.
+fn ca_params() -> CertificateParams {
+    let mut p = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, "Pantau platform CA");
+    dn.push(DnType::OrganizationName, "Pantau");
+    p.distinguished_name = dn;
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    p.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let now = OffsetDateTime::now_utc();
+    p.not_before = now - Duration::days(1);
+    p.not_after = now + Duration::days(3650);
+    p
+}
+
+/// Loads the CA, generating it first if `data_dir` has none.
+/// Returns whether it was generated now.
+pub fn ensure_ca(files: &TlsFiles) -> Result<bool, TlsError> {
+    if files.ca_cert.exists() && files.ca_key.exists() {
+        return Ok(false);
+    }
+    if let Some(dir) = files.ca_cert.parent() {
+        fs::create_dir_all(dir).map_err(io(dir))?;
+    }
+    let key = KeyPair::generate()?;
+    let cert = ca_params().self_signed(&key)?;
+    write_file(&files.ca_key, &key.serialize_pem(), true)?;
+    write_file(&files.ca_cert, &cert.pem(), false)?;
+    tracing::info!(path = %files.ca_cert.display(), "Generated the platform CA.");
+    Ok(true)
+}
+
+fn ca_issuer(files: &TlsFiles) -> Result<Issuer<'static, KeyPair>, TlsError> {
+    let pem = fs::read_to_string(&files.ca_key).map_err(io(&files.ca_key))?;
+    let key = KeyPair::from_pem(&pem)?;
+    Ok(Issuer::new(ca_params(), key))
+}
+
+/// Ensures the CA and a server certificate exist (generating what is
+/// missing) and builds the listener's rustls configuration with the ring
+/// provider. `names` are extra DNS names or IP addresses for the server
+/// certificate besides `localhost`, `127.0.0.1` and `::1`.
+pub fn server_config(
+    files: &TlsFiles,
+    names: &[String],
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    ensure_ca(files)?;
+    if !(files.server_cert.exists() && files.server_key.exists()) {
+        let mut all = vec!["localhost".to_string(), "127.0.0.1".into(), "::1".into()];
+        all.extend(names.iter().cloned());
+        let mut p = CertificateParams::default();
+        p.subject_alt_names = all
+            .iter()
+            .map(|n| match n.parse::<std::net::IpAddr>() {
+                Ok(ip) => Ok(SanType::IpAddress(ip)),
+                Err(_) => Ok(SanType::DnsName(n.clone().try_into()?)),
+            })
+            .collect::<Result<_, rcgen::Error>>()?;
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, "pantau");
+        p.distinguished_name = dn;
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        let now = OffsetDateTime::now_utc();
+        p.not_before = now - Duration::days(1);
+        p.not_after = now + Duration::days(825);
+        let key = KeyPair::generate()?;
+        let cert = p.signed_by(&key, &ca_issuer(files)?)?;
+        write_file(&files.server_key, &key.serialize_pem(), true)?;
+        write_file(&files.server_cert, &cert.pem(), false)?;
+        tracing::info!(path = %files.server_cert.display(), "Generated the MQTT server certificate.");
+    }
+    let certs = CertificateDer::pem_file_iter(&files.server_cert)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|source| TlsError::Pem {
+            path: files.server_cert.clone(),
+            source,
+        })?;
+    let key = PrivateKeyDer::from_pem_file(&files.server_key).map_err(|source| TlsError::Pem {
+        path: files.server_key.clone(),
+        source,
+    })?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)?;
+    Ok(Arc::new(config))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generates_once_and_reuses() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = TlsFiles::in_data_dir(dir.path());
+        server_config(&files, &["gateway.example".into()]).unwrap();
+        let ca = fs::read(&files.ca_cert).unwrap();
+        let server = fs::read(&files.server_cert).unwrap();
+        assert!(!ensure_ca(&files).unwrap());
+        server_config(&files, &[]).unwrap();
+        assert_eq!(fs::read(&files.ca_cert).unwrap(), ca);
+        assert_eq!(fs::read(&files.server_cert).unwrap(), server);
+        // A server certificate issued later by the stored CA key still chains.
+        fs::remove_file(&files.server_cert).unwrap();
+        fs::remove_file(&files.server_key).unwrap();
+        server_config(&files, &[]).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = fs::metadata(&files.ca_key).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+    }
+}

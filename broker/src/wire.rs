@@ -1,0 +1,131 @@
+//! MQTT 3.1.1 framing over any async stream with rumqttd's public codec.
+//! `Publish`'s QoS and packet id are crate-private in rumqttd, so they are
+//! read from the raw frame, located with the public `v4::check()`.
+
+use bytes::BytesMut;
+use rumqttd::protocol::v4::{check, FixedHeader, V4};
+use rumqttd::protocol::{Error as ProtoError, Packet, Protocol};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// A decoded packet plus the publish fields rumqttd keeps private.
+#[derive(Debug)]
+pub(crate) struct Frame {
+    pub(crate) packet: Packet,
+    /// QoS of a PUBLISH (0 otherwise).
+    pub(crate) qos: u8,
+    /// Packet id of a PUBLISH with QoS > 0 (0 otherwise).
+    pub(crate) pkid: u16,
+}
+
+/// Why reading from a client failed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum WireError {
+    #[error("connection closed by peer")]
+    Closed,
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("malformed packet: {0}")]
+    Protocol(ProtoError),
+}
+
+impl WireError {
+    /// Counter label.
+    pub(crate) fn reason(&self) -> &'static str {
+        match self {
+            WireError::Closed => "closed",
+            WireError::Io(_) => "io_error",
+            WireError::Protocol(ProtoError::PayloadSizeLimitExceeded(_)) => "packet_too_large",
+            WireError::Protocol(_) => "malformed_packet",
+        }
+    }
+}
+
+/// A client connection with read and write buffers.
+#[derive(Debug)]
+pub(crate) struct Wire<S> {
+    io: S,
+    rbuf: BytesMut,
+    wbuf: BytesMut,
+    /// Largest remaining length accepted.
+    max_packet: usize,
+}
+
+fn publish_meta(h: &FixedHeader, buf: &[u8]) -> (u8, u16) {
+    if h.byte1 >> 4 != 3 {
+        return (0, 0);
+    }
+    let qos = (h.byte1 >> 1) & 0b11;
+    if qos == 0 {
+        return (0, 0);
+    }
+    let at = h.fixed_header_len;
+    let topic_len = match buf.get(at..at + 2) {
+        Some(b) => u16::from_be_bytes([b[0], b[1]]) as usize,
+        None => return (qos, 0),
+    };
+    let p = at + 2 + topic_len;
+    match buf.get(p..p + 2) {
+        Some(b) => (qos, u16::from_be_bytes([b[0], b[1]])),
+        None => (qos, 0),
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
+    pub(crate) fn new(io: S, max_packet: usize) -> Self {
+        Self {
+            io,
+            rbuf: BytesMut::with_capacity(4096),
+            wbuf: BytesMut::with_capacity(4096),
+            max_packet,
+        }
+    }
+
+    /// Reads one packet. Cancel-safe: partial input stays buffered.
+    pub(crate) async fn read(&mut self) -> Result<Frame, WireError> {
+        loop {
+            match check(self.rbuf.iter(), self.max_packet) {
+                Ok(header) => {
+                    let (qos, pkid) = publish_meta(&header, &self.rbuf);
+                    let packet = V4
+                        .read_mut(&mut self.rbuf, self.max_packet)
+                        .map_err(WireError::Protocol)?;
+                    return Ok(Frame { packet, qos, pkid });
+                }
+                Err(ProtoError::InsufficientBytes(_)) => {
+                    if self.io.read_buf(&mut self.rbuf).await? == 0 {
+                        return Err(WireError::Closed);
+                    }
+                }
+                Err(e) => return Err(WireError::Protocol(e)),
+            }
+        }
+    }
+
+    /// Queues a packet for [`Wire::flush`].
+    pub(crate) fn queue(&mut self, packet: Packet) -> Result<(), WireError> {
+        V4.write(packet, &mut self.wbuf)
+            .map(drop)
+            .map_err(WireError::Protocol)
+    }
+
+    /// Writes everything queued.
+    pub(crate) async fn flush(&mut self) -> Result<(), WireError> {
+        if !self.wbuf.is_empty() {
+            self.io.write_all(&self.wbuf).await?;
+            self.wbuf.clear();
+        }
+        self.io.flush().await?;
+        Ok(())
+    }
+
+    /// Writes one packet now.
+    pub(crate) async fn send(&mut self, packet: Packet) -> Result<(), WireError> {
+        self.queue(packet)?;
+        self.flush().await
+    }
+
+    /// Closes the write side (TLS close_notify).
+    pub(crate) async fn shutdown(&mut self) {
+        let _ = self.io.shutdown().await;
+    }
+}
