@@ -15,7 +15,7 @@ use crate::time::Timestamp;
 pub const ENVELOPE_VERSION: u32 = 1;
 
 /// A field value: a number or a flag.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum Value {
     /// A number (counts are whole numbers).
