@@ -151,8 +151,11 @@ async fn accept_connect<S: AsyncRead + AsyncWrite + Unpin>(
             return None;
         }
     };
-    // The client id must be the gateway's own (or empty, meaning "assign").
-    if !(connect.client_id.is_empty() || connect.client_id == gateway.as_str()) {
+    // Identity comes from the credentials; the session is always keyed by
+    // the gateway id. A persistent session must name it as its client id;
+    // a clean session may use any client id (so that stock tools such as
+    // `mosquitto_pub`, which invent one, work as documented).
+    if !connect.clean_session && connect.client_id != gateway.as_str() {
         refuse(wire, shared, peer, ConnectReturnCode::NotAuthorized, "client_id_mismatch").await;
         return None;
     }

@@ -1,0 +1,143 @@
+//! Command line: `pantau up`, `pantau gateway add`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use pantau_broker::tls::{ensure_ca, TlsFiles};
+use pantau_model::GatewayId;
+use pantau_state::StateDb;
+
+use crate::config::{FileConfig, UpConfig, DEFAULT_DATA_DIR, DEFAULT_HTTP, DEFAULT_MQTT};
+
+/// Pantau: sensor telemetry for a city's infrastructure.
+#[derive(Debug, Parser)]
+#[command(name = "pantau", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the whole platform in one process (broker, ingest, store, API).
+    Up(UpArgs),
+    /// Manage gateways.
+    Gateway {
+        #[command(subcommand)]
+        command: GatewayCommand,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct UpArgs {
+    /// Also run simulated gateways for every site of the registry (the
+    /// Dumai demo registry unless --registry is given).
+    #[arg(long, env = "PANTAU_DEMO")]
+    demo: bool,
+    /// Data directory [default: ./pantau-data].
+    #[arg(long, env = "PANTAU_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// HTTP API address [default: 127.0.0.1:8080].
+    #[arg(long, env = "PANTAU_HTTP_LISTEN")]
+    http_listen: Option<SocketAddr>,
+    /// MQTT over TLS address [default: 0.0.0.0:8883].
+    #[arg(long, env = "PANTAU_MQTT_LISTEN")]
+    mqtt_listen: Option<SocketAddr>,
+    /// Configuration file (TOML); flags override it.
+    #[arg(long, env = "PANTAU_CONFIG")]
+    config: Option<PathBuf>,
+    /// Sensor registry (TOML).
+    #[arg(long, env = "PANTAU_REGISTRY")]
+    registry: Option<PathBuf>,
+    /// Sampling interval of the demo gateways.
+    #[arg(long, env = "PANTAU_DEMO_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
+    demo_interval: Duration,
+}
+
+#[derive(Debug, Subcommand)]
+enum GatewayCommand {
+    /// Register a gateway; prints its credentials once, as JSON.
+    Add {
+        /// Gateway id: lowercase letters, digits and '-', at most 64.
+        id: String,
+        /// Data directory [default: ./pantau-data].
+        #[arg(long, env = "PANTAU_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+    },
+}
+
+/// Entry point of the `pantau` binary.
+pub fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    // One crypto provider for every TLS user in the process: ring.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Up(args) => resolve(args).and_then(|cfg| {
+            tokio::runtime::Runtime::new()
+                .map_err(anyhow::Error::from)
+                .and_then(|rt| rt.block_on(crate::up::up(cfg)))
+        }),
+        Command::Gateway {
+            command: GatewayCommand::Add { id, data_dir },
+        } => gateway_add(&id, data_dir.unwrap_or_else(|| DEFAULT_DATA_DIR.into())),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pantau: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn resolve(args: UpArgs) -> anyhow::Result<UpConfig> {
+    let file = match &args.config {
+        Some(p) => FileConfig::load(p)?,
+        None => FileConfig::default(),
+    };
+    Ok(UpConfig {
+        data_dir: args.data_dir.or(file.data_dir).unwrap_or_else(|| DEFAULT_DATA_DIR.into()),
+        http_listen: args
+            .http_listen
+            .or(file.http_listen)
+            .unwrap_or_else(|| DEFAULT_HTTP.parse().expect("valid default")),
+        mqtt_listen: args
+            .mqtt_listen
+            .or(file.mqtt_listen)
+            .unwrap_or_else(|| DEFAULT_MQTT.parse().expect("valid default")),
+        registry: args.registry.or(file.registry),
+        demo: args.demo,
+        demo_interval: args.demo_interval,
+        tls_names: file.tls_names,
+    })
+}
+
+fn gateway_add(id: &str, data_dir: PathBuf) -> anyhow::Result<()> {
+    let id = GatewayId::new(id).map_err(|e| anyhow::anyhow!("invalid gateway id {id:?}: {e}"))?;
+    std::fs::create_dir_all(&data_dir)
+        .map_err(|e| anyhow::anyhow!("cannot create data dir {}: {e}", data_dir.display()))?;
+    let files = TlsFiles::in_data_dir(&data_dir);
+    ensure_ca(&files)?;
+    let state = StateDb::open(&data_dir)?;
+    let token = state.add_gateway(&id)?;
+    let ca_file = std::fs::canonicalize(&files.ca_cert).unwrap_or(files.ca_cert);
+    println!(
+        "{}",
+        serde_json::json!({
+            "gateway": id.as_str(),
+            "username": id.as_str(),
+            "password": token,
+            "ca_file": ca_file,
+        })
+    );
+    Ok(())
+}

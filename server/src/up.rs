@@ -1,0 +1,150 @@
+//! `pantau up`: every part of the platform in one process.
+//!
+//! Start order: data dir → state and store → TLS → bind both listeners
+//! (a listener that cannot bind stops the start with its address) → router
+//! → broker and API → demo gateways. Shutdown (SIGINT or SIGTERM) runs in
+//! reverse: demo gateways, then the broker (no new telemetry; in-flight
+//! commits finish), then the API; the store's writer drains its queue
+//! before the process exits. Past the grace period the process exits anyway
+//! and says so.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use pantau_broker::tls::{server_config, TlsFiles};
+use pantau_broker::{BrokerConfig, BrokerDeps, BrokerMetrics, RouterHandle, RouterLimits};
+use pantau_ingest::{IngestMetrics, Ingestor, Store};
+use pantau_model::Registry;
+use pantau_state::StateDb;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::UpConfig;
+
+/// How long shutdown may take before the process exits regardless.
+const GRACE: Duration = Duration::from_secs(10);
+
+fn load_registry(cfg: &UpConfig) -> anyhow::Result<Registry> {
+    Ok(match (&cfg.registry, cfg.demo) {
+        (Some(path), _) => Registry::load(path)?,
+        (None, true) => Registry::parse(crate::DEMO_REGISTRY).context("built-in demo registry")?,
+        (None, false) => Registry::empty(),
+    })
+}
+
+async fn bind(addr: std::net::SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} ({what})"))
+}
+
+/// Runs the platform until SIGINT/SIGTERM.
+pub async fn up(cfg: UpConfig) -> anyhow::Result<()> {
+    let registry = load_registry(&cfg)?;
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("cannot create data dir {}", cfg.data_dir.display()))?;
+    let state = Arc::new(StateDb::open(&cfg.data_dir)?);
+    let store = Arc::new(Store::open(&cfg.data_dir)?);
+    let files = TlsFiles::in_data_dir(&cfg.data_dir);
+    let tls = server_config(&files, &cfg.tls_names)?;
+
+    let http = bind(cfg.http_listen, "HTTP API").await?;
+    let mqtt = bind(cfg.mqtt_listen, "MQTT over TLS").await?;
+    let http_addr = http.local_addr()?;
+    let mqtt_addr = mqtt.local_addr()?;
+
+    let mut metrics = prometheus_client::registry::Registry::default();
+    let ingest_metrics = IngestMetrics::default();
+    ingest_metrics.register(&mut metrics);
+    let broker_metrics = BrokerMetrics::default();
+    broker_metrics.register(&mut metrics);
+
+    let sensors = registry.len();
+    let ingestor = Arc::new(Ingestor::new(registry, store, ingest_metrics));
+    let router = RouterHandle::start(&RouterLimits::default()).context("cannot start the router")?;
+
+    let stop_demo = CancellationToken::new();
+    let stop_broker = CancellationToken::new();
+    let stop_api = CancellationToken::new();
+    let demo_tasks = TaskTracker::new();
+
+    let broker = tokio::spawn(pantau_broker::run(
+        BrokerConfig::default(),
+        BrokerDeps {
+            tls,
+            router,
+            ingestor: ingestor.clone(),
+            state: state.clone(),
+            metrics: broker_metrics,
+        },
+        mqtt,
+        stop_broker.clone(),
+    ));
+    let api = tokio::spawn(pantau_api::run(
+        pantau_api::AppState {
+            ingestor: ingestor.clone(),
+            metrics: Arc::new(metrics),
+        },
+        http,
+        stop_api.clone(),
+    ));
+
+    tracing::info!(
+        http = %http_addr,
+        mqtt = %mqtt_addr,
+        sensors,
+        data_dir = %cfg.data_dir.display(),
+        "Pantau is up: live conditions at http://{http_addr}/api/v1/public/conditions"
+    );
+    if cfg.demo {
+        let client_tls = pantau_edge_agent::uplink::client_tls(&files.ca_cert)?;
+        let n = crate::demo::start(
+            &ingestor.registry(),
+            &state,
+            mqtt_addr,
+            client_tls,
+            cfg.demo_interval,
+            &demo_tasks,
+            stop_demo.clone(),
+        )?;
+        tracing::info!(gateways = n, "Demo gateways started.");
+    }
+
+    wait_for_signal().await;
+    tracing::info!("Shutting down.");
+    let ordered = async {
+        stop_demo.cancel();
+        demo_tasks.close();
+        demo_tasks.wait().await;
+        stop_broker.cancel();
+        let _ = broker.await;
+        stop_api.cancel();
+        let _ = api.await;
+    };
+    if tokio::time::timeout(GRACE, ordered).await.is_err() {
+        tracing::warn!(grace_s = GRACE.as_secs(), "Shutdown grace period passed; exiting with tasks pending.");
+    }
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = match signal(SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}
