@@ -1,1 +1,238 @@
-//! placeholder
+//! End-to-end test harness: starts the real `pantau` binary on free
+//! loopback ports with a temporary data directory, waits for readiness with
+//! a deadline, drives real third-party clients (Mosquitto's
+//! `mosquitto_pub`), and kills the process on drop.
+
+use std::future::Future;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+
+/// Path of a workspace binary built next to the test executable.
+pub fn binary(name: &str) -> PathBuf {
+    if let Ok(p) = std::env::var(format!("{}_BIN", name.to_uppercase().replace('-', "_"))) {
+        return p.into();
+    }
+    // target/<profile>/deps/<test> → target/<profile>/<name>
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let bin = dir.join(name);
+    assert!(
+        bin.exists(),
+        "{} not found: build it first (cargo build --workspace --bins)",
+        bin.display()
+    );
+    bin
+}
+
+/// A free loopback port (bound, then released).
+pub fn free_addr() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+}
+
+/// Polls `check` until it returns `Some`, or fails after `deadline`.
+pub async fn eventually<T, F, Fut>(deadline: Duration, what: &str, mut check: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let end = tokio::time::Instant::now() + deadline;
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        tick.tick().await;
+        if let Some(v) = check().await {
+            return Ok(v);
+        }
+        if tokio::time::Instant::now() > end {
+            bail!("timed out after {deadline:?} waiting for {what}");
+        }
+    }
+}
+
+/// A running `pantau up`.
+#[derive(Debug)]
+pub struct Pantau {
+    child: Child,
+    /// Data directory (kept across restarts by the caller).
+    pub data_dir: PathBuf,
+    /// HTTP address.
+    pub http: SocketAddr,
+    /// MQTT over TLS address.
+    pub mqtt: SocketAddr,
+    /// Where the process's stderr (its log) goes.
+    pub log: PathBuf,
+}
+
+impl Pantau {
+    /// Starts `pantau up EXTRA...` on `data_dir` and waits for `/healthz`.
+    pub async fn start(data_dir: &Path, extra: &[&str]) -> Result<Self> {
+        let http = free_addr();
+        let mqtt = free_addr();
+        let log = data_dir.with_extension(format!("{}.log", mqtt.port()));
+        let child = Command::new(binary("pantau"))
+            .arg("up")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .arg("--http-listen")
+            .arg(http.to_string())
+            .arg("--mqtt-listen")
+            .arg(mqtt.to_string())
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()
+            .context("spawn pantau")?;
+        let mut p = Self { child, data_dir: data_dir.to_owned(), http, mqtt, log };
+        let url = p.url("/healthz");
+        let client = reqwest::Client::new();
+        let ready = eventually(Duration::from_secs(30), "pantau /healthz", || {
+            let (client, url) = (client.clone(), url.clone());
+            async move { client.get(&url).send().await.ok().filter(|r| r.status().is_success()) }
+        })
+        .await;
+        if let Err(e) = ready {
+            let status = p.child.try_wait()?;
+            bail!("{e}; process status {status:?}; log:\n{}", p.log_text());
+        }
+        Ok(p)
+    }
+
+    /// A URL on the HTTP listener.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.http, path)
+    }
+
+    /// GETs a JSON document.
+    pub async fn get_json(&self, path: &str) -> Result<Value> {
+        let r = reqwest::get(self.url(path)).await?.error_for_status()?;
+        Ok(r.json().await?)
+    }
+
+    /// GETs `/metrics` as text.
+    pub async fn metrics(&self) -> Result<String> {
+        Ok(reqwest::get(self.url("/metrics")).await?.text().await?)
+    }
+
+    /// The process's log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Stops the process with SIGKILL and waits for it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Stops the process with SIGTERM and waits (bounded) for it to exit.
+    pub async fn terminate(&mut self) -> Result<()> {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status()?;
+        let child = &mut self.child;
+        let mut exited = None;
+        let waited = eventually(Duration::from_secs(15), "pantau to exit after SIGTERM", || {
+            exited = child.try_wait().ok().flatten();
+            std::future::ready(exited)
+        })
+        .await;
+        if waited.is_err() {
+            self.kill();
+        }
+        waited.map(drop)
+    }
+}
+
+impl Drop for Pantau {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Credentials printed by `pantau gateway add`.
+#[derive(Debug, Clone)]
+pub struct GatewayCreds {
+    /// Gateway id.
+    pub gateway: String,
+    /// Token.
+    pub password: String,
+    /// CA certificate path.
+    pub ca_file: PathBuf,
+}
+
+/// Runs `pantau gateway add ID --data-dir DIR`.
+pub fn gateway_add(data_dir: &Path, id: &str) -> Result<GatewayCreds> {
+    let out = Command::new(binary("pantau"))
+        .args(["gateway", "add", id, "--data-dir"])
+        .arg(data_dir)
+        .output()?;
+    if !out.status.success() {
+        bail!("gateway add failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let v: Value = serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("stdout is not one JSON object: {:?}", String::from_utf8_lossy(&out.stdout)))?;
+    assert_eq!(v["gateway"], id);
+    assert_eq!(v["username"], id);
+    Ok(GatewayCreds {
+        gateway: id.into(),
+        password: v["password"].as_str().context("password")?.into(),
+        ca_file: v["ca_file"].as_str().context("ca_file")?.into(),
+    })
+}
+
+/// Runs `mosquitto_pub` (Debian's mosquitto-clients) at QoS 1 over TLS.
+pub fn mosquitto_pub(mqtt: SocketAddr, ca: Option<&Path>, user: &str, password: &str, topic: &str, message: &str) -> Result<Output> {
+    let mut cmd = Command::new("mosquitto_pub");
+    cmd.args(["-h", "127.0.0.1", "-p", &mqtt.port().to_string()]);
+    if let Some(ca) = ca {
+        cmd.arg("--cafile").arg(ca);
+    }
+    cmd.args(["-u", user, "-P", password, "-q", "1", "-t", topic, "-m", message]);
+    Ok(cmd.output().context("run mosquitto_pub (install mosquitto-clients)")?)
+}
+
+/// Rows of one field of one sensor, read straight from the embedded store.
+pub fn stored(data_dir: &Path, sensor: &str) -> Result<Vec<(String, i64, f64)>> {
+    let conn = rusqlite::Connection::open_with_flags(
+        data_dir.join("readings.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )?;
+    let mut stmt = conn.prepare("SELECT field, ts, value FROM samples WHERE sensor = ?1 ORDER BY ts, field")?;
+    let rows = stmt.query_map([sensor], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Total rows in the embedded store.
+pub fn stored_count(data_dir: &Path) -> Result<i64> {
+    let conn = rusqlite::Connection::open_with_flags(
+        data_dir.join("readings.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )?;
+    Ok(conn.query_row("SELECT count(*) FROM samples", [], |r| r.get(0))?)
+}
+
+/// The value of a Prometheus sample line (`name{labels} value`), if present.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse().ok()))
+}
+
+/// The minimal registry from the foundation issue, as written.
+pub const MINIMAL_REGISTRY: &str = r#"[[sensor]]
+id = "fl-test-01"
+kind = "flood_gauge"
+gateway = "gw-test"
+name = "Test gauge"
+district = "Dumai Kota"
+lat = 1.6731
+lon = 101.4498
+owner = "pupr"
+public = true
+thresholds = { siaga3 = 150, siaga2 = 200, siaga1 = 250 }
+"#;
