@@ -40,7 +40,11 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// Serves the API on `listener` until `shutdown` fires.
-pub async fn run(state: AppState, listener: TcpListener, shutdown: CancellationToken) -> std::io::Result<()> {
+pub async fn run(
+    state: AppState,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
     axum::serve(listener, router(state))
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await
@@ -55,7 +59,10 @@ async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, Api
     prometheus_client::encoding::text::encode(&mut out, &state.metrics)
         .map_err(|e| ApiError::Internal(format!("metrics encoding: {e}")))?;
     Ok((
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         out,
     ))
 }

@@ -92,7 +92,9 @@ fn status(sensor: &Sensor, latest: &LatestReading) -> Option<JsonValue> {
     }
 }
 
-pub(crate) async fn conditions(State(state): State<AppState>) -> Result<Json<Vec<Condition>>, ApiError> {
+pub(crate) async fn conditions(
+    State(state): State<AppState>,
+) -> Result<Json<Vec<Condition>>, ApiError> {
     let store = state.ingestor.store().clone();
     let latest = tokio::task::spawn_blocking(move || store.latest_all())
         .await
@@ -114,14 +116,19 @@ pub(crate) async fn conditions(State(state): State<AppState>) -> Result<Json<Vec
                 lat: s.lat,
                 lon: s.lon,
                 status: l.as_ref().and_then(|l| status(s, l)),
-                latest: l.map(|l| Latest { ts: l.ts.to_rfc3339(), values: l.values }),
+                latest: l.map(|l| Latest {
+                    ts: l.ts.to_rfc3339(),
+                    values: l.values,
+                }),
             }
         })
         .collect();
     Ok(Json(out))
 }
 
-pub(crate) async fn live(State(state): State<AppState>) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+pub(crate) async fn live(
+    State(state): State<AppState>,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let ingestor = state.ingestor.clone();
     let stream = BroadcastStream::new(state.ingestor.subscribe_live()).filter_map(move |item| {
         let ingestor = ingestor.clone();
@@ -143,7 +150,9 @@ pub(crate) async fn live(State(state): State<AppState>) -> Sse<impl Stream<Item 
                 // A slow client skips ahead rather than buffering without bound.
                 Err(BroadcastStreamRecvError::Lagged(n)) => {
                     ingestor.metrics().live_lagged.inc_by(n);
-                    Some(Ok(Event::default().event("lagged").data(json!({"skipped": n}).to_string())))
+                    Some(Ok(Event::default()
+                        .event("lagged")
+                        .data(json!({"skipped": n}).to_string())))
                 }
             }
         }

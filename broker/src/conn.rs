@@ -120,7 +120,14 @@ async fn accept_connect<S: AsyncRead + AsyncWrite + Unpin>(
         return None;
     };
     let Some(login) = login else {
-        refuse(wire, shared, peer, ConnectReturnCode::NotAuthorized, "no_credentials").await;
+        refuse(
+            wire,
+            shared,
+            peer,
+            ConnectReturnCode::NotAuthorized,
+            "no_credentials",
+        )
+        .await;
         return None;
     };
     // The username is the gateway id; the token is checked against its hash
@@ -132,7 +139,14 @@ async fn accept_connect<S: AsyncRead + AsyncWrite + Unpin>(
         Ok(Ok(ok)) => ok,
         Ok(Err(e)) => {
             tracing::error!(%peer, error = %e, "Credential check failed.");
-            refuse(wire, shared, peer, ConnectReturnCode::ServiceUnavailable, "auth_unavailable").await;
+            refuse(
+                wire,
+                shared,
+                peer,
+                ConnectReturnCode::ServiceUnavailable,
+                "auth_unavailable",
+            )
+            .await;
             return None;
         }
         Err(_) => false,
@@ -156,14 +170,28 @@ async fn accept_connect<S: AsyncRead + AsyncWrite + Unpin>(
     // a clean session may use any client id (so that stock tools such as
     // `mosquitto_pub`, which invent one, work as documented).
     if !connect.clean_session && connect.client_id != gateway.as_str() {
-        refuse(wire, shared, peer, ConnectReturnCode::NotAuthorized, "client_id_mismatch").await;
+        refuse(
+            wire,
+            shared,
+            peer,
+            ConnectReturnCode::NotAuthorized,
+            "client_id_mismatch",
+        )
+        .await;
         return None;
     }
     if let Some(w) = &will {
         if w.topic != topic(gateway.as_str(), TopicKind::Status).as_bytes() {
             shared.metrics.acl_violation("will");
             tracing::warn!(%peer, gateway = %gateway, topic = %String::from_utf8_lossy(&w.topic), "Last will on a foreign topic refused.");
-            refuse(wire, shared, peer, ConnectReturnCode::NotAuthorized, "will_acl").await;
+            refuse(
+                wire,
+                shared,
+                peer,
+                ConnectReturnCode::NotAuthorized,
+                "will_acl",
+            )
+            .await;
             return None;
         }
     }
@@ -196,7 +224,14 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
         Ok(link) => link,
         Err(e) => {
             tracing::error!(%peer, gateway = %acc.gateway, error = %e, "Router link failed.");
-            refuse(&mut wire, &shared, peer, ConnectReturnCode::ServiceUnavailable, "router_refused").await;
+            refuse(
+                &mut wire,
+                &shared,
+                peer,
+                ConnectReturnCode::ServiceUnavailable,
+                "router_refused",
+            )
+            .await;
             return;
         }
     };
@@ -303,10 +338,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     async fn handle(&mut self, frame: Frame) -> Result<Option<End>, WireError> {
         self.shared.metrics.packet_in();
         match frame.packet {
-            Packet::Publish(publish, _) => self.on_publish(publish.topic, publish.payload, publish.retain, frame.qos, frame.pkid).await,
+            Packet::Publish(publish, _) => {
+                self.on_publish(
+                    publish.topic,
+                    publish.payload,
+                    publish.retain,
+                    frame.qos,
+                    frame.pkid,
+                )
+                .await
+            }
             Packet::PubRel(rel, _) => {
                 self.wire
-                    .send(Packet::PubComp(PubComp { pkid: rel.pkid, reason: PubCompReason::Success }, None))
+                    .send(Packet::PubComp(
+                        PubComp {
+                            pkid: rel.pkid,
+                            reason: PubCompReason::Success,
+                        },
+                        None,
+                    ))
                     .await?;
                 Ok(None)
             }
@@ -317,22 +367,42 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                     tracing::warn!(peer = %self.peer, gateway = %self.gateway, topic = %bad.path, "Subscribe outside the gateway's ACL; closing.");
                     return Ok(Some(End::Unclean("subscribe_acl")));
                 }
-                let codes = sub.filters.iter().map(|_| SubscribeReasonCode::QoS0).collect();
+                let codes = sub
+                    .filters
+                    .iter()
+                    .map(|_| SubscribeReasonCode::QoS0)
+                    .collect();
                 for f in sub.filters {
                     let _ = self.shared.router.subscribe(self.key, f.path).await;
                 }
                 self.wire
-                    .send(Packet::SubAck(SubAck { pkid: sub.pkid, return_codes: codes }, None))
+                    .send(Packet::SubAck(
+                        SubAck {
+                            pkid: sub.pkid,
+                            return_codes: codes,
+                        },
+                        None,
+                    ))
                     .await?;
                 Ok(None)
             }
             Packet::Unsubscribe(unsub, _) => {
-                let reasons = unsub.filters.iter().map(|_| UnsubAckReason::Success).collect();
+                let reasons = unsub
+                    .filters
+                    .iter()
+                    .map(|_| UnsubAckReason::Success)
+                    .collect();
                 for f in unsub.filters {
                     let _ = self.shared.router.unsubscribe(self.key, f).await;
                 }
                 self.wire
-                    .send(Packet::UnsubAck(UnsubAck { pkid: unsub.pkid, reasons }, None))
+                    .send(Packet::UnsubAck(
+                        UnsubAck {
+                            pkid: unsub.pkid,
+                            reasons,
+                        },
+                        None,
+                    ))
                     .await?;
                 Ok(None)
             }
@@ -372,7 +442,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         };
         self.shared.metrics.bytes_in(payload.len());
         let forward = match kind {
-            TopicKind::Telemetry => match self.shared.ingestor.ingest(self.gateway.as_str(), &payload).await {
+            TopicKind::Telemetry => match self
+                .shared
+                .ingestor
+                .ingest(self.gateway.as_str(), &payload)
+                .await
+            {
                 Ok(outcome) => outcome.envelope_error.is_none(),
                 Err(e) => {
                     // Not durable: no acknowledgement; the gateway resends.
@@ -386,12 +461,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         match qos {
             1 => {
                 self.wire
-                    .send(Packet::PubAck(PubAck { pkid, reason: PubAckReason::Success }, None))
+                    .send(Packet::PubAck(
+                        PubAck {
+                            pkid,
+                            reason: PubAckReason::Success,
+                        },
+                        None,
+                    ))
                     .await?
             }
             2 => {
                 self.wire
-                    .send(Packet::PubRec(PubRec { pkid, reason: PubRecReason::Success }, None))
+                    .send(Packet::PubRec(
+                        PubRec {
+                            pkid,
+                            reason: PubRecReason::Success,
+                        },
+                        None,
+                    ))
                     .await?
             }
             _ => {}
@@ -400,7 +487,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             let _ = self
                 .shared
                 .router
-                .publish(self.key, topic_name, payload, retain && kind == TopicKind::Status)
+                .publish(
+                    self.key,
+                    topic_name,
+                    payload,
+                    retain && kind == TopicKind::Status,
+                )
                 .await;
         }
         Ok(None)

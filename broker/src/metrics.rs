@@ -30,13 +30,41 @@ impl BrokerMetrics {
     /// Registers every counter.
     pub fn register(&self, registry: &mut Registry) {
         let r = registry.sub_registry_with_prefix("pantau_broker");
-        r.register("connections", "Gateways connected now", self.connections.clone());
-        r.register("connects", "Accepted MQTT connections", self.connects.clone());
-        r.register("refused", "Connections refused, by reason", self.refused.clone());
-        r.register("closed", "Connections closed for misbehaviour, by reason", self.closed.clone());
-        r.register("acl_violations", "Topic ACL violations, by operation", self.acl_violations.clone());
-        r.register("packets_in", "MQTT packets received", self.packets_in.clone());
-        r.register("publish_bytes_in", "Publish payload bytes received", self.bytes_in.clone());
+        r.register(
+            "connections",
+            "Gateways connected now",
+            self.connections.clone(),
+        );
+        r.register(
+            "connects",
+            "Accepted MQTT connections",
+            self.connects.clone(),
+        );
+        r.register(
+            "refused",
+            "Connections refused, by reason",
+            self.refused.clone(),
+        );
+        r.register(
+            "closed",
+            "Connections closed for misbehaviour, by reason",
+            self.closed.clone(),
+        );
+        r.register(
+            "acl_violations",
+            "Topic ACL violations, by operation",
+            self.acl_violations.clone(),
+        );
+        r.register(
+            "packets_in",
+            "MQTT packets received",
+            self.packets_in.clone(),
+        );
+        r.register(
+            "publish_bytes_in",
+            "Publish payload bytes received",
+            self.bytes_in.clone(),
+        );
     }
 
     pub(crate) fn refuse(&self, reason: &'static str) {

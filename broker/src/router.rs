@@ -92,7 +92,10 @@ pub struct RouterHandle {
 
 impl RouterHandle {
     /// Starts rumqttd's router thread and the feeder thread.
+    #[allow(clippy::field_reassign_with_default)]
     pub fn start(limits: &RouterLimits) -> std::io::Result<Self> {
+        // RouterConfig has private fields, so it cannot be built with a
+        // struct literal.
         let mut config = RouterConfig::default();
         config.max_connections = limits.max_connections;
         config.max_outgoing_packet_count = 200;
@@ -105,6 +108,7 @@ impl RouterHandle {
             LinkBuilder::new(client_id, router_tx.clone())
                 .clean_session(clean)
                 .build()
+                .map_err(|e| e.to_string())
         };
         let (tx, rx) = mpsc::channel(FEEDER_QUEUE);
         thread::Builder::new()
@@ -166,7 +170,7 @@ impl RouterHandle {
     }
 }
 
-type BuildResult = Result<(LinkTx, LinkRx, Notification), rumqttd::local::LinkError>;
+type BuildResult = Result<(LinkTx, LinkRx, Notification), String>;
 
 fn feeder(mut rx: mpsc::Receiver<Cmd>, build: impl Fn(&str, bool) -> BuildResult) {
     let mut links: HashMap<LinkKey, (String, LinkTx)> = HashMap::new();
@@ -202,7 +206,7 @@ fn feeder(mut rx: mpsc::Receiver<Cmd>, build: impl Fn(&str, bool) -> BuildResult
                         by_client.insert(client_id, next_key);
                         Ok((next_key, link_rx))
                     }
-                    Err(e) => Err(e.to_string()),
+                    Err(e) => Err(e),
                 };
                 let _ = reply.send(answer);
             }

@@ -28,7 +28,12 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Up
     };
     let (tx, rx) = mpsc::channel(CHANNEL);
     let (client, eventloop) = uplink::client(&up);
-    let driver = tokio::spawn(uplink::drive(eventloop, client.clone(), cfg.gateway.clone(), shutdown.clone()));
+    let driver = tokio::spawn(uplink::drive(
+        eventloop,
+        client.clone(),
+        cfg.gateway.clone(),
+        shutdown.clone(),
+    ));
     for s in cfg.source {
         let tx = tx.clone();
         let sd = shutdown.clone();
@@ -46,7 +51,15 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Up
         }
     }
     drop(tx);
-    uplink::publish_loop(client, cfg.gateway, rx, cfg.batch.max_readings, cfg.batch.max_delay, shutdown.clone()).await;
+    uplink::publish_loop(
+        client,
+        cfg.gateway,
+        rx,
+        cfg.batch.max_readings,
+        cfg.batch.max_delay,
+        shutdown.clone(),
+    )
+    .await;
     shutdown.cancel();
     let _ = driver.await;
     Ok(())

@@ -84,7 +84,10 @@ pub struct BatchSection {
 
 impl Default for BatchSection {
     fn default() -> Self {
-        Self { max_readings: default_max_readings(), max_delay: default_max_delay() }
+        Self {
+            max_readings: default_max_readings(),
+            max_delay: default_max_delay(),
+        }
     }
 }
 
@@ -159,7 +162,10 @@ impl SimulatedSensor {
 impl AgentConfig {
     /// Reads, parses and checks a config file; env overrides applied.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let err = |message: String| ConfigError { path: path.display().to_string(), message };
+        let err = |message: String| ConfigError {
+            path: path.display().to_string(),
+            message,
+        };
         let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
         let mut cfg: AgentConfig = toml::from_str(&text).map_err(|e| err(e.to_string()))?;
         if let Ok(p) = std::env::var("PANTAU_AGENT_PASSWORD") {
@@ -171,7 +177,8 @@ impl AgentConfig {
 
     fn check(&self) -> Result<(), String> {
         pantau_model::id::check_id(&self.gateway).map_err(|e| format!("gateway: {e}"))?;
-        let (tls, _, _) = crate::uplink::parse_url(&self.broker.url).map_err(|e| format!("broker.url: {e}"))?;
+        let (tls, _, _) =
+            crate::uplink::parse_url(&self.broker.url).map_err(|e| format!("broker.url: {e}"))?;
         if tls && self.broker.ca_file.is_none() {
             return Err("broker.ca_file: required for mqtts://".into());
         }
@@ -232,9 +239,23 @@ type = "stdin"        # JSON lines: {"sensor":..,"ts":..,"values":{..}}
 
     #[test]
     fn errors_name_the_field() {
-        assert!(parse(&MINIMAL.replace("mqtts://127.0.0.1:8883", "http://x")).unwrap_err().contains("broker.url"));
-        assert!(parse(&MINIMAL.replace("username = \"gw-test\"", "username = \"other\"")).unwrap_err().contains("broker.username"));
-        assert!(parse(&MINIMAL.replace("type = \"stdin\"", "type = \"carrier-pigeon\"")).unwrap_err().contains("carrier-pigeon"));
-        assert!(parse(&MINIMAL.replace("[spool]", "[spool]\nsize = 3")).unwrap_err().contains("size"));
+        assert!(
+            parse(&MINIMAL.replace("mqtts://127.0.0.1:8883", "http://x"))
+                .unwrap_err()
+                .contains("broker.url")
+        );
+        assert!(
+            parse(&MINIMAL.replace("username = \"gw-test\"", "username = \"other\""))
+                .unwrap_err()
+                .contains("broker.username")
+        );
+        assert!(
+            parse(&MINIMAL.replace("type = \"stdin\"", "type = \"carrier-pigeon\""))
+                .unwrap_err()
+                .contains("carrier-pigeon")
+        );
+        assert!(parse(&MINIMAL.replace("[spool]", "[spool]\nsize = 3"))
+            .unwrap_err()
+            .contains("size"));
     }
 }

@@ -68,9 +68,9 @@ impl SimSensor {
     /// A simulated sensor; the seed is derived from the id.
     pub fn new(id: impl Into<String>, model: Model) -> Self {
         let id = id.into();
-        let seed = id
-            .bytes()
-            .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+        let seed = id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+        });
         Self { id, model, seed }
     }
 
@@ -83,22 +83,47 @@ impl SimSensor {
             v.insert(k.to_string(), Value::Num(x));
         };
         match self.model {
-            Model::River { base_cm, gain, backwater } => {
+            Model::River {
+                base_cm,
+                gain,
+                backwater,
+            } => {
                 let rain = rain_intensity(t);
-                put("water_level_cm", round1(base_cm + gain * river_response(t) + backwater * (tide_m(t) - 1.7) + 0.8 * n(1)));
+                put(
+                    "water_level_cm",
+                    round1(
+                        base_cm
+                            + gain * river_response(t)
+                            + backwater * (tide_m(t) - 1.7)
+                            + 0.8 * n(1),
+                    ),
+                );
                 put("rain_mm", round1(rain / 6.0)); // per 10-minute window
-                put("flow_m3_s", round1((4.0 + 1.6 * river_response(t)).max(0.0)));
+                put(
+                    "flow_m3_s",
+                    round1((4.0 + 1.6 * river_response(t)).max(0.0)),
+                );
             }
             Model::Street { rob_from_m } => {
                 let rain_part = 1.5 * (river_response(t) - 5.0).max(0.0);
                 let rob_part = 40.0 * (tide_m(t) - rob_from_m).max(0.0);
-                put("inundation_depth_cm", round1((rain_part + rob_part + 0.3 * n(2)).clamp(0.0, 200.0)));
+                put(
+                    "inundation_depth_cm",
+                    round1((rain_part + rob_part + 0.3 * n(2)).clamp(0.0, 200.0)),
+                );
                 put("rain_mm", round1(rain_intensity(t) / 6.0));
             }
             Model::Tide { mean_m } => {
-                put("tide_height_m", round2(tide_m(t) - 1.7 + mean_m + 0.02 * n(3)));
+                put(
+                    "tide_height_m",
+                    round2(tide_m(t) - 1.7 + mean_m + 0.02 * n(3)),
+                );
             }
-            Model::Traffic { capacity_pcu_h, heavy_share, window_s } => {
+            Model::Traffic {
+                capacity_pcu_h,
+                heavy_share,
+                window_s,
+            } => {
                 let h = local_hour(t);
                 let profile = 0.12
                     + 0.78 * (-((h - 7.25) / 1.1).powi(2)).exp()
@@ -116,8 +141,14 @@ impl SimSensor {
                 put("count_lv", lv);
                 put("count_hv", hv);
                 put("count_bus", bus);
-                put("mean_speed_kmh", round1((52.0 * (1.0 - 0.65 * vc.powi(2))).max(5.0)));
-                put("occupancy_ratio", round2((0.04 + 0.55 * vc.powi(2)).min(1.0)));
+                put(
+                    "mean_speed_kmh",
+                    round1((52.0 * (1.0 - 0.65 * vc.powi(2))).max(5.0)),
+                );
+                put(
+                    "occupancy_ratio",
+                    round2((0.04 + 0.55 * vc.powi(2)).min(1.0)),
+                );
                 put("window_s", f64::from(window_s));
             }
             Model::Metocean => {
@@ -126,7 +157,10 @@ impl SimSensor {
                 let wind = (2.5 + 5.0 * breeze + 0.6 * n(5)).max(0.0);
                 put("wind_speed_ms", round1(wind));
                 put("wind_gust_ms", round1(wind * 1.45));
-                put("wind_dir_deg", round1((200.0 + 110.0 * breeze + 8.0 * n(6)).rem_euclid(360.0)));
+                put(
+                    "wind_dir_deg",
+                    round1((200.0 + 110.0 * breeze + 8.0 * n(6)).rem_euclid(360.0)),
+                );
                 put("hs_m", round2(0.25 + 0.07 * wind));
                 put("wave_period_s", round1(2.5 + 0.45 * wind));
             }
@@ -138,7 +172,10 @@ impl SimSensor {
                 v.insert("occupied".into(), Value::Bool(occupied));
                 let day = (t / 86_400.0) as u64;
                 let waiting = (noise(self.seed ^ 7, day) + 1.0) * 1.6;
-                v.insert("vessels_waiting".into(), Value::Num(waiting.floor().max(0.0)));
+                v.insert(
+                    "vessels_waiting".into(),
+                    Value::Num(waiting.floor().max(0.0)),
+                );
             }
         }
         v
@@ -214,7 +251,9 @@ mod tests {
     const HOUR: i64 = 3_600_000;
 
     fn series(s: &SimSensor, field: &str, hours: i64) -> Vec<f64> {
-        let t0 = Timestamp::parse_rfc3339("2026-11-01T00:00:00Z").unwrap().millis();
+        let t0 = Timestamp::parse_rfc3339("2026-11-01T00:00:00Z")
+            .unwrap()
+            .millis();
         (0..hours * 6)
             .map(|i| s.values(Timestamp(t0 + i * HOUR / 6))[field].as_f64())
             .collect()
@@ -222,40 +261,78 @@ mod tests {
 
     #[test]
     fn tide_is_semi_diurnal() {
-        let t0 = Timestamp::parse_rfc3339("2026-11-01T00:00:00Z").unwrap().millis() as f64 / 1000.0;
+        let t0 = Timestamp::parse_rfc3339("2026-11-01T00:00:00Z")
+            .unwrap()
+            .millis() as f64
+            / 1000.0;
         let v: Vec<f64> = (0..25 * 6).map(|i| tide_m(t0 + i as f64 * 600.0)).collect();
         // Count high waters: local maxima above the mean.
-        let highs = v.windows(3).filter(|w| w[1] > w[0] && w[1] >= w[2] && w[1] > 1.7).count();
+        let highs = v
+            .windows(3)
+            .filter(|w| w[1] > w[0] && w[1] >= w[2] && w[1] > 1.7)
+            .count();
         assert_eq!(highs, 2, "two high tides a day");
-        let (lo, hi) = v.iter().fold((f64::MAX, f64::MIN), |(a, b), x| (a.min(*x), b.max(*x)));
+        let (lo, hi) = v
+            .iter()
+            .fold((f64::MAX, f64::MIN), |(a, b), x| (a.min(*x), b.max(*x)));
         assert!(hi - lo > 1.5 && hi - lo < 3.5, "range {}", hi - lo);
     }
 
     #[test]
     fn traffic_peaks_in_morning_and_evening() {
-        let s = SimSensor::new("tr-x", Model::Traffic { capacity_pcu_h: 2900.0, heavy_share: 0.05, window_s: 300 });
+        let s = SimSensor::new(
+            "tr-x",
+            Model::Traffic {
+                capacity_pcu_h: 2900.0,
+                heavy_share: 0.05,
+                window_s: 300,
+            },
+        );
         let v = series(&s, "count_total", 24);
         let at = |local_h: i64| v[(((local_h - 7 + 24) % 24) * 6) as usize];
-        assert!(at(7) > 2.0 * at(3), "morning peak {} vs night {}", at(7), at(3));
+        assert!(
+            at(7) > 2.0 * at(3),
+            "morning peak {} vs night {}",
+            at(7),
+            at(3)
+        );
         assert!(at(17) > 2.0 * at(3), "evening peak");
     }
 
     #[test]
     fn every_model_produces_valid_readings() {
         let models = [
-            (SensorKind::FloodGauge, Model::River { base_cm: 90.0, gain: 3.0, backwater: 20.0 }),
+            (
+                SensorKind::FloodGauge,
+                Model::River {
+                    base_cm: 90.0,
+                    gain: 3.0,
+                    backwater: 20.0,
+                },
+            ),
             (SensorKind::FloodGauge, Model::Street { rob_from_m: 2.6 }),
             (SensorKind::TideGauge, Model::Tide { mean_m: 1.7 }),
-            (SensorKind::TrafficCounter, Model::Traffic { capacity_pcu_h: 3200.0, heavy_share: 0.6, window_s: 300 }),
+            (
+                SensorKind::TrafficCounter,
+                Model::Traffic {
+                    capacity_pcu_h: 3200.0,
+                    heavy_share: 0.6,
+                    window_s: 300,
+                },
+            ),
             (SensorKind::Metocean, Model::Metocean),
             (SensorKind::Berth, Model::Berth),
         ];
-        let t0 = Timestamp::parse_rfc3339("2026-11-01T00:00:00Z").unwrap().millis();
+        let t0 = Timestamp::parse_rfc3339("2026-11-01T00:00:00Z")
+            .unwrap()
+            .millis();
         for (kind, m) in models {
             let s = SimSensor::new("x", m);
             for i in 0..(24 * 12 * 14) {
                 for (field, value) in s.values(Timestamp(t0 + i * 300_000)) {
-                    let spec = kind.field(&field).unwrap_or_else(|| panic!("{kind}: {field}"));
+                    let spec = kind
+                        .field(&field)
+                        .unwrap_or_else(|| panic!("{kind}: {field}"));
                     let x = value.as_f64();
                     assert!(x >= spec.min && x <= spec.max, "{kind}.{field} = {x}");
                 }
@@ -265,12 +342,18 @@ mod tests {
 
     #[test]
     fn rivers_rise_after_rain() {
-        let t0 = Timestamp::parse_rfc3339("2026-11-01T00:00:00Z").unwrap().millis() as f64 / 1000.0;
-        let rainy = (0..60).map(|d| t0 + d as f64 * 86_400.0 + 9.0 * 3600.0)
+        let t0 = Timestamp::parse_rfc3339("2026-11-01T00:00:00Z")
+            .unwrap()
+            .millis() as f64
+            / 1000.0;
+        let rainy = (0..60)
+            .map(|d| t0 + d as f64 * 86_400.0 + 9.0 * 3600.0)
             .find(|&noon_utc| (0..12).any(|h| rain_intensity(noon_utc + h as f64 * 3600.0) > 10.0))
             .expect("a rainy day in two months");
         let before = river_response(rainy);
-        let after = (0..12).map(|h| river_response(rainy + h as f64 * 3600.0)).fold(0.0, f64::max);
+        let after = (0..12)
+            .map(|h| river_response(rainy + h as f64 * 3600.0))
+            .fold(0.0, f64::max);
         assert!(after > before + 5.0, "{before} -> {after}");
     }
 }

@@ -27,7 +27,11 @@ pub async fn simulate(
         // Whole seconds: the same instant on every sensor of the gateway.
         let now = Timestamp(Timestamp::now().millis() / 1000 * 1000);
         for s in &sensors {
-            let r = Reading { sensor: s.id.clone(), ts: now, values: s.values(now) };
+            let r = Reading {
+                sensor: s.id.clone(),
+                ts: now,
+                values: s.values(now),
+            };
             if tx.send(r).await.is_err() {
                 return;
             }
@@ -73,7 +77,11 @@ pub async fn json_lines<R: AsyncBufRead + Unpin>(
         let parsed = serde_json::from_str::<Line>(&line)
             .map_err(|e| e.to_string())
             .and_then(|l| match Timestamp::parse_rfc3339(&l.ts) {
-                Some(ts) => Ok(Reading { sensor: l.sensor, ts, values: l.values }),
+                Some(ts) => Ok(Reading {
+                    sensor: l.sensor,
+                    ts,
+                    values: l.values,
+                }),
                 None => Err(format!("ts {:?} is not RFC 3339", l.ts)),
             });
         match parsed {

@@ -13,7 +13,9 @@ use std::time::Duration;
 use pantau_model::envelope::encode;
 use pantau_model::topic::{topic, TopicKind};
 use pantau_model::{Reading, Timestamp};
-use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, QoS, TlsConfiguration, Transport};
+use rumqttc::{
+    AsyncClient, Event, EventLoop, LastWill, MqttOptions, QoS, TlsConfiguration, Transport,
+};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
 use tokio::sync::mpsc;
@@ -117,7 +119,12 @@ pub fn client(cfg: &UplinkConfig) -> (AsyncClient, EventLoop) {
 /// Drives the event loop until shutdown, reconnecting with jittered
 /// exponential backoff (rumqttc has none built in). Publishes the retained
 /// online status after every CONNACK.
-pub async fn drive(mut eventloop: EventLoop, client: AsyncClient, gateway: String, shutdown: CancellationToken) {
+pub async fn drive(
+    mut eventloop: EventLoop,
+    client: AsyncClient,
+    gateway: String,
+    shutdown: CancellationToken,
+) {
     let mut backoff = Duration::from_millis(200);
     let status = topic(&gateway, TopicKind::Status);
     loop {
@@ -195,10 +202,25 @@ mod tests {
 
     #[test]
     fn parses_broker_urls() {
-        assert_eq!(parse_url("mqtts://127.0.0.1:8883").unwrap(), (true, "127.0.0.1".into(), 8883));
-        assert_eq!(parse_url("mqtt://localhost:1883").unwrap(), (false, "localhost".into(), 1883));
-        assert_eq!(parse_url("mqtts://[::1]:8883").unwrap(), (true, "::1".into(), 8883));
-        for bad in ["http://x:1", "mqtts://x", "mqtts://:1", "mqtts://x:99999", ""] {
+        assert_eq!(
+            parse_url("mqtts://127.0.0.1:8883").unwrap(),
+            (true, "127.0.0.1".into(), 8883)
+        );
+        assert_eq!(
+            parse_url("mqtt://localhost:1883").unwrap(),
+            (false, "localhost".into(), 1883)
+        );
+        assert_eq!(
+            parse_url("mqtts://[::1]:8883").unwrap(),
+            (true, "::1".into(), 8883)
+        );
+        for bad in [
+            "http://x:1",
+            "mqtts://x",
+            "mqtts://:1",
+            "mqtts://x:99999",
+            "",
+        ] {
             assert!(parse_url(bad).is_err(), "{bad}");
         }
     }

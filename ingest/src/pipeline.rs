@@ -120,7 +120,12 @@ impl Ingestor {
             self.metrics.reject_reading(r.reason.code());
         }
         if !checked.rejected.is_empty() {
-            let shown: Vec<String> = checked.rejected.iter().take(5).map(|r| r.to_string()).collect();
+            let shown: Vec<String> = checked
+                .rejected
+                .iter()
+                .take(5)
+                .map(|r| r.to_string())
+                .collect();
             tracing::warn!(
                 gateway,
                 seq = checked.seq,

@@ -92,7 +92,10 @@ const METOCEAN: &[FieldSpec] = &[
     float("hs_m", "m", 0.0, 30.0),
     float("wave_period_s", "s", 0.0, 60.0),
 ];
-const BERTH: &[FieldSpec] = &[boolean("occupied"), int("vessels_waiting", "", 0.0, 1_000.0)];
+const BERTH: &[FieldSpec] = &[
+    boolean("occupied"),
+    int("vessels_waiting", "", 0.0, 1_000.0),
+];
 const HEALTH: &[FieldSpec] = &[
     float("battery_v", "V", 0.0, 60.0),
     float("rssi_dbm", "dBm", -150.0, 0.0),

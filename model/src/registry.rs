@@ -236,22 +236,32 @@ fn validate_sensor(w: WireSensor) -> Result<Sensor, RegistryError> {
             "gateway_health is reported by gateways, not registered".into(),
         ));
     }
-    let gateway = GatewayId::new(w.gateway.clone()).map_err(|e| invalid("gateway", e.to_string()))?;
+    let gateway =
+        GatewayId::new(w.gateway.clone()).map_err(|e| invalid("gateway", e.to_string()))?;
     if w.name.trim().is_empty() {
         return Err(invalid("name", "must not be empty".into()));
     }
     if !(w.lat.is_finite() && (-90.0..=90.0).contains(&w.lat)) {
-        return Err(invalid("lat", format!("{} is not a latitude in -90..=90", w.lat)));
+        return Err(invalid(
+            "lat",
+            format!("{} is not a latitude in -90..=90", w.lat),
+        ));
     }
     if !(w.lon.is_finite() && (-180.0..=180.0).contains(&w.lon)) {
-        return Err(invalid("lon", format!("{} is not a longitude in -180..=180", w.lon)));
+        return Err(invalid(
+            "lon",
+            format!("{} is not a longitude in -180..=180", w.lon),
+        ));
     }
     if let Some(t) = &w.thresholds {
         if kind != SensorKind::FloodGauge {
-            return Err(invalid("thresholds", "only flood gauges have Siaga thresholds".into()));
+            return Err(invalid(
+                "thresholds",
+                "only flood gauges have Siaga thresholds".into(),
+            ));
         }
         let finite = [t.siaga3, t.siaga2, t.siaga1].iter().all(|v| v.is_finite());
-        if !finite || !(t.siaga3 < t.siaga2 && t.siaga2 < t.siaga1) {
+        if !(finite && t.siaga3 < t.siaga2 && t.siaga2 < t.siaga1) {
             return Err(invalid(
                 "thresholds",
                 format!(
@@ -263,10 +273,16 @@ fn validate_sensor(w: WireSensor) -> Result<Sensor, RegistryError> {
     }
     if let Some(c) = w.capacity_pcu_h {
         if kind != SensorKind::TrafficCounter {
-            return Err(invalid("capacity_pcu_h", "only traffic counters have a capacity".into()));
+            return Err(invalid(
+                "capacity_pcu_h",
+                "only traffic counters have a capacity".into(),
+            ));
         }
         if !(c.is_finite() && c > 0.0) {
-            return Err(invalid("capacity_pcu_h", format!("{c} is not a positive capacity")));
+            return Err(invalid(
+                "capacity_pcu_h",
+                format!("{c} is not a positive capacity"),
+            ));
         }
     }
     Ok(Sensor {
@@ -309,7 +325,10 @@ thresholds = { siaga3 = 150, siaga2 = 200, siaga1 = 250 }
         assert_eq!(s.kind, SensorKind::FloodGauge);
         assert_eq!(s.gateway.as_str(), "gw-test");
         assert_eq!(s.thresholds.unwrap().siaga2, 200.0);
-        assert_eq!(r.lookup("fl-test-01"), Some((SensorKind::FloodGauge, "gw-test")));
+        assert_eq!(
+            r.lookup("fl-test-01"),
+            Some((SensorKind::FloodGauge, "gw-test"))
+        );
     }
 
     fn err(text: &str) -> String {

@@ -105,7 +105,10 @@ fn resolve(args: UpArgs) -> anyhow::Result<UpConfig> {
         None => FileConfig::default(),
     };
     Ok(UpConfig {
-        data_dir: args.data_dir.or(file.data_dir).unwrap_or_else(|| DEFAULT_DATA_DIR.into()),
+        data_dir: args
+            .data_dir
+            .or(file.data_dir)
+            .unwrap_or_else(|| DEFAULT_DATA_DIR.into()),
         http_listen: args
             .http_listen
             .or(file.http_listen)

@@ -26,7 +26,11 @@ pub fn model_for(s: &Sensor) -> Model {
             Model::River {
                 base_cm: siaga3 * 0.55,
                 gain: siaga3 * 0.03,
-                backwater: if s.id.as_str().contains("hilir") { 25.0 } else { 5.0 },
+                backwater: if s.id.as_str().contains("hilir") {
+                    25.0
+                } else {
+                    5.0
+                },
             }
         }
         SensorKind::TideGauge => Model::Tide { mean_m: 1.7 },
@@ -51,7 +55,11 @@ pub fn start(
     tracker: &TaskTracker,
     shutdown: CancellationToken,
 ) -> anyhow::Result<usize> {
-    let host = if mqtt.ip().is_unspecified() { "127.0.0.1".to_string() } else { mqtt.ip().to_string() };
+    let host = if mqtt.ip().is_unspecified() {
+        "127.0.0.1".to_string()
+    } else {
+        mqtt.ip().to_string()
+    };
     let gateways = registry.gateways();
     for gw in &gateways {
         let token = state.rotate_gateway_token(gw)?;
@@ -70,7 +78,12 @@ pub fn start(
         };
         let (client, eventloop) = uplink::client(&up);
         let (tx, rx) = mpsc::channel(1024);
-        tracker.spawn(uplink::drive(eventloop, client.clone(), up.gateway.clone(), shutdown.clone()));
+        tracker.spawn(uplink::drive(
+            eventloop,
+            client.clone(),
+            up.gateway.clone(),
+            shutdown.clone(),
+        ));
         tracker.spawn(source::simulate(sensors, interval, tx, shutdown.clone()));
         tracker.spawn(uplink::publish_loop(
             client,

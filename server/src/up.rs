@@ -63,7 +63,8 @@ pub async fn up(cfg: UpConfig) -> anyhow::Result<()> {
 
     let sensors = registry.len();
     let ingestor = Arc::new(Ingestor::new(registry, store, ingest_metrics));
-    let router = RouterHandle::start(&RouterLimits::default()).context("cannot start the router")?;
+    let router =
+        RouterHandle::start(&RouterLimits::default()).context("cannot start the router")?;
 
     let stop_demo = CancellationToken::new();
     let stop_broker = CancellationToken::new();
@@ -124,7 +125,10 @@ pub async fn up(cfg: UpConfig) -> anyhow::Result<()> {
         let _ = api.await;
     };
     if tokio::time::timeout(GRACE, ordered).await.is_err() {
-        tracing::warn!(grace_s = GRACE.as_secs(), "Shutdown grace period passed; exiting with tasks pending.");
+        tracing::warn!(
+            grace_s = GRACE.as_secs(),
+            "Shutdown grace period passed; exiting with tasks pending."
+        );
     }
     Ok(())
 }

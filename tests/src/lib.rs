@@ -89,12 +89,25 @@ impl Pantau {
             .stderr(std::fs::File::create(&log)?)
             .spawn()
             .context("spawn pantau")?;
-        let mut p = Self { child, data_dir: data_dir.to_owned(), http, mqtt, log };
+        let mut p = Self {
+            child,
+            data_dir: data_dir.to_owned(),
+            http,
+            mqtt,
+            log,
+        };
         let url = p.url("/healthz");
         let client = reqwest::Client::new();
         let ready = eventually(Duration::from_secs(30), "pantau /healthz", || {
             let (client, url) = (client.clone(), url.clone());
-            async move { client.get(&url).send().await.ok().filter(|r| r.status().is_success()) }
+            async move {
+                client
+                    .get(&url)
+                    .send()
+                    .await
+                    .ok()
+                    .filter(|r| r.status().is_success())
+            }
         })
         .await;
         if let Err(e) = ready {
@@ -137,10 +150,14 @@ impl Pantau {
         Command::new("kill").args(["-TERM", &pid]).status()?;
         let child = &mut self.child;
         let mut exited = None;
-        let waited = eventually(Duration::from_secs(15), "pantau to exit after SIGTERM", || {
-            exited = child.try_wait().ok().flatten();
-            std::future::ready(exited)
-        })
+        let waited = eventually(
+            Duration::from_secs(15),
+            "pantau to exit after SIGTERM",
+            || {
+                exited = child.try_wait().ok().flatten();
+                std::future::ready(exited)
+            },
+        )
         .await;
         if waited.is_err() {
             self.kill();
@@ -173,10 +190,17 @@ pub fn gateway_add(data_dir: &Path, id: &str) -> Result<GatewayCreds> {
         .arg(data_dir)
         .output()?;
     if !out.status.success() {
-        bail!("gateway add failed: {}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "gateway add failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
-    let v: Value = serde_json::from_slice(&out.stdout)
-        .with_context(|| format!("stdout is not one JSON object: {:?}", String::from_utf8_lossy(&out.stdout)))?;
+    let v: Value = serde_json::from_slice(&out.stdout).with_context(|| {
+        format!(
+            "stdout is not one JSON object: {:?}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })?;
     assert_eq!(v["gateway"], id);
     assert_eq!(v["username"], id);
     Ok(GatewayCreds {
@@ -187,14 +211,24 @@ pub fn gateway_add(data_dir: &Path, id: &str) -> Result<GatewayCreds> {
 }
 
 /// Runs `mosquitto_pub` (Debian's mosquitto-clients) at QoS 1 over TLS.
-pub fn mosquitto_pub(mqtt: SocketAddr, ca: Option<&Path>, user: &str, password: &str, topic: &str, message: &str) -> Result<Output> {
+pub fn mosquitto_pub(
+    mqtt: SocketAddr,
+    ca: Option<&Path>,
+    user: &str,
+    password: &str,
+    topic: &str,
+    message: &str,
+) -> Result<Output> {
     let mut cmd = Command::new("mosquitto_pub");
     cmd.args(["-h", "127.0.0.1", "-p", &mqtt.port().to_string()]);
     if let Some(ca) = ca {
         cmd.arg("--cafile").arg(ca);
     }
-    cmd.args(["-u", user, "-P", password, "-q", "1", "-t", topic, "-m", message]);
-    Ok(cmd.output().context("run mosquitto_pub (install mosquitto-clients)")?)
+    cmd.args([
+        "-u", user, "-P", password, "-q", "1", "-t", topic, "-m", message,
+    ]);
+    cmd.output()
+        .context("run mosquitto_pub (install mosquitto-clients)")
 }
 
 /// Rows of one field of one sensor, read straight from the embedded store.
@@ -203,7 +237,8 @@ pub fn stored(data_dir: &Path, sensor: &str) -> Result<Vec<(String, i64, f64)>> 
         data_dir.join("readings.db"),
         rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
     )?;
-    let mut stmt = conn.prepare("SELECT field, ts, value FROM samples WHERE sensor = ?1 ORDER BY ts, field")?;
+    let mut stmt =
+        conn.prepare("SELECT field, ts, value FROM samples WHERE sensor = ?1 ORDER BY ts, field")?;
     let rows = stmt.query_map([sensor], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
@@ -219,8 +254,10 @@ pub fn stored_count(data_dir: &Path) -> Result<i64> {
 
 /// The value of a Prometheus sample line (`name{labels} value`), if present.
 pub fn metric(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse().ok()))
+    text.lines().find_map(|l| {
+        l.strip_prefix(series)
+            .and_then(|rest| rest.trim().parse().ok())
+    })
 }
 
 /// The minimal registry from the foundation issue, as written.

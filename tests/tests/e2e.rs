@@ -51,30 +51,53 @@ fn condition<'a>(conds: &'a Value, id: &str) -> Option<&'a Value> {
 async fn demo_serves_every_public_site_within_15s() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let started = tokio::time::Instant::now();
-    let p = Pantau::start(&dir.path().join("data"), &["--demo", "--demo-interval", "2s"]).await?;
-    let registry = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/dumai-demo-registry.toml"))?;
+    let p = Pantau::start(
+        &dir.path().join("data"),
+        &["--demo", "--demo-interval", "2s"],
+    )
+    .await?;
+    let registry = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/dumai-demo-registry.toml"
+    ))?;
     let public: Vec<String> = registry
         .split("[[sensor]]")
         .filter(|s| s.contains("public = true"))
-        .filter_map(|s| s.lines().find_map(|l| l.strip_prefix("id = \"").map(|r| r.trim_end_matches('"').to_string())))
+        .filter_map(|s| {
+            s.lines().find_map(|l| {
+                l.strip_prefix("id = \"")
+                    .map(|r| r.trim_end_matches('"').to_string())
+            })
+        })
         .collect();
     assert_eq!(public.len(), 17);
     let remaining = Duration::from_secs(15).saturating_sub(started.elapsed());
-    let conds = eventually(remaining, "conditions for every public demo site", || async {
-        let c = p.get_json("/api/v1/public/conditions").await.ok()?;
-        let all = public.iter().all(|id| condition(&c, id).is_some_and(|s| !s["latest"].is_null()));
-        all.then_some(c)
-    })
+    let conds = eventually(
+        remaining,
+        "conditions for every public demo site",
+        || async {
+            let c = p.get_json("/api/v1/public/conditions").await.ok()?;
+            let all = public
+                .iter()
+                .all(|id| condition(&c, id).is_some_and(|s| !s["latest"].is_null()));
+            all.then_some(c)
+        },
+    )
     .await?;
     // Only public sites, and derived statuses from the registry thresholds.
     assert_eq!(conds.as_array().unwrap().len(), public.len());
     let river = condition(&conds, "fl-sgdumai-hilir").unwrap();
     assert_eq!(river["status"]["thresholds"]["siaga3"], 150.0);
-    assert!(river["status"]["siaga_level"].as_u64().is_some_and(|l| (1..=4).contains(&l)));
+    assert!(river["status"]["siaga_level"]
+        .as_u64()
+        .is_some_and(|l| (1..=4).contains(&l)));
     let tide = condition(&conds, "tide-pelabuhan").unwrap();
     let h = tide["latest"]["values"]["tide_height_m"].as_f64().unwrap();
     assert!((-1.0..5.0).contains(&h), "tide {h}");
-    assert!(condition(&conds, "br-dermaga-a").is_none(), "non-public berth exposed");
+    assert!(
+        condition(&conds, "br-dermaga-a").is_none(),
+        "non-public berth exposed"
+    );
     Ok(())
 }
 
@@ -88,14 +111,29 @@ async fn mosquitto_pub_reading_reaches_conditions_and_sse() -> anyhow::Result<()
     let mut body = resp.bytes_stream();
     let ts = now_rfc3339(-60);
     let env = envelope("gw-test", 1, &[level(&ts, 143.2)]);
-    let out = mosquitto_pub(p.mqtt, Some(&creds.ca_file), "gw-test", &creds.password, "pantau/v1/gw/gw-test/telemetry", &env)?;
-    assert!(out.status.success(), "mosquitto_pub failed: {}", String::from_utf8_lossy(&out.stderr));
+    let out = mosquitto_pub(
+        p.mqtt,
+        Some(&creds.ca_file),
+        "gw-test",
+        &creds.password,
+        "pantau/v1/gw/gw-test/telemetry",
+        &env,
+    )?;
+    assert!(
+        out.status.success(),
+        "mosquitto_pub failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
-    let conds = eventually(Duration::from_secs(10), "the reading in conditions", || async {
-        let c = p.get_json("/api/v1/public/conditions").await.ok()?;
-        let s = condition(&c, "fl-test-01")?.clone();
-        (s["latest"]["values"]["water_level_cm"] == 143.2).then_some(s)
-    })
+    let conds = eventually(
+        Duration::from_secs(10),
+        "the reading in conditions",
+        || async {
+            let c = p.get_json("/api/v1/public/conditions").await.ok()?;
+            let s = condition(&c, "fl-test-01")?.clone();
+            (s["latest"]["values"]["water_level_cm"] == 143.2).then_some(s)
+        },
+    )
     .await?;
     assert_eq!(conds["latest"]["ts"], ts.replace('Z', ".000Z"));
     assert_eq!(conds["status"]["siaga_level"], 4);
@@ -104,7 +142,10 @@ async fn mosquitto_pub_reading_reaches_conditions_and_sse() -> anyhow::Result<()
         let mut text = String::new();
         while let Some(chunk) = body.next().await {
             text.push_str(&String::from_utf8_lossy(&chunk.ok()?));
-            if let Some(line) = text.lines().find(|l| l.starts_with("data:") && l.contains("fl-test-01")) {
+            if let Some(line) = text
+                .lines()
+                .find(|l| l.starts_with("data:") && l.contains("fl-test-01"))
+            {
                 return serde_json::from_str::<Value>(line.trim_start_matches("data:").trim()).ok();
             }
         }
@@ -126,24 +167,57 @@ async fn three_good_two_bad_stores_exactly_the_good_ones() -> anyhow::Result<()>
         level(&t(0), 100.0),
         level(&t(1), 99_999.0), // out of range
         level(&t(2), 101.0),
-        format!(r#"{{"sensor":"fl-test-01","ts":"{}","values":{{"colour_cm":1}}}}"#, t(3)), // unknown field
+        format!(
+            r#"{{"sensor":"fl-test-01","ts":"{}","values":{{"colour_cm":1}}}}"#,
+            t(3)
+        ), // unknown field
         level(&t(4), 102.0),
     ];
-    let out = mosquitto_pub(p.mqtt, Some(&creds.ca_file), "gw-test", &creds.password, "pantau/v1/gw/gw-test/telemetry", &envelope("gw-test", 1, &readings))?;
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = mosquitto_pub(
+        p.mqtt,
+        Some(&creds.ca_file),
+        "gw-test",
+        &creds.password,
+        "pantau/v1/gw/gw-test/telemetry",
+        &envelope("gw-test", 1, &readings),
+    )?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let m = eventually(Duration::from_secs(10), "rejections counted", || async {
         let m = p.metrics().await.ok()?;
-        (metric(&m, "pantau_ingest_readings_rejected_total{reason=\"out_of_range\"}") == Some(1.0)).then_some(m)
+        (metric(
+            &m,
+            "pantau_ingest_readings_rejected_total{reason=\"out_of_range\"}",
+        ) == Some(1.0))
+        .then_some(m)
     })
     .await?;
-    assert_eq!(metric(&m, "pantau_ingest_readings_rejected_total{reason=\"unknown_field\"}"), Some(1.0));
-    assert_eq!(metric(&m, "pantau_ingest_readings_persisted_total"), Some(3.0));
+    assert_eq!(
+        metric(
+            &m,
+            "pantau_ingest_readings_rejected_total{reason=\"unknown_field\"}"
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(&m, "pantau_ingest_readings_persisted_total"),
+        Some(3.0)
+    );
     let rows = stored(&p.data_dir, "fl-test-01")?;
     let values: Vec<f64> = rows.iter().map(|r| r.2).collect();
     assert_eq!(values, vec![100.0, 101.0, 102.0]);
     let log = p.log_text();
-    assert!(log.contains("out_of_range") || log.contains("outside the valid range"), "{log}");
-    assert!(log.contains("colour_cm"), "rejection reason not logged: {log}");
+    assert!(
+        log.contains("out_of_range") || log.contains("outside the valid range"),
+        "{log}"
+    );
+    assert!(
+        log.contains("colour_cm"),
+        "rejection reason not logged: {log}"
+    );
     Ok(())
 }
 
@@ -153,25 +227,59 @@ async fn bad_credentials_plain_tcp_and_unknown_gateways_are_refused() -> anyhow:
     let (p, creds) = minimal(dir.path()).await?;
     let topic = "pantau/v1/gw/gw-test/telemetry";
     let env = envelope("gw-test", 1, &[level(&now_rfc3339(-30), 120.0)]);
-    let wrong = mosquitto_pub(p.mqtt, Some(&creds.ca_file), "gw-test", "not-the-token", topic, &env)?;
+    let wrong = mosquitto_pub(
+        p.mqtt,
+        Some(&creds.ca_file),
+        "gw-test",
+        "not-the-token",
+        topic,
+        &env,
+    )?;
     assert!(!wrong.status.success());
     let plain = mosquitto_pub(p.mqtt, None, "gw-test", &creds.password, topic, &env)?;
     assert!(!plain.status.success());
     let ghost_env = envelope("gw-ghost", 1, &[level(&now_rfc3339(-30), 120.0)]);
-    let ghost = mosquitto_pub(p.mqtt, Some(&creds.ca_file), "gw-ghost", &creds.password, "pantau/v1/gw/gw-ghost/telemetry", &ghost_env)?;
+    let ghost = mosquitto_pub(
+        p.mqtt,
+        Some(&creds.ca_file),
+        "gw-ghost",
+        &creds.password,
+        "pantau/v1/gw/gw-ghost/telemetry",
+        &ghost_env,
+    )?;
     assert!(!ghost.status.success());
     let m = eventually(Duration::from_secs(10), "refusals counted", || async {
         let m = p.metrics().await.ok()?;
-        let bad = metric(&m, "pantau_broker_refused_total{reason=\"bad_credentials\"}")?;
-        let tls = metric(&m, "pantau_broker_refused_total{reason=\"tls_handshake_failed\"}")?;
+        let bad = metric(
+            &m,
+            "pantau_broker_refused_total{reason=\"bad_credentials\"}",
+        )?;
+        let tls = metric(
+            &m,
+            "pantau_broker_refused_total{reason=\"tls_handshake_failed\"}",
+        )?;
         (bad >= 2.0 && tls >= 1.0).then_some(m)
     })
     .await?;
-    assert_eq!(metric(&m, "pantau_ingest_envelopes_received_total"), Some(0.0));
+    assert_eq!(
+        metric(&m, "pantau_ingest_envelopes_received_total"),
+        Some(0.0)
+    );
     assert_eq!(stored_count(&p.data_dir)?, 0);
     // The right credentials still work afterwards.
-    let ok = mosquitto_pub(p.mqtt, Some(&creds.ca_file), "gw-test", &creds.password, topic, &env)?;
-    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    let ok = mosquitto_pub(
+        p.mqtt,
+        Some(&creds.ca_file),
+        "gw-test",
+        &creds.password,
+        topic,
+        &env,
+    )?;
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
     assert_eq!(stored(&p.data_dir, "fl-test-01")?.len(), 1);
     Ok(())
 }
@@ -183,19 +291,44 @@ async fn restart_keeps_readings_credentials_and_ca() -> anyhow::Result<()> {
     let ca_before = std::fs::read(&creds.ca_file)?;
     let topic = "pantau/v1/gw/gw-test/telemetry";
     let first = envelope("gw-test", 1, &[level(&now_rfc3339(-120), 111.0)]);
-    let out = mosquitto_pub(p.mqtt, Some(&creds.ca_file), "gw-test", &creds.password, topic, &first)?;
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = mosquitto_pub(
+        p.mqtt,
+        Some(&creds.ca_file),
+        "gw-test",
+        &creds.password,
+        topic,
+        &first,
+    )?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     p.terminate().await?;
     let data = p.data_dir.clone();
     drop(p);
     let reg = dir.path().join("registry.toml");
     let p = Pantau::start(&data, &["--registry", reg.to_str().unwrap()]).await?;
     let c = p.get_json("/api/v1/public/conditions").await?;
-    assert_eq!(condition(&c, "fl-test-01").unwrap()["latest"]["values"]["water_level_cm"], 111.0);
+    assert_eq!(
+        condition(&c, "fl-test-01").unwrap()["latest"]["values"]["water_level_cm"],
+        111.0
+    );
     assert_eq!(std::fs::read(&creds.ca_file)?, ca_before, "CA regenerated");
     let second = envelope("gw-test", 2, &[level(&now_rfc3339(-60), 112.0)]);
-    let out = mosquitto_pub(p.mqtt, Some(&creds.ca_file), "gw-test", &creds.password, topic, &second)?;
-    assert!(out.status.success(), "old credentials refused after restart: {}", String::from_utf8_lossy(&out.stderr));
+    let out = mosquitto_pub(
+        p.mqtt,
+        Some(&creds.ca_file),
+        "gw-test",
+        &creds.password,
+        topic,
+        &second,
+    )?;
+    assert!(
+        out.status.success(),
+        "old credentials refused after restart: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let values: Vec<f64> = stored(&data, "fl-test-01")?.iter().map(|r| r.2).collect();
     assert_eq!(values, vec![111.0, 112.0]);
     Ok(())

@@ -149,7 +149,13 @@ fn rejects_duplicated_keys() {
 #[test]
 fn rejects_hostile_envelopes_cleanly() {
     assert_eq!(
-        check_envelope(b"\xff\xfe{}", "gw-a", &registry(), now(), &Policy::default()),
+        check_envelope(
+            b"\xff\xfe{}",
+            "gw-a",
+            &registry(),
+            now(),
+            &Policy::default()
+        ),
         Err(EnvelopeError::NotUtf8)
     );
     let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
@@ -174,7 +180,10 @@ fn rejects_hostile_envelopes_cleanly() {
     let huge = env(
         r#"{"sensor":"fl-a","ts":"2026-11-28T06:00:00Z","values":{"water_level_cm":123456789012345678901234567890}}"#,
     );
-    assert_eq!(check(&huge).unwrap().rejected[0].reason.code(), "out_of_range");
+    assert_eq!(
+        check(&huge).unwrap().rejected[0].reason.code(),
+        "out_of_range"
+    );
     assert!(matches!(check(""), Err(EnvelopeError::Malformed(_))));
     assert!(matches!(check("null"), Err(EnvelopeError::Malformed(_))));
     assert!(matches!(
