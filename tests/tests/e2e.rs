@@ -43,6 +43,26 @@ async fn minimal(dir: &std::path::Path) -> anyhow::Result<(Pantau, GatewayCreds)
     Ok((p, creds))
 }
 
+/// Publishes an envelope as the gateway with `mosquitto_pub` over TLS at
+/// QoS 1 and requires it to succeed (PUBACK received).
+fn publish_ok(p: &Pantau, creds: &GatewayCreds, env: &str) -> anyhow::Result<()> {
+    let topic = format!("pantau/v1/gw/{}/telemetry", creds.gateway);
+    let out = mosquitto_pub(
+        p.mqtt,
+        Some(&creds.ca_file),
+        &creds.gateway,
+        &creds.password,
+        &topic,
+        env,
+    )?;
+    anyhow::ensure!(
+        out.status.success(),
+        "mosquitto_pub failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
 fn condition<'a>(conds: &'a Value, id: &str) -> Option<&'a Value> {
     conds.as_array()?.iter().find(|c| c["id"] == id)
 }
@@ -111,19 +131,7 @@ async fn mosquitto_pub_reading_reaches_conditions_and_sse() -> anyhow::Result<()
     let mut body = resp.bytes_stream();
     let ts = now_rfc3339(-60);
     let env = envelope("gw-test", 1, &[level(&ts, 143.2)]);
-    let out = mosquitto_pub(
-        p.mqtt,
-        Some(&creds.ca_file),
-        "gw-test",
-        &creds.password,
-        "pantau/v1/gw/gw-test/telemetry",
-        &env,
-    )?;
-    assert!(
-        out.status.success(),
-        "mosquitto_pub failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    publish_ok(&p, &creds, &env)?;
 
     let conds = eventually(
         Duration::from_secs(10),
@@ -173,19 +181,7 @@ async fn three_good_two_bad_stores_exactly_the_good_ones() -> anyhow::Result<()>
         ), // unknown field
         level(&t(4), 102.0),
     ];
-    let out = mosquitto_pub(
-        p.mqtt,
-        Some(&creds.ca_file),
-        "gw-test",
-        &creds.password,
-        "pantau/v1/gw/gw-test/telemetry",
-        &envelope("gw-test", 1, &readings),
-    )?;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    publish_ok(&p, &creds, &envelope("gw-test", 1, &readings))?;
     let m = eventually(Duration::from_secs(10), "rejections counted", || async {
         let m = p.metrics().await.ok()?;
         (metric(
@@ -267,19 +263,7 @@ async fn bad_credentials_plain_tcp_and_unknown_gateways_are_refused() -> anyhow:
     );
     assert_eq!(stored_count(&p.data_dir)?, 0);
     // The right credentials still work afterwards.
-    let ok = mosquitto_pub(
-        p.mqtt,
-        Some(&creds.ca_file),
-        "gw-test",
-        &creds.password,
-        topic,
-        &env,
-    )?;
-    assert!(
-        ok.status.success(),
-        "{}",
-        String::from_utf8_lossy(&ok.stderr)
-    );
+    publish_ok(&p, &creds, &env)?;
     assert_eq!(stored(&p.data_dir, "fl-test-01")?.len(), 1);
     Ok(())
 }
@@ -289,21 +273,8 @@ async fn restart_keeps_readings_credentials_and_ca() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let (mut p, creds) = minimal(dir.path()).await?;
     let ca_before = std::fs::read(&creds.ca_file)?;
-    let topic = "pantau/v1/gw/gw-test/telemetry";
     let first = envelope("gw-test", 1, &[level(&now_rfc3339(-120), 111.0)]);
-    let out = mosquitto_pub(
-        p.mqtt,
-        Some(&creds.ca_file),
-        "gw-test",
-        &creds.password,
-        topic,
-        &first,
-    )?;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    publish_ok(&p, &creds, &first)?;
     p.terminate().await?;
     let data = p.data_dir.clone();
     drop(p);
@@ -316,19 +287,7 @@ async fn restart_keeps_readings_credentials_and_ca() -> anyhow::Result<()> {
     );
     assert_eq!(std::fs::read(&creds.ca_file)?, ca_before, "CA regenerated");
     let second = envelope("gw-test", 2, &[level(&now_rfc3339(-60), 112.0)]);
-    let out = mosquitto_pub(
-        p.mqtt,
-        Some(&creds.ca_file),
-        "gw-test",
-        &creds.password,
-        topic,
-        &second,
-    )?;
-    assert!(
-        out.status.success(),
-        "old credentials refused after restart: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    publish_ok(&p, &creds, &second)?;
     let values: Vec<f64> = stored(&data, "fl-test-01")?.iter().map(|r| r.2).collect();
     assert_eq!(values, vec![111.0, 112.0]);
     Ok(())
