@@ -38,8 +38,9 @@ async fn minimal(dir: &std::path::Path) -> anyhow::Result<(Pantau, GatewayCreds)
     std::fs::create_dir_all(&data)?;
     let reg = dir.join("registry.toml");
     std::fs::write(&reg, MINIMAL_REGISTRY)?;
-    let creds = gateway_add(&data, "gw-test")?;
     let p = Pantau::start(&data, &["--registry", reg.to_str().unwrap()]).await?;
+    // Registered while the server runs: it must be accepted without a restart.
+    let creds = gateway_add(&data, "gw-test")?;
     Ok((p, creds))
 }
 
@@ -315,5 +316,34 @@ async fn a_busy_port_stops_the_start_with_its_address() -> anyhow::Result<()> {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(&addr), "{err}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_invalid_registry_is_refused_naming_sensor_and_field() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let reg = dir.path().join("registry.toml");
+    std::fs::write(
+        &reg,
+        MINIMAL_REGISTRY.replace("siaga3 = 150", "siaga3 = 300"),
+    )?;
+    let out = std::process::Command::new(binary("pantau"))
+        .args(["up", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .args([
+            "--http-listen",
+            "127.0.0.1:0",
+            "--mqtt-listen",
+            "127.0.0.1:0",
+            "--registry",
+        ])
+        .arg(&reg)
+        .output()?;
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("fl-test-01") && err.contains("thresholds"),
+        "{err}"
+    );
     Ok(())
 }
