@@ -291,10 +291,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     async fn run(&mut self, link_rx: &mut LinkRx, keep_alive: Duration) -> (End, bool) {
         // MQTT: the server may close after 1.5 × keep-alive of silence.
         let idle = keep_alive + keep_alive / 2;
+        // Only packets from the client count as life signs; traffic from the
+        // router must not keep a silent client's connection open.
+        let mut last_read = tokio::time::Instant::now();
         let shutdown = self.shared.shutdown.clone();
         loop {
             tokio::select! {
-                read = timeout(idle, self.wire.read()) => {
+                read = tokio::time::timeout_at(last_read + idle, self.wire.read()) => {
                     let frame = match read {
                         Err(_) => return (End::Unclean("keepalive_timeout"), false),
                         Ok(Err(WireError::Closed)) => return (End::Unclean("closed"), false),
@@ -305,6 +308,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                         }
                         Ok(Ok(f)) => f,
                     };
+                    last_read = tokio::time::Instant::now();
                     match self.handle(frame).await {
                         Ok(None) => {}
                         Ok(Some(end)) => return (end, false),
