@@ -1,10 +1,12 @@
 //! Pantau's HTTP API (axum): the public live-conditions view, its live
-//! feed (Server-Sent Events), health and Prometheus metrics. Agency
+//! feed (Server-Sent Events), coarse public history, health and Prometheus
+//! metrics. Agency
 //! (token-scoped) routes, history and OpenAPI are the API issue's work.
 
 #![forbid(unsafe_code)]
 
 mod error;
+mod history;
 mod public;
 
 use std::sync::Arc;
@@ -14,7 +16,7 @@ use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
-use pantau_ingest::Ingestor;
+use pantau_ingest::{Ingestor, Sink};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -23,8 +25,10 @@ pub use error::ApiError;
 /// State shared by every handler.
 #[derive(Debug, Clone)]
 pub struct AppState {
-    /// Registry, store and live feed.
+    /// Registry, ingest log (latest values) and live feed.
     pub ingestor: Arc<Ingestor>,
+    /// The store history is read from.
+    pub history: Sink,
     /// Every component's counters, rendered on `/metrics`.
     pub metrics: Arc<prometheus_client::registry::Registry>,
 }
@@ -36,6 +40,7 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .route("/api/v1/public/conditions", get(public::conditions))
         .route("/api/v1/public/live", get(public::live))
+        .route("/api/v1/public/sensors/{id}/history", get(history::history))
         .with_state(state)
 }
 

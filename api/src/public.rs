@@ -95,8 +95,8 @@ fn status(sensor: &Sensor, latest: &LatestReading) -> Option<JsonValue> {
 pub(crate) async fn conditions(
     State(state): State<AppState>,
 ) -> Result<Json<Vec<Condition>>, ApiError> {
-    let store = state.ingestor.store().clone();
-    let latest = tokio::task::spawn_blocking(move || store.latest_all())
+    let log = state.ingestor.log().clone();
+    let latest = tokio::task::spawn_blocking(move || log.latest_all())
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?
         .map_err(|e| ApiError::Internal(e.to_string()))?;

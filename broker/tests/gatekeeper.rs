@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use pantau_broker::tls::{server_config, TlsFiles};
 use pantau_broker::{BrokerConfig, BrokerDeps, BrokerMetrics, RouterHandle, RouterLimits};
-use pantau_ingest::{IngestMetrics, Ingestor, Store};
+use pantau_ingest::{IngestLog, IngestMetrics, Ingestor};
 use pantau_model::{GatewayId, Registry, Timestamp};
 use pantau_state::StateDb;
 use rumqttd::protocol::v4::V4;
@@ -40,7 +40,7 @@ lon = 101.0
 struct Harness {
     addr: std::net::SocketAddr,
     tokens: Vec<(String, String)>,
-    store: Arc<Store>,
+    log: Arc<IngestLog>,
     metrics: BrokerMetrics,
     ca: std::path::PathBuf,
     shutdown: CancellationToken,
@@ -68,10 +68,10 @@ async fn start(config: BrokerConfig) -> Harness {
             )
         })
         .collect();
-    let store = Arc::new(Store::open(dir.path()).unwrap());
+    let log = Arc::new(IngestLog::open(dir.path(), 1_000_000, IngestMetrics::default()).unwrap());
     let ingestor = Arc::new(Ingestor::new(
         Registry::parse(REGISTRY).unwrap(),
-        store.clone(),
+        log.clone(),
         IngestMetrics::default(),
     ));
     let metrics = BrokerMetrics::default();
@@ -89,7 +89,7 @@ async fn start(config: BrokerConfig) -> Harness {
     Harness {
         addr,
         tokens,
-        store,
+        log,
         metrics,
         ca: files.ca_cert,
         shutdown,
@@ -233,12 +233,18 @@ async fn publish_is_acked_only_after_it_is_stored() {
         Some(Packet::PubAck(ack, _)) => assert_eq!(ack.pkid, 7),
         other => panic!("expected PUBACK, got {other:?}"),
     }
-    // Acknowledged means committed: the store has it at the moment of the ack.
-    let rows = h
-        .store
-        .samples("fl-a", "water_level_cm", Timestamp(0), Timestamp(i64::MAX))
-        .unwrap();
-    assert_eq!(rows.iter().map(|s| s.value).collect::<Vec<_>>(), vec![42.5]);
+    // Acknowledged means committed: the ingest log has it at the moment of the ack.
+    let batch = h.log.read_after(0, 100).unwrap();
+    let values: Vec<f64> = batch
+        .entries
+        .iter()
+        .flat_map(|e| {
+            e.readings
+                .iter()
+                .map(|r| r.values["water_level_cm"].as_f64())
+        })
+        .collect();
+    assert_eq!(values, vec![42.5]);
 }
 
 #[tokio::test]
@@ -256,7 +262,7 @@ async fn publishing_as_another_gateway_closes_and_stores_nothing() {
         None,
         "connection must be closed, without PUBACK"
     );
-    assert_eq!(h.store.sample_count().unwrap(), 0);
+    assert_eq!(h.log.pending(), 0);
     assert_eq!(
         h.metrics
             .acl_violations

@@ -10,6 +10,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use pantau_model::backoff::Backoff;
 use pantau_model::envelope::encode;
 use pantau_model::topic::{topic, TopicKind};
 use pantau_model::{Reading, Timestamp};
@@ -125,25 +126,25 @@ pub async fn drive(
     gateway: String,
     shutdown: CancellationToken,
 ) {
-    let mut backoff = Duration::from_millis(200);
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30))
+        .expect("valid backoff bounds");
     let status = topic(&gateway, TopicKind::Status);
     loop {
         tokio::select! {
             ev = eventloop.poll() => match ev {
                 Ok(Event::Incoming(rumqttc::Packet::ConnAck(_))) => {
-                    backoff = Duration::from_millis(200);
+                    backoff.reset();
                     tracing::info!(gateway = %gateway, "Uplink connected.");
                     let _ = client.try_publish(status.clone(), QoS::AtLeastOnce, true, r#"{"online":true}"#);
                 }
                 Ok(_) => {}
                 Err(e) => {
-                    tracing::warn!(gateway = %gateway, error = %e, retry_in_ms = backoff.as_millis() as u64, "Uplink connection failed, retrying.");
-                    let jitter = 0.5 + (Timestamp::now().millis() % 1000) as f64 / 1000.0;
+                    let delay = backoff.next_delay();
+                    tracing::warn!(gateway = %gateway, error = %e, retry_in_ms = delay.as_millis() as u64, "Uplink connection failed, retrying.");
                     tokio::select! {
-                        _ = tokio::time::sleep(backoff.mul_f64(jitter)) => {}
+                        _ = tokio::time::sleep(delay) => {}
                         _ = shutdown.cancelled() => return,
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(30));
                 }
             },
             _ = shutdown.cancelled() => {

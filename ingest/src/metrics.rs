@@ -1,15 +1,19 @@
 //! Ingest counters, exported in Prometheus text format on `/metrics`.
-//! Every rejection is counted under the same reason code that is logged.
+//! Every rejection and drop is counted under the same reason code that is
+//! logged. The ingest log exports `accepted / persisted / delivered /
+//! dropped{reason} / replayed` (DESIGN.md §4.5).
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 /// Label set with one `reason` label.
 pub type ReasonLabels = Vec<(&'static str, &'static str)>;
 
 /// Counters of the ingest path.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct IngestMetrics {
     /// Envelopes received, whatever became of them.
     pub envelopes_received: Counter,
@@ -17,12 +21,49 @@ pub struct IngestMetrics {
     pub envelopes_rejected: Family<ReasonLabels, Counter>,
     /// Readings that passed validation.
     pub readings_accepted: Counter,
-    /// Readings committed to the store.
-    pub readings_persisted: Counter,
-    /// Readings refused, by reason.
+    /// Readings refused by validation, by reason.
     pub readings_rejected: Family<ReasonLabels, Counter>,
     /// Live events dropped because a live subscriber lagged.
     pub live_lagged: Counter,
+    /// Readings offered to the ingest log.
+    pub log_accepted: Counter,
+    /// Readings committed to the ingest log.
+    pub log_persisted: Counter,
+    /// Readings confirmed by the sink and removed from the log.
+    pub log_delivered: Counter,
+    /// Readings dropped (refused or dead-lettered), by reason.
+    pub log_dropped: Family<ReasonLabels, Counter>,
+    /// Readings delivered again after a restart.
+    pub log_replayed: Counter,
+    /// Readings waiting in the log for the sink (the backlog).
+    pub log_pending: Gauge,
+    /// Ingest log group-commit latency.
+    pub log_commit_seconds: Histogram,
+    /// Sink write attempts that failed and were retried, by reason.
+    pub sink_retries: Family<ReasonLabels, Counter>,
+    /// 1 while the sink is stopped by a fatal error (bad credentials, ...).
+    pub sink_stopped: Gauge,
+}
+
+impl Default for IngestMetrics {
+    fn default() -> Self {
+        Self {
+            envelopes_received: Counter::default(),
+            envelopes_rejected: Family::default(),
+            readings_accepted: Counter::default(),
+            readings_rejected: Family::default(),
+            live_lagged: Counter::default(),
+            log_accepted: Counter::default(),
+            log_persisted: Counter::default(),
+            log_delivered: Counter::default(),
+            log_dropped: Family::default(),
+            log_replayed: Counter::default(),
+            log_pending: Gauge::default(),
+            log_commit_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
+            sink_retries: Family::default(),
+            sink_stopped: Gauge::default(),
+        }
+    }
 }
 
 impl IngestMetrics {
@@ -45,19 +86,59 @@ impl IngestMetrics {
             self.readings_accepted.clone(),
         );
         r.register(
-            "readings_persisted",
-            "Readings committed to storage",
-            self.readings_persisted.clone(),
-        );
-        r.register(
             "readings_rejected",
-            "Readings refused, by reason",
+            "Readings refused by validation, by reason",
             self.readings_rejected.clone(),
         );
         r.register(
             "live_lagged",
             "Live events skipped by lagging live subscribers",
             self.live_lagged.clone(),
+        );
+        r.register(
+            "log_accepted",
+            "Readings offered to the ingest log",
+            self.log_accepted.clone(),
+        );
+        r.register(
+            "log_persisted",
+            "Readings committed to the ingest log",
+            self.log_persisted.clone(),
+        );
+        r.register(
+            "log_delivered",
+            "Readings confirmed by the sink",
+            self.log_delivered.clone(),
+        );
+        r.register(
+            "log_dropped",
+            "Readings refused or dead-lettered, by reason",
+            self.log_dropped.clone(),
+        );
+        r.register(
+            "log_replayed",
+            "Readings delivered again after a restart",
+            self.log_replayed.clone(),
+        );
+        r.register(
+            "log_pending",
+            "Readings waiting in the ingest log",
+            self.log_pending.clone(),
+        );
+        r.register(
+            "log_commit_seconds",
+            "Ingest log group commit latency",
+            self.log_commit_seconds.clone(),
+        );
+        r.register(
+            "sink_retries",
+            "Sink writes retried, by reason",
+            self.sink_retries.clone(),
+        );
+        r.register(
+            "sink_stopped",
+            "1 while the sink is stopped by a fatal error",
+            self.sink_stopped.clone(),
         );
     }
 
@@ -71,6 +152,20 @@ impl IngestMetrics {
     /// Counts one refused envelope.
     pub fn reject_envelope(&self, reason: &'static str) {
         self.envelopes_rejected
+            .get_or_create(&vec![("reason", reason)])
+            .inc();
+    }
+
+    /// Counts readings dropped from (or refused by) the log.
+    pub fn drop_readings(&self, reason: &'static str, n: u64) {
+        self.log_dropped
+            .get_or_create(&vec![("reason", reason)])
+            .inc_by(n);
+    }
+
+    /// Counts a retried sink write.
+    pub fn retry(&self, reason: &'static str) {
+        self.sink_retries
             .get_or_create(&vec![("reason", reason)])
             .inc();
     }

@@ -1,16 +1,17 @@
-//! From an envelope payload to stored readings: validate → commit → count →
-//! offer to live subscribers. The caller acknowledges upstream only after
-//! [`Ingestor::ingest`] returns `Ok`.
+//! From an envelope payload to durably received readings: validate → commit
+//! to the ingest log → count → offer to live subscribers. The caller
+//! acknowledges upstream only after [`Ingestor::ingest`] returns `Ok`; the
+//! sinks drain the log on their own pace (see [`crate::drain`]).
 
 use std::sync::{Arc, RwLock};
 
 use pantau_model::validate::check_envelope;
-use pantau_model::{Policy, Reading, Registry, SensorKind, Timestamp};
+use pantau_model::{Policy, Registry, SensorKind, Timestamp};
 use serde::Serialize;
 use tokio::sync::broadcast;
 
+use crate::log::{IngestLog, LoggedReading};
 use crate::metrics::IngestMetrics;
-use crate::store::Store;
 use crate::Result;
 
 /// Live events kept for slow live subscribers before they skip ahead.
@@ -34,7 +35,7 @@ pub struct LiveReading {
 /// What became of one envelope.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct IngestOutcome {
-    /// Readings stored.
+    /// Readings committed to the ingest log.
     pub stored: usize,
     /// Readings refused (each counted by reason).
     pub rejected: usize,
@@ -47,8 +48,8 @@ pub struct IngestOutcome {
 pub struct Ingestor {
     /// Sensors and which gateway owns each.
     registry: RwLock<Arc<Registry>>,
-    /// Where readings are committed.
-    store: Arc<Store>,
+    /// Where readings are committed before they are acknowledged.
+    log: Arc<IngestLog>,
     /// Counters.
     metrics: IngestMetrics,
     /// Timestamp limits.
@@ -59,11 +60,11 @@ pub struct Ingestor {
 
 impl Ingestor {
     /// Builds the ingest path over a store.
-    pub fn new(registry: Registry, store: Arc<Store>, metrics: IngestMetrics) -> Self {
+    pub fn new(registry: Registry, log: Arc<IngestLog>, metrics: IngestMetrics) -> Self {
         let (live, _) = broadcast::channel(LIVE_BUFFER);
         Self {
             registry: RwLock::new(Arc::new(registry)),
-            store,
+            log,
             metrics,
             policy: Policy::default(),
             live,
@@ -78,9 +79,9 @@ impl Ingestor {
             .clone()
     }
 
-    /// The store readings are committed to.
-    pub fn store(&self) -> &Arc<Store> {
-        &self.store
+    /// The ingest log readings are committed to.
+    pub fn log(&self) -> &Arc<IngestLog> {
+        &self.log
     }
 
     /// The counters.
@@ -137,27 +138,35 @@ impl Ingestor {
         }
         let stored = checked.accepted.len();
         self.metrics.readings_accepted.inc_by(stored as u64);
-        let readings: Vec<Reading> = checked.accepted;
+        let logged: Vec<LoggedReading> = checked
+            .accepted
+            .into_iter()
+            .filter_map(|r| {
+                registry.get(&r.sensor).map(|s| LoggedReading {
+                    sensor: r.sensor,
+                    kind: s.kind,
+                    ts: r.ts,
+                    values: r.values,
+                })
+            })
+            .collect();
         let live: Vec<Arc<LiveReading>> = if self.live.receiver_count() > 0 {
-            readings
+            logged
                 .iter()
-                .filter_map(|r| {
-                    registry.get(&r.sensor).map(|s| {
-                        Arc::new(LiveReading {
-                            sensor: r.sensor.clone(),
-                            kind: s.kind,
-                            gateway: gateway.to_owned(),
-                            ts: r.ts,
-                            values: r.values.clone(),
-                        })
+                .map(|r| {
+                    Arc::new(LiveReading {
+                        sensor: r.sensor.clone(),
+                        kind: r.kind,
+                        gateway: gateway.to_owned(),
+                        ts: r.ts,
+                        values: r.values.clone(),
                     })
                 })
                 .collect()
         } else {
             Vec::new()
         };
-        self.store.write(readings).await?;
-        self.metrics.readings_persisted.inc_by(stored as u64);
+        self.log.append(gateway, logged).await?;
         for event in live {
             // No receiver left is fine: nobody is watching.
             let _ = self.live.send(event);

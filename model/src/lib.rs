@@ -7,6 +7,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod backoff;
 pub mod derive;
 pub mod envelope;
 pub mod id;

@@ -241,6 +241,18 @@ fn validate_sensor(w: WireSensor) -> Result<Sensor, RegistryError> {
     if w.name.trim().is_empty() {
         return Err(invalid("name", "must not be empty".into()));
     }
+    // The district becomes an InfluxDB tag: line protocol cannot carry
+    // control characters or a trailing backslash.
+    if w.district.chars().any(char::is_control)
+        || w.district.ends_with('\\')
+        || w.district.len() > 100
+    {
+        return Err(invalid(
+            "district",
+            "must be at most 100 characters, without control characters or a trailing backslash"
+                .into(),
+        ));
+    }
     if !(w.lat.is_finite() && (-90.0..=90.0).contains(&w.lat)) {
         return Err(invalid(
             "lat",
@@ -347,6 +359,8 @@ thresholds = { siaga3 = 150, siaga2 = 200, siaga1 = 250 }
         assert!(e.contains("fl-test-01") && e.contains("thresholds"), "{e}");
         let e = err(&format!("{MINIMAL}{MINIMAL}"));
         assert!(e.contains("duplicate") && e.contains("fl-test-01"), "{e}");
+        let e = err(&MINIMAL.replace("Dumai Kota", "Dumai\\\\"));
+        assert!(e.contains("district"), "{e}");
         let e = err(&MINIMAL.replace("gw-test", "GW TEST"));
         assert!(e.contains("gateway"), "{e}");
         let e = err(&MINIMAL.replace("public = true", "public = true\ncolour = 1"));

@@ -11,6 +11,7 @@ use pantau_model::GatewayId;
 use pantau_state::StateDb;
 
 use crate::config::{FileConfig, UpConfig, DEFAULT_DATA_DIR, DEFAULT_HTTP, DEFAULT_MQTT};
+use crate::storage::StorageArgs;
 
 /// Pantau: sensor telemetry for a city's infrastructure.
 #[derive(Debug, Parser)]
@@ -24,6 +25,8 @@ struct Cli {
 enum Command {
     /// Run the whole platform in one process (broker, ingest, store, API).
     Up(UpArgs),
+    /// Consume telemetry from an external MQTT broker into storage.
+    Ingest(IngestArgs),
     /// Manage gateways.
     Gateway {
         #[command(subcommand)]
@@ -55,6 +58,32 @@ struct UpArgs {
     /// Sampling interval of the demo gateways.
     #[arg(long, env = "PANTAU_DEMO_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
     demo_interval: Duration,
+    #[command(flatten)]
+    storage: StorageArgs,
+}
+
+#[derive(Debug, clap::Args)]
+struct IngestArgs {
+    /// External broker: mqtts://HOST:PORT (or mqtt://HOST:PORT on loopback).
+    #[arg(long, env = "PANTAU_BROKER")]
+    broker: String,
+    /// Stable worker name (its MQTT client id is pantau-ingest-NAME).
+    #[arg(long, env = "PANTAU_WORKER_ID")]
+    worker_id: String,
+    /// CA certificate of the broker (PEM), for mqtts://.
+    #[arg(long, env = "PANTAU_BROKER_CA")]
+    broker_ca: Option<PathBuf>,
+    /// Data directory [default: ./pantau-data].
+    #[arg(long, env = "PANTAU_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Sensor registry (TOML).
+    #[arg(long, env = "PANTAU_REGISTRY")]
+    registry: Option<PathBuf>,
+    /// Optional HTTP address for /healthz and /metrics.
+    #[arg(long, env = "PANTAU_HTTP_LISTEN")]
+    http_listen: Option<SocketAddr>,
+    #[command(flatten)]
+    storage: StorageArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -86,6 +115,20 @@ pub fn main() -> ExitCode {
                 .map_err(anyhow::Error::from)
                 .and_then(|rt| rt.block_on(crate::up::up(cfg)))
         }),
+        Command::Ingest(args) => {
+            let cfg = crate::ingest::IngestConfig {
+                broker: args.broker,
+                worker_id: args.worker_id,
+                broker_ca: args.broker_ca,
+                data_dir: args.data_dir.unwrap_or_else(|| DEFAULT_DATA_DIR.into()),
+                registry: args.registry,
+                http_listen: args.http_listen,
+                storage: args.storage,
+            };
+            tokio::runtime::Runtime::new()
+                .map_err(anyhow::Error::from)
+                .and_then(|rt| rt.block_on(crate::ingest::run(cfg)))
+        }
         Command::Gateway {
             command: GatewayCommand::Add { id, data_dir },
         } => gateway_add(&id, data_dir.unwrap_or_else(|| DEFAULT_DATA_DIR.into())),
@@ -121,6 +164,7 @@ fn resolve(args: UpArgs) -> anyhow::Result<UpConfig> {
         demo: args.demo,
         demo_interval: args.demo_interval,
         tls_names: file.tls_names,
+        storage: args.storage,
     })
 }
 

@@ -49,6 +49,8 @@ pub struct UpConfig {
     pub demo_interval: std::time::Duration,
     /// Extra server certificate names.
     pub tls_names: Vec<String>,
+    /// Storage selection.
+    pub storage: crate::storage::StorageArgs,
 }
 
 /// Default data directory.

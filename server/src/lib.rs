@@ -6,6 +6,9 @@
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod ingest;
+pub mod shutdown;
+pub mod storage;
 pub mod up;
 
 /// The demo registry for Dumai, built into the binary.

@@ -2,10 +2,11 @@
 //!
 //! Start order: data dir → state and store → TLS → bind both listeners
 //! (a listener that cannot bind stops the start with its address) → router
-//! → broker and API → demo gateways. Shutdown (SIGINT or SIGTERM) runs in
-//! reverse: demo gateways, then the broker (no new telemetry; in-flight
-//! commits finish), then the API; the store's writer drains its queue
-//! before the process exits. Past the grace period the process exits anyway
+//! → ingest log and sink → broker, drain and API → demo gateways. Shutdown
+//! (SIGINT or SIGTERM) runs in reverse: demo gateways, then the broker (no
+//! new telemetry; in-flight commits finish), then the drain (in-flight sink
+//! writes get a moment; the rest stays in the ingest log for the next
+//! start), then the API. Past the grace period the process exits anyway
 //! and says so.
 
 use std::sync::Arc;
@@ -14,7 +15,8 @@ use std::time::Duration;
 use anyhow::Context;
 use pantau_broker::tls::{server_config, TlsFiles};
 use pantau_broker::{BrokerConfig, BrokerDeps, BrokerMetrics, RouterHandle, RouterLimits};
-use pantau_ingest::{IngestMetrics, Ingestor, Store};
+use pantau_ingest::drain::DrainConfig;
+use pantau_ingest::{IngestMetrics, Ingestor};
 use pantau_model::Registry;
 use pantau_state::StateDb;
 use tokio::net::TcpListener;
@@ -42,11 +44,18 @@ async fn bind(addr: std::net::SocketAddr, what: &str) -> anyhow::Result<TcpListe
 
 /// Runs the platform until SIGINT/SIGTERM.
 pub async fn up(cfg: UpConfig) -> anyhow::Result<()> {
-    let registry = load_registry(&cfg)?;
+    let registry = Arc::new(load_registry(&cfg)?);
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("cannot create data dir {}", cfg.data_dir.display()))?;
     let state = Arc::new(StateDb::open(&cfg.data_dir)?);
-    let store = Arc::new(Store::open(&cfg.data_dir)?);
+    let ingest_metrics = IngestMetrics::default();
+    let storage = crate::storage::open(
+        &cfg.data_dir,
+        registry.clone(),
+        &cfg.storage,
+        &ingest_metrics,
+    )
+    .await?;
     let files = TlsFiles::in_data_dir(&cfg.data_dir);
     let tls = server_config(&files, &cfg.tls_names)?;
 
@@ -56,19 +65,30 @@ pub async fn up(cfg: UpConfig) -> anyhow::Result<()> {
     let mqtt_addr = mqtt.local_addr()?;
 
     let mut metrics = prometheus_client::registry::Registry::default();
-    let ingest_metrics = IngestMetrics::default();
     ingest_metrics.register(&mut metrics);
     let broker_metrics = BrokerMetrics::default();
     broker_metrics.register(&mut metrics);
 
     let sensors = registry.len();
-    let ingestor = Arc::new(Ingestor::new(registry, store, ingest_metrics));
+    let ingestor = Arc::new(Ingestor::new(
+        registry.as_ref().clone(),
+        storage.log.clone(),
+        ingest_metrics.clone(),
+    ));
     let router =
         RouterHandle::start(&RouterLimits::default()).context("cannot start the router")?;
 
     let stop_demo = CancellationToken::new();
     let stop_broker = CancellationToken::new();
     let stop_api = CancellationToken::new();
+    let stop_drain = CancellationToken::new();
+    let drain = tokio::spawn(pantau_ingest::drain::drain(
+        storage.log.clone(),
+        storage.sink.clone(),
+        DrainConfig::default(),
+        ingest_metrics,
+        stop_drain.clone(),
+    ));
     let demo_tasks = TaskTracker::new();
 
     let broker = tokio::spawn(pantau_broker::run(
@@ -86,6 +106,7 @@ pub async fn up(cfg: UpConfig) -> anyhow::Result<()> {
     let api = tokio::spawn(pantau_api::run(
         pantau_api::AppState {
             ingestor: ingestor.clone(),
+            history: storage.sink.clone(),
             metrics: Arc::new(metrics),
         },
         http,
@@ -113,7 +134,7 @@ pub async fn up(cfg: UpConfig) -> anyhow::Result<()> {
         tracing::info!(gateways = n, "Demo gateways started.");
     }
 
-    wait_for_signal().await;
+    crate::shutdown::signal().await;
     tracing::info!("Shutting down.");
     let ordered = async {
         stop_demo.cancel();
@@ -121,6 +142,8 @@ pub async fn up(cfg: UpConfig) -> anyhow::Result<()> {
         demo_tasks.wait().await;
         stop_broker.cancel();
         let _ = broker.await;
+        stop_drain.cancel();
+        let _ = drain.await;
         stop_api.cancel();
         let _ = api.await;
     };
@@ -131,24 +154,4 @@ pub async fn up(cfg: UpConfig) -> anyhow::Result<()> {
         );
     }
     Ok(())
-}
-
-async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut term = match signal(SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-                return;
-            }
-        };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = tokio::signal::ctrl_c().await;
 }

@@ -231,25 +231,61 @@ pub fn mosquitto_pub(
         .context("run mosquitto_pub (install mosquitto-clients)")
 }
 
-/// Rows of one field of one sensor, read straight from the embedded store.
-pub fn stored(data_dir: &Path, sensor: &str) -> Result<Vec<(String, i64, f64)>> {
-    let conn = rusqlite::Connection::open_with_flags(
+fn store_conn(data_dir: &Path) -> Result<rusqlite::Connection> {
+    Ok(rusqlite::Connection::open_with_flags(
         data_dir.join("readings.db"),
         rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-    )?;
-    let mut stmt =
-        conn.prepare("SELECT field, ts, value FROM samples WHERE sensor = ?1 ORDER BY ts, field")?;
-    let rows = stmt.query_map([sensor], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
-    Ok(rows.collect::<Result<_, _>>()?)
+    )?)
 }
 
-/// Total rows in the embedded store.
+fn raw_partitions(conn: &rusqlite::Connection) -> Result<Vec<String>> {
+    let mut stmt =
+        conn.prepare("SELECT name FROM partitions WHERE level = 'raw' ORDER BY start_ms")?;
+    let names = stmt.query_map([], |r| r.get(0))?;
+    Ok(names.collect::<Result<_, _>>()?)
+}
+
+/// Raw samples (field, ts, value) of one sensor, read straight from the
+/// embedded store's partitions, oldest first.
+pub fn stored(data_dir: &Path, sensor: &str) -> Result<Vec<(String, i64, f64)>> {
+    let conn = store_conn(data_dir)?;
+    let mut out = Vec::new();
+    for table in raw_partitions(&conn)? {
+        let mut stmt = conn.prepare(&format!(
+            "SELECT field, ts, value FROM {table} WHERE sensor = ?1 ORDER BY ts, field"
+        ))?;
+        let rows = stmt.query_map([sensor], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        for row in rows {
+            out.push(row?);
+        }
+    }
+    Ok(out)
+}
+
+/// Total raw samples in the embedded store.
 pub fn stored_count(data_dir: &Path) -> Result<i64> {
-    let conn = rusqlite::Connection::open_with_flags(
-        data_dir.join("readings.db"),
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-    )?;
-    Ok(conn.query_row("SELECT count(*) FROM samples", [], |r| r.get(0))?)
+    let conn = store_conn(data_dir)?;
+    let mut total = 0;
+    for table in raw_partitions(&conn)? {
+        let n: i64 = conn.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))?;
+        total += n;
+    }
+    Ok(total)
+}
+
+/// Polls the embedded store until `sensor` has `n` samples (the sink drains
+/// the ingest log asynchronously), then returns them.
+pub async fn stored_eventually(
+    data_dir: &Path,
+    sensor: &str,
+    n: usize,
+) -> Result<Vec<(String, i64, f64)>> {
+    eventually(
+        Duration::from_secs(15),
+        &format!("{n} samples of {sensor} in the store"),
+        || async { stored(data_dir, sensor).ok().filter(|rows| rows.len() >= n) },
+    )
+    .await
 }
 
 /// The value of a Prometheus sample line (`name{labels} value`), if present.

@@ -192,11 +192,8 @@ async fn three_good_two_bad_stores_exactly_the_good_ones() -> anyhow::Result<()>
         ),
         Some(1.0)
     );
-    assert_eq!(
-        metric(&m, "pantau_ingest_readings_persisted_total"),
-        Some(3.0)
-    );
-    let rows = stored(&p.data_dir, "fl-test-01")?;
+    assert_eq!(metric(&m, "pantau_ingest_log_persisted_total"), Some(3.0));
+    let rows = stored_eventually(&p.data_dir, "fl-test-01", 3).await?;
     let values: Vec<f64> = rows.iter().map(|r| r.2).collect();
     assert_eq!(values, vec![100.0, 101.0, 102.0]);
     let log = p.log_text();
@@ -258,7 +255,10 @@ async fn bad_credentials_plain_tcp_and_unknown_gateways_are_refused() -> anyhow:
     assert_eq!(stored_count(&p.data_dir)?, 0);
     // The right credentials still work afterwards.
     publish_ok(&p, &creds, &env)?;
-    assert_eq!(stored(&p.data_dir, "fl-test-01")?.len(), 1);
+    assert_eq!(
+        stored_eventually(&p.data_dir, "fl-test-01", 1).await?.len(),
+        1
+    );
     Ok(())
 }
 
@@ -282,7 +282,11 @@ async fn restart_keeps_readings_credentials_and_ca() -> anyhow::Result<()> {
     assert_eq!(std::fs::read(&creds.ca_file)?, ca_before, "CA regenerated");
     let second = envelope("gw-test", 2, &[level(&now_rfc3339(-60), 112.0)]);
     publish_ok(&p, &creds, &second)?;
-    let values: Vec<f64> = stored(&data, "fl-test-01")?.iter().map(|r| r.2).collect();
+    let values: Vec<f64> = stored_eventually(&data, "fl-test-01", 2)
+        .await?
+        .iter()
+        .map(|r| r.2)
+        .collect();
     assert_eq!(values, vec![111.0, 112.0]);
     Ok(())
 }

@@ -1,0 +1,166 @@
+//! Ingest workers on an external MQTT 3.1.1 broker cluster (EMQX, VerneMQ,
+//! HiveMQ, Mosquitto): a shared subscription
+//! `$share/pantau-ingest/pantau/v1/gw/+/telemetry` so several workers split
+//! the load, a persistent session (clean_session = false, stable client id
+//! `pantau-ingest-{worker}`) so the broker keeps what a dead worker had not
+//! acknowledged, and manual acknowledgements in arrival order, each only
+//! after the envelope is committed to the ingest log (DESIGN.md §4.3).
+//!
+//! When a commit fails (log full, disk error) nothing more is acknowledged:
+//! the session is dropped and re-established after a backoff, and the
+//! broker delivers the unacknowledged messages again.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::stream::FuturesOrdered;
+use futures::StreamExt;
+use pantau_model::backoff::Backoff;
+use pantau_model::topic::{GatewayTopic, TopicKind};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
+use tokio_util::sync::CancellationToken;
+
+use crate::pipeline::Ingestor;
+
+/// The shared-subscription group of all ingest workers.
+pub const SHARE_FILTER: &str = "$share/pantau-ingest/pantau/v1/gw/+/telemetry";
+
+/// How to reach the external broker.
+#[derive(Clone)]
+pub struct ConsumerConfig {
+    /// Broker host.
+    pub host: String,
+    /// Broker port.
+    pub port: u16,
+    /// TLS client configuration (`mqtts://`), `None` for `mqtt://`.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// Stable worker name; the client id is `pantau-ingest-{worker_id}`.
+    pub worker_id: String,
+    /// Username, if the broker wants one.
+    pub username: Option<String>,
+    /// Password.
+    pub password: Option<String>,
+}
+
+impl std::fmt::Debug for ConsumerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConsumerConfig")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("tls", &self.tls.is_some())
+            .field("worker_id", &self.worker_id)
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a session ended.
+#[derive(Debug)]
+enum SessionEnd {
+    Shutdown,
+    Connection(String),
+    Commit(String),
+}
+
+/// Consumes until `shutdown`, reconnecting with backoff.
+pub async fn consume(cfg: ConsumerConfig, ingestor: Arc<Ingestor>, shutdown: CancellationToken) {
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30))
+        .expect("valid backoff bounds");
+    loop {
+        let end = session(&cfg, &ingestor, &shutdown, &mut backoff).await;
+        let reason = match end {
+            SessionEnd::Shutdown => return,
+            SessionEnd::Connection(e) => e,
+            SessionEnd::Commit(e) => e,
+        };
+        let delay = backoff.next_delay();
+        tracing::warn!(worker = %cfg.worker_id, error = %reason, retry_in_ms = delay.as_millis() as u64, "Broker session ended, reconnecting.");
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = shutdown.cancelled() => return,
+        }
+    }
+}
+
+async fn session(
+    cfg: &ConsumerConfig,
+    ingestor: &Arc<Ingestor>,
+    shutdown: &CancellationToken,
+    backoff: &mut Backoff,
+) -> SessionEnd {
+    let mut opts = MqttOptions::new(
+        format!("pantau-ingest-{}", cfg.worker_id),
+        cfg.host.clone(),
+        cfg.port,
+    );
+    opts.set_clean_session(false);
+    opts.set_manual_acks(true);
+    opts.set_keep_alive(Duration::from_secs(30));
+    opts.set_max_packet_size(1024 * 1024, 1024 * 1024);
+    if let (Some(u), p) = (&cfg.username, &cfg.password) {
+        opts.set_credentials(u.clone(), p.clone().unwrap_or_default());
+    }
+    if let Some(tls) = &cfg.tls {
+        opts.set_transport(Transport::Tls(TlsConfiguration::Rustls(tls.clone())));
+    }
+    let (client, mut eventloop) = AsyncClient::new(opts, 256);
+    // Commits in flight, in arrival order; acks leave in that order.
+    let mut pending = FuturesOrdered::new();
+    loop {
+        tokio::select! {
+            ev = eventloop.poll() => match ev {
+                Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                    backoff.reset();
+                    tracing::info!(worker = %cfg.worker_id, session_present = ack.session_present, "Connected to the external broker.");
+                    if let Err(e) = client.try_subscribe(SHARE_FILTER, QoS::AtLeastOnce) {
+                        return SessionEnd::Connection(e.to_string());
+                    }
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    let ingestor = ingestor.clone();
+                    pending.push_back(async move {
+                        let gateway = GatewayTopic::parse(&p.topic)
+                            .ok()
+                            .filter(|t| t.kind == TopicKind::Telemetry);
+                        let result = match gateway {
+                            Some(t) => ingestor.ingest(t.gateway.as_str(), &p.payload).await.map(drop),
+                            None => {
+                                ingestor.metrics().reject_envelope("foreign_topic");
+                                Ok(())
+                            }
+                        };
+                        (p, result)
+                    });
+                }
+                Ok(_) => {}
+                Err(e) => return SessionEnd::Connection(e.to_string()),
+            },
+            Some((publish, result)) = pending.next(), if !pending.is_empty() => match result {
+                Ok(()) => {
+                    // Never await here: the event loop that sends the ack is
+                    // polled by this same task.
+                    if let Err(e) = client.try_ack(&publish) {
+                        return SessionEnd::Connection(e.to_string());
+                    }
+                }
+                // Not durable: acknowledge nothing more; the broker redelivers
+                // after the reconnect.
+                Err(e) => return SessionEnd::Commit(e.to_string()),
+            },
+            _ = shutdown.cancelled() => {
+                // Let commits in flight finish and acknowledge them.
+                while let Some((publish, result)) = pending.next().await {
+                    if result.is_err() || client.try_ack(&publish).is_err() {
+                        break;
+                    }
+                }
+                let _ = client.try_disconnect();
+                let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                    while eventloop.poll().await.is_ok() {}
+                })
+                .await;
+                return SessionEnd::Shutdown;
+            }
+        }
+    }
+}

@@ -1,0 +1,574 @@
+//! The ingest log: the durable queue between receiving a reading and the
+//! sink that stores it (DESIGN.md §4, "acknowledge only what is durable").
+//!
+//! ## Invariants
+//! - An envelope's good readings are appended as one entry and committed
+//!   (WAL, `synchronous = FULL`) before the caller acknowledges upstream
+//!   (PUBACK to a gateway, manual ack to an external broker).
+//! - An entry is deleted only after the sink confirmed every reading of it
+//!   (SQLite commit, InfluxDB 204, or a dead-letter record for lines the
+//!   server refused). Until then it survives kill -9 and power loss and is
+//!   delivered again after a restart (counted as `replayed`).
+//! - The log is bounded by a number of readings. When it is full, appends
+//!   fail: nothing is acknowledged, so the gateway keeps the readings in its
+//!   own spool and retries; the refusal is counted as `dropped{log_full}`.
+//!   Nothing already in the log is ever dropped to make room.
+//!
+//! ## On disk
+//! `ingest-log.db` in the data directory:
+//! - `entries(id INTEGER PRIMARY KEY, gateway, readings, payload)`: one row
+//!   per envelope, `payload` a JSON array of validated readings;
+//! - `latest(sensor PRIMARY KEY, ts, values_json)`: the newest reading of
+//!   each sensor, maintained in the same transaction as the append, for the
+//!   live conditions view whatever the sink;
+//! - `dead_letter(id, at_ms, sink, line, status, message)`: lines a sink's
+//!   server refused (e.g. an InfluxDB field type conflict), with the
+//!   server's message; written before the entries they came from are
+//!   acknowledged, so nothing is lost silently and nothing retries forever.
+//!
+//! ## Concurrency
+//! One writer thread owns the write connection and folds every queued
+//! append and acknowledgement into one transaction (group commit: many
+//! gateways share one fsync). Readers use their own connection.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use pantau_model::{Reading, SensorKind, Timestamp, Values};
+use rusqlite::{params, Connection};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{oneshot, Notify};
+
+use crate::metrics::IngestMetrics;
+use crate::store::LatestReading;
+use crate::{Error, Result};
+
+/// Commands queued to the writer before senders wait.
+const QUEUE_DEPTH: usize = 4096;
+/// Most commands folded into one transaction.
+const MAX_GROUP: usize = 1024;
+
+/// A validated reading as kept in the log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoggedReading {
+    /// Sensor id.
+    #[serde(rename = "s")]
+    pub sensor: String,
+    /// Sensor kind at the time it was received.
+    #[serde(rename = "k")]
+    pub kind: SensorKind,
+    /// Observation time.
+    #[serde(rename = "t")]
+    pub ts: Timestamp,
+    /// Values.
+    #[serde(rename = "v")]
+    pub values: Values,
+}
+
+impl LoggedReading {
+    /// The reading without its kind.
+    pub fn to_reading(&self) -> Reading {
+        Reading {
+            sensor: self.sensor.clone(),
+            ts: self.ts,
+            values: self.values.clone(),
+        }
+    }
+}
+
+/// One entry read back from the log.
+#[derive(Debug, Clone)]
+pub struct LogEntry {
+    /// Log id.
+    pub id: i64,
+    /// The gateway that sent it.
+    pub gateway: String,
+    /// Its readings.
+    pub readings: Vec<LoggedReading>,
+}
+
+/// A run of consecutive entries handed to a sink.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    /// The entries, oldest first.
+    pub entries: Vec<LogEntry>,
+    /// Whether any entry was in the log before this process started.
+    pub replayed: bool,
+}
+
+impl Batch {
+    /// Number of readings.
+    pub fn len(&self) -> usize {
+        self.entries.iter().map(|e| e.readings.len()).sum()
+    }
+
+    /// Whether there are no readings.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Ids of the entries.
+    pub fn ids(&self) -> Vec<i64> {
+        self.entries.iter().map(|e| e.id).collect()
+    }
+}
+
+enum Cmd {
+    Append {
+        gateway: String,
+        readings: Vec<LoggedReading>,
+        done: oneshot::Sender<Result<i64>>,
+    },
+    Ack {
+        ids: Vec<i64>,
+        done: oneshot::Sender<Result<()>>,
+    },
+    DeadLetter {
+        records: Vec<DeadLetter>,
+        done: oneshot::Sender<Result<()>>,
+    },
+}
+
+/// A line a sink's server refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    /// Which sink (`influxdb v1 http://...`).
+    pub sink: String,
+    /// The refused line.
+    pub line: String,
+    /// HTTP status of the refusal.
+    pub status: u16,
+    /// The server's message.
+    pub message: String,
+}
+
+/// Handle to the ingest log.
+#[derive(Debug)]
+pub struct IngestLog {
+    /// The database file.
+    path: PathBuf,
+    /// Queue to the writer thread.
+    tx: SyncSender<Cmd>,
+    /// Read connection.
+    reader: Mutex<Connection>,
+    /// Most readings the log may hold.
+    max_readings: u64,
+    /// Readings in the log now (appended and not yet acknowledged).
+    pending: Arc<AtomicU64>,
+    /// Readings ever appended by this process plus those found at start.
+    appended: AtomicU64,
+    /// Highest id present when the log was opened (≤ it = replay).
+    replay_until: i64,
+    /// Highest id committed so far.
+    last_id: AtomicI64,
+    /// Woken on every committed append.
+    notify: Notify,
+    /// Counters.
+    metrics: IngestMetrics,
+}
+
+impl std::fmt::Debug for Cmd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Cmd::Append { readings, .. } => write!(f, "Append({})", readings.len()),
+            Cmd::Ack { ids, .. } => write!(f, "Ack({})", ids.len()),
+            Cmd::DeadLetter { records, .. } => write!(f, "DeadLetter({})", records.len()),
+        }
+    }
+}
+
+fn open_conn(path: &Path) -> Result<Connection> {
+    let sql = |source| Error::Sqlite {
+        path: path.to_owned(),
+        source,
+    };
+    let conn = Connection::open(path).map_err(sql)?;
+    conn.busy_timeout(Duration::from_secs(10)).map_err(sql)?;
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL;
+         PRAGMA synchronous = FULL;
+         CREATE TABLE IF NOT EXISTS entries (
+             id INTEGER PRIMARY KEY,
+             gateway TEXT NOT NULL,
+             readings INTEGER NOT NULL,
+             payload TEXT NOT NULL
+         );
+         CREATE TABLE IF NOT EXISTS dead_letter (
+             id INTEGER PRIMARY KEY,
+             at_ms INTEGER NOT NULL,
+             sink TEXT NOT NULL,
+             line TEXT NOT NULL,
+             status INTEGER NOT NULL,
+             message TEXT NOT NULL
+         );
+         CREATE TABLE IF NOT EXISTS latest (
+             sensor TEXT PRIMARY KEY,
+             ts INTEGER NOT NULL,
+             values_json TEXT NOT NULL
+         ) WITHOUT ROWID;",
+    )
+    .map_err(sql)?;
+    Ok(conn)
+}
+
+impl IngestLog {
+    /// Opens (creating if needed) `ingest-log.db` in `data_dir`, bounded to
+    /// `max_readings`, and starts its writer thread.
+    pub fn open(data_dir: &Path, max_readings: u64, metrics: IngestMetrics) -> Result<Self> {
+        std::fs::create_dir_all(data_dir).map_err(|source| Error::Io {
+            path: data_dir.to_owned(),
+            source,
+        })?;
+        let path = data_dir.join("ingest-log.db");
+        let writer = open_conn(&path)?;
+        let reader = open_conn(&path)?;
+        let (pending_now, max_id): (i64, i64) = reader
+            .query_row(
+                "SELECT coalesce(sum(readings), 0), coalesce(max(id), 0) FROM entries",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .map_err(|source| Error::Sqlite {
+                path: path.clone(),
+                source,
+            })?;
+        let pending = Arc::new(AtomicU64::new(pending_now as u64));
+        metrics.log_pending.set(pending_now);
+        let (tx, rx) = sync_channel(QUEUE_DEPTH);
+        let thread_path = path.clone();
+        let thread_pending = pending.clone();
+        let thread_metrics = metrics.clone();
+        std::thread::Builder::new()
+            .name("ingest-log".into())
+            .spawn(move || writer_loop(writer, rx, thread_path, thread_pending, thread_metrics))
+            .map_err(|source| Error::Io {
+                path: path.clone(),
+                source,
+            })?;
+        if pending_now > 0 {
+            tracing::info!(
+                readings = pending_now,
+                entries_up_to = max_id,
+                "Ingest log has readings to replay."
+            );
+        }
+        Ok(Self {
+            path,
+            tx,
+            reader: Mutex::new(reader),
+            max_readings,
+            pending,
+            appended: AtomicU64::new(pending_now as u64),
+            replay_until: max_id,
+            last_id: AtomicI64::new(max_id),
+            notify: Notify::new(),
+            metrics,
+        })
+    }
+
+    async fn send(&self, cmd: Cmd) -> Result<()> {
+        match self.tx.try_send(cmd) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Disconnected(_)) => Err(Error::WriterGone),
+            Err(TrySendError::Full(cmd)) => {
+                let tx = self.tx.clone();
+                tokio::task::spawn_blocking(move || tx.send(cmd))
+                    .await
+                    .map_err(|_| Error::WriterGone)?
+                    .map_err(|_| Error::WriterGone)
+            }
+        }
+    }
+
+    /// Appends one envelope's readings and returns once they are committed.
+    pub async fn append(&self, gateway: &str, readings: Vec<LoggedReading>) -> Result<()> {
+        let n = readings.len() as u64;
+        if n == 0 {
+            return Ok(());
+        }
+        self.metrics.log_accepted.inc_by(n);
+        // Reserve room first so concurrent appends cannot overshoot the bound.
+        let reserved = self
+            .pending
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |p| {
+                (p + n <= self.max_readings).then_some(p + n)
+            });
+        if reserved.is_err() {
+            self.metrics.drop_readings("log_full", n);
+            return Err(Error::LogFull {
+                max_readings: self.max_readings,
+            });
+        }
+        let (done, wait) = oneshot::channel();
+        let sent = self
+            .send(Cmd::Append {
+                gateway: gateway.to_owned(),
+                readings,
+                done,
+            })
+            .await;
+        let result = match sent {
+            Ok(()) => wait.await.map_err(|_| Error::WriterGone).and_then(|r| r),
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(id) => {
+                self.last_id.fetch_max(id, Ordering::AcqRel);
+                self.appended.fetch_add(n, Ordering::AcqRel);
+                self.metrics.log_persisted.inc_by(n);
+                self.notify.notify_waiters();
+                Ok(())
+            }
+            Err(e) => {
+                self.pending.fetch_sub(n, Ordering::AcqRel);
+                Err(e)
+            }
+        }
+    }
+
+    /// Deletes entries whose readings the sink has confirmed.
+    pub async fn ack(&self, ids: Vec<i64>) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let (done, wait) = oneshot::channel();
+        self.send(Cmd::Ack { ids, done }).await?;
+        wait.await.map_err(|_| Error::WriterGone)?
+    }
+
+    /// Records refused lines durably.
+    pub async fn dead_letter(&self, records: Vec<DeadLetter>) -> Result<()> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let (done, wait) = oneshot::channel();
+        self.send(Cmd::DeadLetter { records, done }).await?;
+        wait.await.map_err(|_| Error::WriterGone)?
+    }
+
+    /// Every dead-lettered line, oldest first. Blocking.
+    pub fn dead_letters(&self) -> Result<Vec<DeadLetter>> {
+        let conn = self.reader();
+        let mut stmt = conn
+            .prepare_cached("SELECT sink, line, status, message FROM dead_letter ORDER BY id")
+            .map_err(|e| self.sql(e))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(DeadLetter {
+                    sink: r.get(0)?,
+                    line: r.get(1)?,
+                    status: r.get(2)?,
+                    message: r.get(3)?,
+                })
+            })
+            .map_err(|e| self.sql(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.sql(e))
+    }
+
+    /// Readings appended so far (including those found at start).
+    pub fn appended(&self) -> u64 {
+        self.appended.load(Ordering::Acquire)
+    }
+
+    /// Readings in the log now.
+    pub fn pending(&self) -> u64 {
+        self.pending.load(Ordering::Acquire)
+    }
+
+    /// Waits until something is appended (or `timeout` passes).
+    pub async fn wait_for_append(&self, timeout: Duration) {
+        let _ = tokio::time::timeout(timeout, self.notify.notified()).await;
+    }
+
+    fn reader(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.reader.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn sql(&self, source: rusqlite::Error) -> Error {
+        Error::Sqlite {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    /// Reads entries after `after_id`, up to about `max_readings` readings
+    /// (at least one entry). Blocking.
+    pub fn read_after(&self, after_id: i64, max_readings: usize) -> Result<Batch> {
+        let conn = self.reader();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT id, gateway, payload FROM entries WHERE id > ?1 ORDER BY id LIMIT 10000",
+            )
+            .map_err(|e| self.sql(e))?;
+        let mut rows = stmt.query([after_id]).map_err(|e| self.sql(e))?;
+        let mut entries = Vec::new();
+        let mut total = 0;
+        while let Some(row) = rows.next().map_err(|e| self.sql(e))? {
+            let id: i64 = row.get(0).map_err(|e| self.sql(e))?;
+            let gateway: String = row.get(1).map_err(|e| self.sql(e))?;
+            let payload: String = row.get(2).map_err(|e| self.sql(e))?;
+            let readings: Vec<LoggedReading> =
+                serde_json::from_str(&payload).map_err(|e| Error::Corrupt {
+                    path: self.path.clone(),
+                    id,
+                    message: e.to_string(),
+                })?;
+            total += readings.len();
+            entries.push(LogEntry {
+                id,
+                gateway,
+                readings,
+            });
+            if total >= max_readings {
+                break;
+            }
+        }
+        let replayed = entries.first().is_some_and(|e| e.id <= self.replay_until);
+        Ok(Batch { entries, replayed })
+    }
+
+    /// The newest reading of every sensor. Blocking.
+    pub fn latest_all(&self) -> Result<Vec<LatestReading>> {
+        let conn = self.reader();
+        let mut stmt = conn
+            .prepare_cached("SELECT sensor, ts, values_json FROM latest ORDER BY sensor")
+            .map_err(|e| self.sql(e))?;
+        let rows = stmt
+            .query_map([], |r| {
+                let json: String = r.get(2)?;
+                Ok(LatestReading {
+                    sensor: r.get(0)?,
+                    ts: Timestamp(r.get(1)?),
+                    values: serde_json::from_str(&json).unwrap_or_default(),
+                })
+            })
+            .map_err(|e| self.sql(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.sql(e))
+    }
+}
+
+fn writer_loop(
+    mut conn: Connection,
+    rx: Receiver<Cmd>,
+    path: PathBuf,
+    pending: Arc<AtomicU64>,
+    metrics: IngestMetrics,
+) {
+    while let Ok(first) = rx.recv() {
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(cmd) => group.push(cmd),
+                Err(_) => break,
+            }
+        }
+        let started = std::time::Instant::now();
+        let result = commit(&mut conn, &group);
+        metrics
+            .log_commit_seconds
+            .observe(started.elapsed().as_secs_f64());
+        match result {
+            Ok((ids, acked)) => {
+                pending.fetch_sub(acked, Ordering::AcqRel);
+                metrics
+                    .log_pending
+                    .set(pending.load(Ordering::Acquire) as i64);
+                let mut ids = ids.into_iter();
+                for cmd in group {
+                    match cmd {
+                        Cmd::Append { done, .. } => {
+                            let _ = done.send(Ok(ids.next().unwrap_or_default()));
+                        }
+                        Cmd::Ack { done, .. } | Cmd::DeadLetter { done, .. } => {
+                            let _ = done.send(Ok(()));
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                let message = e.to_string();
+                tracing::error!(path = %path.display(), error = %message, "Ingest log commit failed.");
+                for cmd in group {
+                    let err = Error::CommitFailed(message.clone());
+                    match cmd {
+                        Cmd::Append { done, .. } => {
+                            let _ = done.send(Err(err));
+                        }
+                        Cmd::Ack { done, .. } | Cmd::DeadLetter { done, .. } => {
+                            let _ = done.send(Err(err));
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Commits a group; returns the ids of the appends (in order) and how many
+/// readings the acknowledgements removed.
+fn commit(conn: &mut Connection, group: &[Cmd]) -> rusqlite::Result<(Vec<i64>, u64)> {
+    let tx = conn.transaction()?;
+    let mut ids = Vec::new();
+    let mut acked = 0u64;
+    {
+        let mut insert = tx.prepare_cached(
+            "INSERT INTO entries (gateway, readings, payload) VALUES (?1, ?2, ?3)",
+        )?;
+        let mut latest = tx.prepare_cached(
+            "INSERT INTO latest (sensor, ts, values_json) VALUES (?1, ?2, ?3)
+             ON CONFLICT (sensor) DO UPDATE SET ts = excluded.ts, values_json = excluded.values_json
+             WHERE excluded.ts >= latest.ts",
+        )?;
+        let mut count = tx.prepare_cached("SELECT readings FROM entries WHERE id = ?1")?;
+        let mut delete = tx.prepare_cached("DELETE FROM entries WHERE id = ?1")?;
+        let mut dead = tx.prepare_cached(
+            "INSERT INTO dead_letter (at_ms, sink, line, status, message) VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?;
+        for cmd in group {
+            match cmd {
+                Cmd::Append {
+                    gateway, readings, ..
+                } => {
+                    let payload = serde_json::to_string(readings)
+                        .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+                    insert.execute(params![gateway, readings.len() as i64, payload])?;
+                    ids.push(tx.last_insert_rowid());
+                    for r in readings {
+                        let json = serde_json::to_string(&r.values)
+                            .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+                        latest.execute(params![r.sensor, r.ts.0, json])?;
+                    }
+                }
+                Cmd::DeadLetter { records, .. } => {
+                    let now = Timestamp::now().millis();
+                    for d in records {
+                        dead.execute(params![now, d.sink, d.line, d.status, d.message])?;
+                    }
+                }
+                Cmd::Ack { ids: acks, .. } => {
+                    for id in acks {
+                        let n: Option<i64> = count
+                            .query_row([id], |r| r.get(0))
+                            .map(Some)
+                            .or_else(|e| match e {
+                                rusqlite::Error::QueryReturnedNoRows => Ok(None),
+                                e => Err(e),
+                            })?;
+                        if let Some(n) = n {
+                            delete.execute([id])?;
+                            acked += n as u64;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    tx.commit()?;
+    Ok((ids, acked))
+}
+
+#[cfg(test)]
+mod tests;

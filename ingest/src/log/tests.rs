@@ -1,0 +1,96 @@
+//! Ingest log tests: acknowledgements, recovery after reopen, the bound.
+
+use std::sync::Arc;
+
+use pantau_model::{SensorKind, Timestamp, Value};
+
+use super::*;
+
+fn r(i: i64) -> LoggedReading {
+    LoggedReading {
+        sensor: "fl-a".into(),
+        kind: SensorKind::FloodGauge,
+        ts: Timestamp(i * 1000),
+        values: [("water_level_cm".to_string(), Value::Num(i as f64))].into(),
+    }
+}
+
+#[tokio::test]
+async fn entries_stay_until_acknowledged_and_replay_after_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = IngestMetrics::default();
+    let log = IngestLog::open(dir.path(), 1_000, m.clone()).unwrap();
+    log.append("gw-a", vec![r(1), r(2)]).await.unwrap();
+    log.append("gw-a", vec![r(3)]).await.unwrap();
+    assert_eq!(log.pending(), 3);
+    let batch = log.read_after(0, 10).unwrap();
+    assert_eq!(batch.len(), 3);
+    assert!(!batch.replayed);
+    // Acknowledge the first entry only, then "crash".
+    log.ack(vec![batch.entries[0].id]).await.unwrap();
+    assert_eq!(log.pending(), 1);
+    drop(log);
+    let log = IngestLog::open(dir.path(), 1_000, IngestMetrics::default()).unwrap();
+    assert_eq!(log.pending(), 1);
+    let again = log.read_after(0, 10).unwrap();
+    assert!(again.replayed);
+    assert_eq!(again.entries.len(), 1);
+    assert_eq!(again.entries[0].readings, vec![r(3)]);
+    assert_eq!(again.entries[0].gateway, "gw-a");
+    // The latest table follows the newest reading.
+    let latest = log.latest_all().unwrap();
+    assert_eq!(latest[0].ts, Timestamp(3000));
+    assert_eq!(m.log_persisted.get(), 3);
+}
+
+#[tokio::test]
+async fn a_full_log_refuses_and_counts_without_dropping_what_it_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = IngestMetrics::default();
+    let log = IngestLog::open(dir.path(), 3, m.clone()).unwrap();
+    log.append("gw-a", vec![r(1), r(2)]).await.unwrap();
+    let err = log.append("gw-a", vec![r(3), r(4)]).await.unwrap_err();
+    assert!(matches!(err, Error::LogFull { max_readings: 3 }));
+    assert_eq!(
+        m.log_dropped
+            .get_or_create(&vec![("reason", "log_full")])
+            .get(),
+        2
+    );
+    assert_eq!(log.read_after(0, 10).unwrap().len(), 2);
+    // Once the sink catches up there is room again.
+    let ids = log.read_after(0, 10).unwrap().ids();
+    log.ack(ids).await.unwrap();
+    log.append("gw-a", vec![r(3), r(4)]).await.unwrap();
+    assert_eq!(log.pending(), 2);
+}
+
+#[tokio::test]
+async fn concurrent_appends_share_commits_and_all_arrive() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Arc::new(IngestLog::open(dir.path(), 1_000_000, IngestMetrics::default()).unwrap());
+    let mut tasks = Vec::new();
+    for w in 0..16 {
+        let log = log.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..50 {
+                log.append(&format!("gw-{w}"), vec![r(i)]).await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(log.pending(), 800);
+    assert_eq!(log.read_after(0, 10_000).unwrap().len(), 800);
+    // Dead letters are durable and readable.
+    log.dead_letter(vec![DeadLetter {
+        sink: "s".into(),
+        line: "l".into(),
+        status: 400,
+        message: "m".into(),
+    }])
+    .await
+    .unwrap();
+    assert_eq!(log.dead_letters().unwrap().len(), 1);
+}

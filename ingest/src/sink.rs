@@ -1,0 +1,91 @@
+//! Sinks: where readings end up. A sink write is `Ok` only when every
+//! reading of the batch is stored or dead-lettered; transient failures are
+//! retried inside with the shared backoff; a fatal failure (bad credentials,
+//! missing database) stops the sink and leaves the data in the log.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use pantau_model::backoff::Backoff;
+
+use crate::history::{HistoryError, HistoryQuery, Series};
+use crate::influx::InfluxSink;
+use crate::log::Batch;
+use crate::metrics::IngestMetrics;
+use crate::store::Store;
+
+/// The storage backend readings are drained into.
+#[derive(Debug, Clone)]
+pub enum Sink {
+    /// The embedded SQLite time-series store.
+    Embedded(Arc<Store>),
+    /// An InfluxDB (v1, v2 or v3 write API).
+    Influx(Arc<InfluxSink>),
+}
+
+/// What a successful write did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriteReport {
+    /// Readings stored.
+    pub written: u64,
+    /// Readings the server refused, kept in the dead-letter table.
+    pub dead_lettered: u64,
+}
+
+/// A failure that retrying cannot fix.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Fatal(pub String);
+
+impl Sink {
+    /// Writes a batch, retrying transient failures until it succeeds or a
+    /// fatal error stops the sink.
+    pub async fn write(
+        &self,
+        batch: &Batch,
+        metrics: &IngestMetrics,
+    ) -> Result<WriteReport, Fatal> {
+        match self {
+            Sink::Embedded(store) => {
+                let readings: Vec<_> = batch
+                    .entries
+                    .iter()
+                    .flat_map(|e| e.readings.iter().map(|r| r.to_reading()))
+                    .collect();
+                let n = readings.len() as u64;
+                let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10))
+                    .expect("valid backoff bounds");
+                loop {
+                    match store.write(readings.clone()).await {
+                        Ok(()) => {
+                            return Ok(WriteReport {
+                                written: n,
+                                dead_lettered: 0,
+                            })
+                        }
+                        Err(e) => {
+                            metrics.retry("store_error");
+                            let delay = backoff.next_delay();
+                            tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "Store write failed, retrying.");
+                            tokio::time::sleep(delay).await;
+                        }
+                    }
+                }
+            }
+            Sink::Influx(influx) => influx.write(batch, metrics).await,
+        }
+    }
+
+    /// Answers a history query from this sink's store.
+    pub async fn history(&self, q: &HistoryQuery) -> Result<Vec<Series>, HistoryError> {
+        match self {
+            Sink::Embedded(store) => {
+                let (store, q) = (store.clone(), q.clone());
+                tokio::task::spawn_blocking(move || store.history(&q))
+                    .await
+                    .map_err(|e| HistoryError::Backend(e.to_string()))?
+            }
+            Sink::Influx(influx) => influx.history(q).await,
+        }
+    }
+}

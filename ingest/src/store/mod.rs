@@ -1,0 +1,301 @@
+//! The embedded time-series store (SQLite, WAL), the default sink.
+//!
+//! ## Layout
+//! - Raw samples, one row per (sensor, field, ts), in daily partitions
+//!   `samples_d{day}`. A replayed reading overwrites itself (upsert), so
+//!   at-least-once delivery gives exactly-once storage.
+//! - 1-minute rollups (`rollup_1m_d{day}`, daily partitions) and 1-hour
+//!   rollups (`rollup_1h_p{n}`, 64-day partitions) holding count, sum, min,
+//!   max and last per window. They are recomputed from the level below for
+//!   every window a commit touched, so a replay never double-counts.
+//! - `partitions`: the catalog of partition tables and their time spans.
+//!
+//! Retention drops whole partitions (`DROP TABLE`), never row by row:
+//! raw and 1-minute data after `retention`, 1-hour data after
+//! `rollup_retention`.
+//!
+//! ## Writes
+//! One writer thread fed by a bounded channel (never on tokio workers)
+//! folds whatever is queued into one transaction (group commit) with
+//! `synchronous = FULL`, and answers each batch only after the commit.
+
+mod query;
+mod schema;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeSet, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use pantau_model::{Reading, Timestamp};
+use rusqlite::{params, Connection};
+use serde::Serialize;
+use tokio::sync::oneshot;
+
+use crate::{Error, Result};
+use schema::{Level, MINUTE_MS};
+
+/// Queued write batches before senders wait.
+const QUEUE_DEPTH: usize = 1024;
+/// Most batches folded into one transaction.
+const MAX_GROUP: usize = 256;
+/// How often the writer looks for partitions past retention.
+const RETENTION_EVERY: Duration = Duration::from_secs(600);
+
+struct WriteJob {
+    readings: Vec<Reading>,
+    done: oneshot::Sender<Result<()>>,
+}
+
+impl std::fmt::Debug for WriteJob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "WriteJob({} readings)", self.readings.len())
+    }
+}
+
+/// The newest reading of a sensor.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LatestReading {
+    /// Sensor id.
+    pub sensor: String,
+    /// Observation time.
+    pub ts: Timestamp,
+    /// Field values as JSON (`{"water_level_cm":143.2}`).
+    pub values: serde_json::Map<String, serde_json::Value>,
+}
+
+/// How long data is kept.
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    /// Raw samples and 1-minute rollups.
+    pub raw: Duration,
+    /// 1-hour rollups.
+    pub rollup: Duration,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Self {
+            raw: Duration::from_secs(90 * 86_400),
+            rollup: Duration::from_secs(5 * 365 * 86_400),
+        }
+    }
+}
+
+/// Handle to the embedded store; cheap to share behind an `Arc`.
+#[derive(Debug)]
+pub struct Store {
+    /// The database file.
+    path: PathBuf,
+    /// Queue to the writer thread.
+    tx: SyncSender<WriteJob>,
+    /// Read connection.
+    reader: Mutex<Connection>,
+}
+
+pub(crate) fn open_conn(path: &Path) -> Result<Connection> {
+    let sql = |source| Error::Sqlite {
+        path: path.to_owned(),
+        source,
+    };
+    let conn = Connection::open(path).map_err(sql)?;
+    conn.busy_timeout(Duration::from_secs(10)).map_err(sql)?;
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL;
+         PRAGMA synchronous = FULL;
+         CREATE TABLE IF NOT EXISTS partitions (
+             name TEXT PRIMARY KEY,
+             level TEXT NOT NULL,
+             start_ms INTEGER NOT NULL,
+             end_ms INTEGER NOT NULL
+         ) WITHOUT ROWID;",
+    )
+    .map_err(sql)?;
+    Ok(conn)
+}
+
+impl Store {
+    /// Opens (creating if needed) `readings.db` in `data_dir` with the
+    /// default retention and starts the writer thread.
+    pub fn open(data_dir: &Path) -> Result<Self> {
+        Self::open_with(data_dir, Retention::default())
+    }
+
+    /// Opens the store with a retention.
+    pub fn open_with(data_dir: &Path, retention: Retention) -> Result<Self> {
+        std::fs::create_dir_all(data_dir).map_err(|source| Error::Io {
+            path: data_dir.to_owned(),
+            source,
+        })?;
+        let path = data_dir.join("readings.db");
+        let writer = open_conn(&path)?;
+        let reader = open_conn(&path)?;
+        let (tx, rx) = sync_channel(QUEUE_DEPTH);
+        let thread_path = path.clone();
+        std::thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || Writer::new(writer, thread_path, retention).run(rx))
+            .map_err(|source| Error::Io {
+                path: path.clone(),
+                source,
+            })?;
+        Ok(Self {
+            path,
+            tx,
+            reader: Mutex::new(reader),
+        })
+    }
+
+    /// Commits readings durably; returns once they are on disk.
+    pub async fn write(&self, readings: Vec<Reading>) -> Result<()> {
+        if readings.is_empty() {
+            return Ok(());
+        }
+        let (done, wait) = oneshot::channel();
+        let job = WriteJob { readings, done };
+        match self.tx.try_send(job) {
+            Ok(()) => {}
+            Err(TrySendError::Disconnected(_)) => return Err(Error::WriterGone),
+            Err(TrySendError::Full(job)) => {
+                let tx = self.tx.clone();
+                tokio::task::spawn_blocking(move || tx.send(job))
+                    .await
+                    .map_err(|_| Error::WriterGone)?
+                    .map_err(|_| Error::WriterGone)?;
+            }
+        }
+        wait.await.map_err(|_| Error::WriterGone)?
+    }
+
+    pub(crate) fn reader(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.reader.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn sql(&self, source: rusqlite::Error) -> Error {
+        Error::Sqlite {
+            path: self.path.clone(),
+            source,
+        }
+    }
+}
+
+/// The writer thread's state.
+struct Writer {
+    conn: Connection,
+    path: PathBuf,
+    retention: Retention,
+    /// Partition tables known to exist.
+    known: HashSet<String>,
+    last_retention: Option<Instant>,
+}
+
+impl Writer {
+    fn new(conn: Connection, path: PathBuf, retention: Retention) -> Self {
+        Self {
+            conn,
+            path,
+            retention,
+            known: HashSet::new(),
+            last_retention: None,
+        }
+    }
+
+    fn run(mut self, rx: Receiver<WriteJob>) {
+        loop {
+            self.maybe_apply_retention();
+            let first = match rx.recv_timeout(RETENTION_EVERY) {
+                Ok(job) => job,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+            };
+            let mut group = vec![first];
+            while group.len() < MAX_GROUP {
+                match rx.try_recv() {
+                    Ok(job) => group.push(job),
+                    Err(_) => break,
+                }
+            }
+            let result = self.commit(&group);
+            if let Err(e) = &result {
+                tracing::error!(path = %self.path.display(), error = %e, batches = group.len(), "Store commit failed.");
+                // Table creation may have been rolled back with the
+                // transaction: forget what we think exists.
+                self.known.clear();
+            }
+            for job in group {
+                let answer = match &result {
+                    Ok(()) => Ok(()),
+                    Err(e) => Err(Error::CommitFailed(e.to_string())),
+                };
+                // The caller may have gone away; the data is committed anyway.
+                let _ = job.done.send(answer);
+            }
+        }
+    }
+
+    fn commit(&mut self, group: &[WriteJob]) -> rusqlite::Result<()> {
+        let tx = self.conn.transaction()?;
+        // (sensor, field, minute bucket) touched by this commit.
+        let mut minutes: BTreeSet<(String, String, i64)> = BTreeSet::new();
+        for job in group {
+            for r in &job.readings {
+                let table = schema::ensure(&tx, &mut self.known, Level::Raw, r.ts.0)?;
+                let mut upsert = tx.prepare_cached(&format!(
+                    "INSERT INTO {table} (sensor, field, ts, value) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (sensor, field, ts) DO UPDATE SET value = excluded.value"
+                ))?;
+                for (field, value) in &r.values {
+                    upsert.execute(params![r.sensor, field, r.ts.0, value.as_f64()])?;
+                    minutes.insert((
+                        r.sensor.clone(),
+                        field.clone(),
+                        r.ts.0.div_euclid(MINUTE_MS) * MINUTE_MS,
+                    ));
+                }
+            }
+        }
+        let mut hours: BTreeSet<(String, String, i64)> = BTreeSet::new();
+        for (sensor, field, bucket) in &minutes {
+            schema::recompute(&tx, &mut self.known, Level::Minute, sensor, field, *bucket)?;
+            hours.insert((
+                sensor.clone(),
+                field.clone(),
+                bucket.div_euclid(schema::HOUR_MS) * schema::HOUR_MS,
+            ));
+        }
+        for (sensor, field, bucket) in &hours {
+            schema::recompute(&tx, &mut self.known, Level::Hour, sensor, field, *bucket)?;
+        }
+        tx.commit()
+    }
+
+    fn maybe_apply_retention(&mut self) {
+        if self
+            .last_retention
+            .is_some_and(|t| t.elapsed() < RETENTION_EVERY)
+        {
+            return;
+        }
+        self.last_retention = Some(Instant::now());
+        let now = Timestamp::now().millis();
+        let raw_cut = now - self.retention.raw.as_millis() as i64;
+        let rollup_cut = now - self.retention.rollup.as_millis() as i64;
+        match schema::drop_before(&self.conn, raw_cut, rollup_cut) {
+            Ok(dropped) => {
+                for name in &dropped {
+                    self.known.remove(name);
+                }
+                if !dropped.is_empty() {
+                    tracing::info!(
+                        partitions = dropped.len(),
+                        "Dropped partitions past retention."
+                    );
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "Applying retention failed."),
+        }
+    }
+}
