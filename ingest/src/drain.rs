@@ -97,6 +97,12 @@ pub async fn drain(
             }
         };
         let Some(last) = batch.entries.last() else {
+            tracing::debug!(
+                cursor,
+                consumed,
+                appended = log.appended(),
+                "Nothing visible yet after the cursor."
+            );
             // Counted but not yet visible (commit racing the counter).
             drop(permit);
             log.wait_for_append(Duration::from_millis(10)).await;
@@ -104,6 +110,7 @@ pub async fn drain(
         };
         cursor = last.id;
         let n = batch.len() as u64;
+        tracing::debug!(cursor, readings = n, "Draining a batch.");
         consumed += n;
         if batch.replayed {
             metrics.log_replayed.inc_by(n);
@@ -121,6 +128,11 @@ pub async fn drain(
                         return;
                     }
                     metrics.log_delivered.inc_by(report.written);
+                    tracing::debug!(
+                        written = report.written,
+                        dead = report.dead_lettered,
+                        "Batch delivered."
+                    );
                     if report.dead_lettered > 0 {
                         metrics.drop_readings("dead_letter", report.dead_lettered);
                     }
@@ -139,4 +151,73 @@ pub async fn drain(
     })
     .await;
     tasks.abort_all();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log::LoggedReading;
+    use crate::store::Store;
+    use pantau_model::{SensorKind, Timestamp, Value};
+
+    fn r(base: i64, i: i64) -> LoggedReading {
+        LoggedReading {
+            sensor: "fl-a".into(),
+            kind: SensorKind::FloodGauge,
+            ts: Timestamp(base + i),
+            values: [("water_level_cm".to_string(), Value::Num(i as f64))].into(),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn drains_everything_appended_while_running() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = IngestMetrics::default();
+        let log = Arc::new(IngestLog::open(dir.path(), 10_000_000, m.clone()).unwrap());
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let stop = CancellationToken::new();
+        let cfg = DrainConfig {
+            max_batch: 500,
+            max_delay: Duration::from_millis(20),
+            concurrency: 2,
+        };
+        let task = tokio::spawn(drain(
+            log.clone(),
+            Sink::Embedded(store.clone()),
+            cfg,
+            m.clone(),
+            stop.clone(),
+        ));
+        let mut writers = Vec::new();
+        let t0 = Timestamp::now().0 - 3_600_000;
+        for w in 0..8i64 {
+            let log = log.clone();
+            writers.push(tokio::spawn(async move {
+                for i in 0..200i64 {
+                    let base = (w * 200 + i) * 10;
+                    log.append("gw", (0..10).map(|k| r(t0, base + k)).collect())
+                        .await
+                        .unwrap();
+                }
+            }));
+        }
+        for w in writers {
+            w.await.unwrap();
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while m.log_delivered.get() < 16_000 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "stuck with {} pending, {} delivered",
+                log.pending(),
+                m.log_delivered.get()
+            );
+            log.wait_for_append(Duration::from_millis(50)).await;
+        }
+        assert_eq!(m.log_delivered.get(), 16_000);
+        assert_eq!(log.pending(), 0);
+        assert_eq!(store.sample_count().unwrap(), 16_000);
+        stop.cancel();
+        task.await.unwrap();
+    }
 }

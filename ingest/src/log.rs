@@ -16,8 +16,11 @@
 //!
 //! ## On disk
 //! `ingest-log.db` in the data directory:
-//! - `entries(id INTEGER PRIMARY KEY, gateway, readings, payload)`: one row
-//!   per envelope, `payload` a JSON array of validated readings;
+//! - `entries(id INTEGER PRIMARY KEY AUTOINCREMENT, gateway, readings,
+//!   payload)`: one row per envelope, `payload` a JSON array of validated
+//!   readings. AUTOINCREMENT matters: plain rowids are reused once the
+//!   newest rows are deleted, and the drain reads strictly after its cursor,
+//!   so a reused id would never be delivered (found by the outage test);
 //! - `latest(sensor PRIMARY KEY, ts, values_json)`: the newest reading of
 //!   each sensor, maintained in the same transaction as the append, for the
 //!   live conditions view whatever the sink;
@@ -191,7 +194,7 @@ fn open_conn(path: &Path) -> Result<Connection> {
         "PRAGMA journal_mode = WAL;
          PRAGMA synchronous = FULL;
          CREATE TABLE IF NOT EXISTS entries (
-             id INTEGER PRIMARY KEY,
+             id INTEGER PRIMARY KEY AUTOINCREMENT,
              gateway TEXT NOT NULL,
              readings INTEGER NOT NULL,
              payload TEXT NOT NULL

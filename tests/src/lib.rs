@@ -9,7 +9,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
+pub mod services;
+
 use anyhow::{bail, Context, Result};
+use pantau_model::Timestamp;
 use serde_json::Value;
 
 /// Path of a workspace binary built next to the test executable.
@@ -84,7 +87,10 @@ impl Pantau {
             .arg("--mqtt-listen")
             .arg(mqtt.to_string())
             .args(extra)
-            .env("RUST_LOG", "info")
+            .env(
+                "RUST_LOG",
+                std::env::var("PANTAU_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log)?)
             .spawn()
@@ -309,3 +315,208 @@ owner = "pupr"
 public = true
 thresholds = { siaga3 = 150, siaga2 = 200, siaga1 = 250 }
 "#;
+
+/// Now plus `offset_s` seconds, whole seconds, RFC 3339 UTC.
+pub fn now_rfc3339(offset_s: i64) -> String {
+    let now = Timestamp::now().millis() / 1000 * 1000;
+    Timestamp(now + offset_s * 1000).to_rfc3339()
+}
+
+/// An envelope JSON with the given readings (JSON objects).
+pub fn envelope(gw: &str, seq: u64, readings: &[String]) -> String {
+    format!(
+        r#"{{"v":1,"gw":"{gw}","seq":{seq},"sent":"{}","readings":[{}]}}"#,
+        now_rfc3339(0),
+        readings.join(",")
+    )
+}
+
+/// A `fl-test-01` water-level reading JSON.
+pub fn level(ts: &str, cm: f64) -> String {
+    format!(r#"{{"sensor":"fl-test-01","ts":"{ts}","values":{{"water_level_cm":{cm}}}}}"#)
+}
+
+/// Starts `pantau up` with the minimal registry plus `extra` flags, then
+/// registers `gw-test` while it runs.
+pub async fn minimal(dir: &Path, extra: &[&str]) -> Result<(Pantau, GatewayCreds)> {
+    let data = dir.join("data");
+    std::fs::create_dir_all(&data)?;
+    let reg = dir.join("registry.toml");
+    std::fs::write(&reg, MINIMAL_REGISTRY)?;
+    let mut args = vec!["--registry", reg.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let p = Pantau::start(&data, &args).await?;
+    // Registered while the server runs: it must be accepted without a restart.
+    let creds = gateway_add(&data, "gw-test")?;
+    Ok((p, creds))
+}
+
+/// Publishes an envelope as the gateway with `mosquitto_pub` over TLS at
+/// QoS 1 and requires it to succeed (PUBACK received).
+pub fn publish_ok(p: &Pantau, creds: &GatewayCreds, env: &str) -> Result<()> {
+    let topic = format!("pantau/v1/gw/{}/telemetry", creds.gateway);
+    let out = mosquitto_pub(
+        p.mqtt,
+        Some(&creds.ca_file),
+        &creds.gateway,
+        &creds.password,
+        &topic,
+        env,
+    )?;
+    anyhow::ensure!(
+        out.status.success(),
+        "mosquitto_pub failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+/// A running `pantau-agent` fed through its standard input (`stdin` source).
+#[derive(Debug)]
+pub struct Agent {
+    child: Child,
+    stdin: Option<std::process::ChildStdin>,
+    /// Where its log goes.
+    pub log: PathBuf,
+}
+
+impl Agent {
+    /// Writes `config` to `dir/NAME.toml` and starts the agent with it.
+    pub fn start(dir: &Path, name: &str, config: &str) -> Result<Self> {
+        let cfg = dir.join(format!("{name}.toml"));
+        std::fs::write(&cfg, config)?;
+        let log = dir.join(format!("{name}.log"));
+        let mut child = Command::new(binary("pantau-agent"))
+            .arg("--config")
+            .arg(&cfg)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()
+            .context("spawn pantau-agent")?;
+        let stdin = child.stdin.take();
+        Ok(Self { child, stdin, log })
+    }
+
+    /// Sends JSON lines to the agent.
+    pub fn send(&mut self, lines: &str) -> Result<()> {
+        use std::io::Write;
+        let stdin = self.stdin.as_mut().context("agent stdin closed")?;
+        stdin.write_all(lines.as_bytes())?;
+        stdin.flush()?;
+        Ok(())
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One JSON line for the agent's stdin source.
+pub fn agent_line(sensor: &str, ts_ms: i64, field: &str, value: f64) -> String {
+    format!(
+        "{{\"sensor\":\"{sensor}\",\"ts\":\"{}\",\"values\":{{\"{field}\":{value}}}}}\n",
+        Timestamp(ts_ms).to_rfc3339()
+    )
+}
+
+/// A running `pantau ingest` worker.
+#[derive(Debug)]
+pub struct IngestWorker {
+    child: Child,
+    /// Its data directory.
+    pub data_dir: PathBuf,
+    /// Its HTTP address (/metrics, /healthz).
+    pub http: SocketAddr,
+    /// Its log.
+    pub log: PathBuf,
+}
+
+impl IngestWorker {
+    /// Starts `pantau ingest --broker BROKER --worker-id ID ...` and waits
+    /// for its /healthz.
+    pub async fn start(
+        data_dir: &Path,
+        broker: &str,
+        worker_id: &str,
+        extra: &[&str],
+    ) -> Result<Self> {
+        std::fs::create_dir_all(data_dir)?;
+        let http = free_addr();
+        let log = data_dir.with_extension(format!("{}.log", http.port()));
+        let child = Command::new(binary("pantau"))
+            .args([
+                "ingest",
+                "--broker",
+                broker,
+                "--worker-id",
+                worker_id,
+                "--data-dir",
+            ])
+            .arg(data_dir)
+            .args(["--http-listen", &http.to_string()])
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()
+            .context("spawn pantau ingest")?;
+        let w = Self {
+            child,
+            data_dir: data_dir.to_owned(),
+            http,
+            log,
+        };
+        let url = format!("http://{http}/healthz");
+        eventually(Duration::from_secs(30), "pantau ingest /healthz", || {
+            let url = url.clone();
+            async move {
+                reqwest::get(&url)
+                    .await
+                    .ok()
+                    .filter(|r| r.status().is_success())
+                    .map(drop)
+            }
+        })
+        .await?;
+        Ok(w)
+    }
+
+    /// `/metrics` as text.
+    pub async fn metrics(&self) -> Result<String> {
+        Ok(reqwest::get(format!("http://{}/metrics", self.http))
+            .await?
+            .text()
+            .await?)
+    }
+
+    /// SIGKILL.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for IngestWorker {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Every (sensor, ts) key in an embedded store, with how often it occurs.
+pub fn stored_keys(data_dir: &Path) -> Result<Vec<(String, i64)>> {
+    let conn = store_conn(data_dir)?;
+    let mut out = Vec::new();
+    for table in raw_partitions(&conn)? {
+        let mut stmt = conn.prepare(&format!("SELECT sensor, ts FROM {table}"))?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        for row in rows {
+            out.push(row?);
+        }
+    }
+    Ok(out)
+}

@@ -4,58 +4,8 @@
 use std::time::Duration;
 
 use futures::StreamExt;
-use pantau_model::Timestamp;
 use pantau_tests::*;
 use serde_json::Value;
-
-/// Now plus `offset_s` seconds, whole seconds, RFC 3339 UTC.
-fn now_rfc3339(offset_s: i64) -> String {
-    let now = Timestamp::now().millis() / 1000 * 1000;
-    Timestamp(now + offset_s * 1000).to_rfc3339()
-}
-
-fn envelope(gw: &str, seq: u64, readings: &[String]) -> String {
-    format!(
-        r#"{{"v":1,"gw":"{gw}","seq":{seq},"sent":"{}","readings":[{}]}}"#,
-        now_rfc3339(0),
-        readings.join(",")
-    )
-}
-
-fn level(ts: &str, cm: f64) -> String {
-    format!(r#"{{"sensor":"fl-test-01","ts":"{ts}","values":{{"water_level_cm":{cm}}}}}"#)
-}
-
-async fn minimal(dir: &std::path::Path) -> anyhow::Result<(Pantau, GatewayCreds)> {
-    let data = dir.join("data");
-    std::fs::create_dir_all(&data)?;
-    let reg = dir.join("registry.toml");
-    std::fs::write(&reg, MINIMAL_REGISTRY)?;
-    let p = Pantau::start(&data, &["--registry", reg.to_str().unwrap()]).await?;
-    // Registered while the server runs: it must be accepted without a restart.
-    let creds = gateway_add(&data, "gw-test")?;
-    Ok((p, creds))
-}
-
-/// Publishes an envelope as the gateway with `mosquitto_pub` over TLS at
-/// QoS 1 and requires it to succeed (PUBACK received).
-fn publish_ok(p: &Pantau, creds: &GatewayCreds, env: &str) -> anyhow::Result<()> {
-    let topic = format!("pantau/v1/gw/{}/telemetry", creds.gateway);
-    let out = mosquitto_pub(
-        p.mqtt,
-        Some(&creds.ca_file),
-        &creds.gateway,
-        &creds.password,
-        &topic,
-        env,
-    )?;
-    anyhow::ensure!(
-        out.status.success(),
-        "mosquitto_pub failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(())
-}
 
 fn condition<'a>(conds: &'a Value, id: &str) -> Option<&'a Value> {
     conds.as_array()?.iter().find(|c| c["id"] == id)
@@ -118,7 +68,7 @@ async fn demo_serves_every_public_site_within_15s() -> anyhow::Result<()> {
 #[tokio::test]
 async fn mosquitto_pub_reading_reaches_conditions_and_sse() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let (p, creds) = minimal(dir.path()).await?;
+    let (p, creds) = minimal(dir.path(), &[]).await?;
     // Subscribe to the live feed before publishing.
     let resp = reqwest::get(p.url("/api/v1/public/live")).await?;
     assert_eq!(resp.headers()["content-type"], "text/event-stream");
@@ -163,7 +113,7 @@ async fn mosquitto_pub_reading_reaches_conditions_and_sse() -> anyhow::Result<()
 #[tokio::test]
 async fn three_good_two_bad_stores_exactly_the_good_ones() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let (p, creds) = minimal(dir.path()).await?;
+    let (p, creds) = minimal(dir.path(), &[]).await?;
     let t = |m: i64| now_rfc3339(-600 + m * 60);
     let readings = vec![
         level(&t(0), 100.0),
@@ -211,7 +161,7 @@ async fn three_good_two_bad_stores_exactly_the_good_ones() -> anyhow::Result<()>
 #[tokio::test]
 async fn bad_credentials_plain_tcp_and_unknown_gateways_are_refused() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let (p, creds) = minimal(dir.path()).await?;
+    let (p, creds) = minimal(dir.path(), &[]).await?;
     let topic = "pantau/v1/gw/gw-test/telemetry";
     let env = envelope("gw-test", 1, &[level(&now_rfc3339(-30), 120.0)]);
     let wrong = mosquitto_pub(
@@ -265,7 +215,7 @@ async fn bad_credentials_plain_tcp_and_unknown_gateways_are_refused() -> anyhow:
 #[tokio::test]
 async fn restart_keeps_readings_credentials_and_ca() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let (mut p, creds) = minimal(dir.path()).await?;
+    let (mut p, creds) = minimal(dir.path(), &[]).await?;
     let ca_before = std::fs::read(&creds.ca_file)?;
     let first = envelope("gw-test", 1, &[level(&now_rfc3339(-120), 111.0)]);
     publish_ok(&p, &creds, &first)?;

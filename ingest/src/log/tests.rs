@@ -94,3 +94,24 @@ async fn concurrent_appends_share_commits_and_all_arrive() {
     .unwrap();
     assert_eq!(log.dead_letters().unwrap().len(), 1);
 }
+
+#[tokio::test]
+async fn ids_are_never_reused_after_the_newest_entries_are_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = IngestLog::open(dir.path(), 1_000, IngestMetrics::default()).unwrap();
+    log.append("gw-a", vec![r(1)]).await.unwrap();
+    log.append("gw-a", vec![r(2)]).await.unwrap();
+    let first = log.read_after(0, 10).unwrap();
+    let cursor = first.entries.last().unwrap().id;
+    log.ack(first.ids()).await.unwrap();
+    // The table is empty now; a new entry must still come after the cursor.
+    log.append("gw-a", vec![r(3)]).await.unwrap();
+    let next = log.read_after(cursor, 10).unwrap();
+    assert_eq!(next.len(), 1, "new entry hidden behind the drain's cursor");
+    drop(log);
+    let log = IngestLog::open(dir.path(), 1_000, IngestMetrics::default()).unwrap();
+    let ids = log.read_after(0, 10).unwrap().ids();
+    log.ack(ids).await.unwrap();
+    log.append("gw-a", vec![r(4)]).await.unwrap();
+    assert_eq!(log.read_after(cursor + 1, 10).unwrap().len(), 1);
+}

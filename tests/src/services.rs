@@ -1,0 +1,290 @@
+//! Real third-party services for the tests (DESIGN.md §7), each started on
+//! free loopback ports with a temporary data directory, polled until ready
+//! with a deadline, and killed on drop. Never a system service.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+
+use crate::{eventually, free_addr};
+
+fn spawn_logged(cmd: &mut Command, log: &Path) -> Result<Child> {
+    let out = std::fs::File::create(log)?;
+    let err = out.try_clone()?;
+    Ok(cmd
+        .stdout(Stdio::from(out))
+        .stderr(Stdio::from(err))
+        .spawn()?)
+}
+
+async fn http_ready(url: &str, what: &str) -> Result<()> {
+    let client = reqwest::Client::new();
+    eventually(Duration::from_secs(30), what, || {
+        let (client, url) = (client.clone(), url.to_owned());
+        async move {
+            client
+                .get(&url)
+                .send()
+                .await
+                .ok()
+                .filter(|r| r.status().is_success())
+                .map(drop)
+        }
+    })
+    .await
+}
+
+/// InfluxDB 1.x (`influxd` from Debian's `influxdb`).
+#[derive(Debug)]
+pub struct Influx {
+    child: Option<Child>,
+    /// HTTP address.
+    pub addr: SocketAddr,
+    dir: PathBuf,
+}
+
+impl Influx {
+    /// Starts influxd under `dir` (created), optionally with auth enabled.
+    pub async fn start(dir: &Path, auth: bool) -> Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let addr = free_addr();
+        let rpc = free_addr();
+        let conf = dir.join("influxdb.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                r#"reporting-disabled = true
+bind-address = "{rpc}"
+[meta]
+  dir = "{d}/meta"
+[data]
+  dir = "{d}/data"
+  wal-dir = "{d}/wal"
+  query-log-enabled = false
+[monitor]
+  store-enabled = false
+[continuous_queries]
+  enabled = false
+[http]
+  bind-address = "{addr}"
+  auth-enabled = {auth}
+  log-enabled = false
+"#,
+                d = dir.display()
+            ),
+        )?;
+        let mut me = Self {
+            child: None,
+            addr,
+            dir: dir.to_owned(),
+        };
+        me.restart().await?;
+        Ok(me)
+    }
+
+    /// Base URL.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops the server (SIGKILL).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// (Re)starts the server on the same port and data and waits for /ping.
+    pub async fn restart(&mut self) -> Result<()> {
+        self.stop();
+        let log = self.dir.join("influxd.log");
+        let child = spawn_logged(
+            Command::new(which("influxd")?)
+                .arg("-config")
+                .arg(self.dir.join("influxdb.conf")),
+            &log,
+        )
+        .context("start influxd (install Debian's influxdb)")?;
+        self.child = Some(child);
+        let client = reqwest::Client::new();
+        let url = format!("{}/ping", self.url());
+        eventually(Duration::from_secs(30), "influxd /ping", || {
+            let (client, url) = (client.clone(), url.clone());
+            async move {
+                client
+                    .get(&url)
+                    .send()
+                    .await
+                    .ok()
+                    .filter(|r| r.status().as_u16() == 204)
+                    .map(drop)
+            }
+        })
+        .await
+    }
+
+    /// Runs InfluxQL (POST /query) and returns the JSON.
+    pub async fn query(
+        &self,
+        db: Option<&str>,
+        q: &str,
+        auth: Option<(&str, &str)>,
+    ) -> Result<serde_json::Value> {
+        let mut params = vec![("q", q.to_owned()), ("epoch", "ms".to_owned())];
+        if let Some(db) = db {
+            params.push(("db", db.to_owned()));
+        }
+        let mut req = reqwest::Client::new()
+            .post(format!("{}/query", self.url()))
+            .form(&params);
+        if let Some((u, p)) = auth {
+            req = req.basic_auth(u, Some(p));
+        }
+        Ok(req.send().await?.json().await?)
+    }
+
+    /// Writes raw line protocol (v1 /write, precision ms).
+    pub async fn write(&self, db: &str, lines: &str) -> Result<()> {
+        let r = reqwest::Client::new()
+            .post(format!("{}/write?db={db}&precision=ms", self.url()))
+            .body(lines.to_owned())
+            .send()
+            .await?;
+        if !r.status().is_success() {
+            bail!("write failed: {} {}", r.status(), r.text().await?);
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Influx {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// VictoriaMetrics (Debian's `victoria-metrics`).
+#[derive(Debug)]
+pub struct Victoria {
+    child: Child,
+    /// HTTP address.
+    pub addr: SocketAddr,
+}
+
+impl Victoria {
+    /// Starts VictoriaMetrics under `dir`.
+    pub async fn start(dir: &Path) -> Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let addr = free_addr();
+        let child = spawn_logged(
+            Command::new(which("victoria-metrics")?)
+                .arg(format!("-storageDataPath={}", dir.join("data").display()))
+                .arg(format!("-httpListenAddr={addr}"))
+                .arg("-retentionPeriod=100y"),
+            &dir.join("victoria.log"),
+        )
+        .context("start victoria-metrics (install Debian's victoria-metrics)")?;
+        let me = Self { child, addr };
+        http_ready(&format!("{}/health", me.url()), "victoria-metrics /health").await?;
+        Ok(me)
+    }
+
+    /// Base URL.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Every stored series, via `/api/v1/export` after a flush.
+    pub async fn export(&self) -> Result<Vec<serde_json::Value>> {
+        let client = reqwest::Client::new();
+        client
+            .get(format!("{}/internal/force_flush", self.url()))
+            .send()
+            .await?;
+        let text = client
+            .get(format!("{}/api/v1/export", self.url()))
+            .query(&[("match[]", "{__name__=~\".+\"}")])
+            .send()
+            .await?
+            .text()
+            .await?;
+        Ok(text
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect())
+    }
+}
+
+impl Drop for Victoria {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Mosquitto 2.0, plain MQTT on loopback, anonymous, no persistence.
+#[derive(Debug)]
+pub struct Mosquitto {
+    child: Child,
+    /// Listener address.
+    pub addr: SocketAddr,
+}
+
+impl Mosquitto {
+    /// Starts mosquitto under `dir`.
+    pub async fn start(dir: &Path) -> Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let addr = free_addr();
+        let conf = dir.join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "listener {} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 0\nlog_dest stderr\n",
+                addr.port()
+            ),
+        )?;
+        let bin = which("mosquitto").or_else(|_| {
+            Path::new("/usr/sbin/mosquitto")
+                .exists()
+                .then(|| PathBuf::from("/usr/sbin/mosquitto"))
+                .context("mosquitto not found")
+        })?;
+        let child = spawn_logged(
+            Command::new(bin).arg("-c").arg(&conf),
+            &dir.join("mosquitto.log"),
+        )?;
+        let me = Self { child, addr };
+        eventually(
+            Duration::from_secs(15),
+            "mosquitto to listen",
+            || async move { tokio::net::TcpStream::connect(addr).await.ok().map(drop) },
+        )
+        .await?;
+        Ok(me)
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn which(name: &str) -> Result<PathBuf> {
+    for dir in std::env::var("PATH")
+        .unwrap_or_default()
+        .split(':')
+        .chain(["/usr/sbin", "/usr/bin"])
+    {
+        let p = Path::new(dir).join(name);
+        if p.exists() {
+            return Ok(p);
+        }
+    }
+    bail!("{name} not found on PATH")
+}
