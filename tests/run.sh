@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
 # Runs Pantau's whole test suite on a fresh machine: installs the
-# third-party tools the end-to-end tests drive (Debian packages) when
-# missing, builds the binaries, then runs every test in the workspace.
-# The tests start their own service instances on loopback ports; no system
-# service is used.
+# third-party services the end-to-end tests drive (Debian packages:
+# mosquitto, mosquitto-clients, influxdb, victoria-metrics) when missing,
+# builds the binaries, then runs every test in the workspace. The tests start
+# their own instances on loopback ports; no system service is used (Debian's
+# install scripts may start one; the tests never talk to it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
 command -v mosquitto_pub >/dev/null 2>&1 || need+=(mosquitto-clients)
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
+command -v influxd >/dev/null 2>&1 || need+=(influxdb)
+command -v victoria-metrics >/dev/null 2>&1 || need+=(victoria-metrics)
 if [ ${#need[@]} -gt 0 ]; then
   echo "tests/run.sh: installing ${need[*]}"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"

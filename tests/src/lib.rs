@@ -20,15 +20,22 @@ pub fn binary(name: &str) -> PathBuf {
     if let Ok(p) = std::env::var(format!("{}_BIN", name.to_uppercase().replace('-', "_"))) {
         return p.into();
     }
-    // target/<profile>/deps/<test> → target/<profile>/<name>
+    // Tests run from target/<profile>/deps/, programs (the benchmark) from
+    // target/<profile>/: look beside the executable, then one level up.
     let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
-    let bin = dir.join(name);
-    assert!(
-        bin.exists(),
-        "{} not found: build it first (cargo build --workspace --bins)",
-        bin.display()
-    );
+    let here = exe.parent().expect("executable dir");
+    let bin = [
+        here.join(name),
+        here.parent().map(|p| p.join(name)).unwrap_or_default(),
+    ]
+    .into_iter()
+    .find(|p| p.is_file())
+    .unwrap_or_else(|| {
+        panic!(
+            "{name} not found near {}: build it first (cargo build --workspace --bins)",
+            here.display()
+        )
+    });
     bin
 }
 

@@ -294,3 +294,85 @@ async fn an_invalid_registry_is_refused_naming_sensor_and_field() -> anyhow::Res
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn public_history_equals_the_store_and_names_bad_parameters() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (p, creds) = minimal(dir.path(), &[]).await?;
+    let now = pantau_model::Timestamp::now().millis();
+    let to = (now / 300_000) * 300_000;
+    let from = to - 3_600_000;
+    let readings: Vec<String> = (0..60)
+        .map(|i| {
+            let ts = pantau_model::Timestamp(from + i * 60_000 + 7_000).to_rfc3339();
+            level(&ts, 100.0 + (i * 37 % 23) as f64 / 4.0)
+        })
+        .collect();
+    publish_ok(&p, &creds, &envelope("gw-test", 1, &readings))?;
+    let raw = stored_eventually(&p.data_dir, "fl-test-01", 60).await?;
+    let from_s = pantau_model::Timestamp(from).to_rfc3339();
+    let to_s = pantau_model::Timestamp(to).to_rfc3339();
+    for agg in ["mean", "min", "max", "last", "count"] {
+        let v = p
+            .get_json(&format!(
+                "/api/v1/public/sensors/fl-test-01/history?from={from_s}&to={to_s}&every=5m&fn={agg}&field=water_level_cm"
+            ))
+            .await?;
+        let got: Vec<(i64, f64)> = v["series"][0]["points"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| (p["ts"].as_i64().unwrap(), p["value"].as_f64().unwrap()))
+            .collect();
+        // The same windows computed directly from the stored raw samples.
+        let mut want: std::collections::BTreeMap<i64, Vec<f64>> = Default::default();
+        for (_, ts, value) in raw.iter().filter(|r| r.1 >= from && r.1 < to) {
+            want.entry(ts / 300_000 * 300_000).or_default().push(*value);
+        }
+        let want: Vec<(i64, f64)> = want
+            .into_iter()
+            .map(|(b, xs)| {
+                let v = match agg {
+                    "mean" => xs.iter().sum::<f64>() / xs.len() as f64,
+                    "min" => xs.iter().cloned().fold(f64::MAX, f64::min),
+                    "max" => xs.iter().cloned().fold(f64::MIN, f64::max),
+                    "last" => *xs.last().unwrap(),
+                    _ => xs.len() as f64,
+                };
+                (b, v)
+            })
+            .collect();
+        assert_eq!(got.len(), 12, "{agg}");
+        for (g, w) in got.iter().zip(&want) {
+            assert_eq!(g.0, w.0, "{agg}");
+            assert!((g.1 - w.1).abs() < 1e-9, "{agg}: {g:?} vs {w:?}");
+        }
+    }
+    // Bad input: a 4xx with a JSON error naming the parameter, never a 5xx.
+    let client = reqwest::Client::new();
+    for (query, param) in [
+        (format!("from={to_s}&to={from_s}"), "from"),
+        ("every=1m".to_string(), "every"),
+        ("every=soon".to_string(), "every"),
+        ("fn=median".to_string(), "fn"),
+        ("field=colour".to_string(), "field"),
+        ("from=yesterday".to_string(), "from"),
+        ("from=2020-01-01T00:00:00Z".to_string(), "from"),
+    ] {
+        let r = client
+            .get(p.url(&format!(
+                "/api/v1/public/sensors/fl-test-01/history?{query}"
+            )))
+            .send()
+            .await?;
+        assert_eq!(r.status(), 400, "{query}");
+        let body: Value = r.json().await?;
+        assert_eq!(body["param"], param, "{query}: {body}");
+    }
+    let r = client
+        .get(p.url("/api/v1/public/sensors/nope/history"))
+        .send()
+        .await?;
+    assert_eq!(r.status(), 404);
+    Ok(())
+}
