@@ -361,3 +361,74 @@ async fn bad_influx_configuration_is_refused_at_start_naming_the_problem() -> an
     influx.stop();
     Ok(())
 }
+
+#[tokio::test]
+async fn both_stores_answer_history_the_same() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let influx = Influx::start(&dir.path().join("influx"), false).await?;
+    let url = influx.url();
+    let (emb, emb_creds) = minimal(&dir.path().join("embedded"), &[]).await?;
+    let (inf, inf_creds) = minimal(
+        &dir.path().join("influx-platform"),
+        &influx_flags(&url, "same"),
+    )
+    .await?;
+    let now = pantau_model::Timestamp::now().millis();
+    let to = (now / 300_000) * 300_000;
+    let from = to - 6 * 3_600_000;
+    let readings: Vec<String> = (0..300)
+        .map(|i| {
+            let ts = pantau_model::Timestamp(from + i * 71_000 + 3_000).to_rfc3339();
+            level(&ts, ((i * 7919) % 1000) as f64 / 3.0)
+        })
+        .collect();
+    let env = envelope("gw-test", 1, &readings);
+    publish_ok(&emb, &emb_creds, &env)?;
+    publish_ok(&inf, &inf_creds, &env)?;
+    stored_eventually(&emb.data_dir, "fl-test-01", 300).await?;
+    eventually(
+        Duration::from_secs(30),
+        "300 points in InfluxDB",
+        || async {
+            let v = influx
+                .query(
+                    Some("same"),
+                    "SELECT count(water_level_cm) FROM flood_gauge",
+                    None,
+                )
+                .await
+                .ok()?;
+            (v["results"][0]["series"][0]["values"][0][1].as_i64()? == 300).then_some(())
+        },
+    )
+    .await?;
+    let from_s = pantau_model::Timestamp(from).to_rfc3339();
+    let to_s = pantau_model::Timestamp(to).to_rfc3339();
+    for every in ["5m", "1h", "7m"] {
+        for agg in ["mean", "min", "max", "last", "count"] {
+            let path = format!(
+                "/api/v1/public/sensors/fl-test-01/history?from={from_s}&to={to_s}&every={every}&fn={agg}&field=water_level_cm"
+            );
+            let points = |v: &Value| -> Vec<(i64, f64)> {
+                v["series"][0]["points"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|p| (p["ts"].as_i64().unwrap(), p["value"].as_f64().unwrap()))
+                    .collect()
+            };
+            let a = points(&emb.get_json(&path).await?);
+            let b = points(&inf.get_json(&path).await?);
+            assert!(!a.is_empty());
+            assert_eq!(a.len(), b.len(), "{every} {agg}");
+            for (x, y) in a.iter().zip(&b) {
+                assert_eq!(x.0, y.0, "{every} {agg}");
+                assert!(
+                    (x.1 - y.1).abs() <= 1e-9 * x.1.abs().max(1.0),
+                    "{every} {agg}: {x:?} vs {y:?}"
+                );
+            }
+        }
+    }
+    Ok(())
+}

@@ -18,6 +18,8 @@
 
 mod lp;
 mod query;
+#[cfg(test)]
+mod tests;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -24,7 +24,7 @@ mod schema;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::Mutex;
@@ -35,8 +35,9 @@ use rusqlite::{params, Connection};
 use serde::Serialize;
 use tokio::sync::oneshot;
 
+use crate::history::Partial;
 use crate::{Error, Result};
-use schema::{Level, MINUTE_MS};
+use schema::{Level, HOUR_MS, MINUTE_MS};
 
 /// Queued write batches before senders wait.
 const QUEUE_DEPTH: usize = 1024;
@@ -103,9 +104,12 @@ pub(crate) fn open_conn(path: &Path) -> Result<Connection> {
     };
     let conn = Connection::open(path).map_err(sql)?;
     conn.busy_timeout(Duration::from_secs(10)).map_err(sql)?;
+    // Statements are per partition and level: keep enough of them parsed.
+    conn.set_prepared_statement_cache_capacity(512);
     conn.execute_batch(
         "PRAGMA journal_mode = WAL;
          PRAGMA synchronous = FULL;
+         PRAGMA cache_size = -65536;
          CREATE TABLE IF NOT EXISTS partitions (
              name TEXT PRIMARY KEY,
              level TEXT NOT NULL,
@@ -236,38 +240,73 @@ impl Writer {
         }
     }
 
+    /// Commits a group. Rollups are maintained incrementally for new
+    /// samples (their partial aggregates are merged per window, one upsert
+    /// per window and level); a window where an existing sample changed
+    /// value is recomputed from the level below instead, so replays and
+    /// corrections never double-count.
     fn commit(&mut self, group: &[WriteJob]) -> rusqlite::Result<()> {
         let tx = self.conn.transaction()?;
-        // (sensor, field, minute bucket) touched by this commit.
-        let mut minutes: BTreeSet<(String, String, i64)> = BTreeSet::new();
+        let mut minute_delta: HashMap<(String, String, i64), Partial> = HashMap::new();
+        let mut dirty_minutes: BTreeSet<(String, String, i64)> = BTreeSet::new();
         for job in group {
             for r in &job.readings {
                 let table = schema::ensure(&tx, &mut self.known, Level::Raw, r.ts.0)?;
-                let mut upsert = tx.prepare_cached(&format!(
-                    "INSERT INTO {table} (sensor, field, ts, value) VALUES (?1, ?2, ?3, ?4)
-                     ON CONFLICT (sensor, field, ts) DO UPDATE SET value = excluded.value"
+                let mut insert = tx.prepare_cached(&format!(
+                    "INSERT OR IGNORE INTO {table} (sensor, field, ts, value) VALUES (?1, ?2, ?3, ?4)"
+                ))?;
+                let mut update = tx.prepare_cached(&format!(
+                    "UPDATE {table} SET value = ?4 WHERE sensor = ?1 AND field = ?2 AND ts = ?3 AND value IS NOT ?4"
                 ))?;
                 for (field, value) in &r.values {
-                    upsert.execute(params![r.sensor, field, r.ts.0, value.as_f64()])?;
-                    minutes.insert((
-                        r.sensor.clone(),
-                        field.clone(),
-                        r.ts.0.div_euclid(MINUTE_MS) * MINUTE_MS,
-                    ));
+                    let v = value.as_f64();
+                    let bucket = r.ts.0.div_euclid(MINUTE_MS) * MINUTE_MS;
+                    let key = (r.sensor.clone(), field.clone(), bucket);
+                    if insert.execute(params![r.sensor, field, r.ts.0, v])? == 1 {
+                        let p = Partial {
+                            n: 1,
+                            sum: v,
+                            min: v,
+                            max: v,
+                            last_ts: r.ts.0,
+                            last: v,
+                        };
+                        minute_delta
+                            .entry(key)
+                            .and_modify(|w| w.merge(&p))
+                            .or_insert(p);
+                    } else if update.execute(params![r.sensor, field, r.ts.0, v])? == 1 {
+                        dirty_minutes.insert(key);
+                    }
                 }
             }
         }
-        let mut hours: BTreeSet<(String, String, i64)> = BTreeSet::new();
-        for (sensor, field, bucket) in &minutes {
-            schema::recompute(&tx, &mut self.known, Level::Minute, sensor, field, *bucket)?;
-            hours.insert((
-                sensor.clone(),
-                field.clone(),
-                bucket.div_euclid(schema::HOUR_MS) * schema::HOUR_MS,
-            ));
+        let hour_of = |k: &(String, String, i64)| {
+            (k.0.clone(), k.1.clone(), k.2.div_euclid(HOUR_MS) * HOUR_MS)
+        };
+        let mut hour_delta: HashMap<(String, String, i64), Partial> = HashMap::new();
+        let mut dirty_hours: BTreeSet<(String, String, i64)> = BTreeSet::new();
+        for (key, p) in &minute_delta {
+            if dirty_minutes.contains(key) {
+                continue;
+            }
+            schema::merge(&tx, &mut self.known, Level::Minute, key, p)?;
+            hour_delta
+                .entry(hour_of(key))
+                .and_modify(|w| w.merge(p))
+                .or_insert(*p);
         }
-        for (sensor, field, bucket) in &hours {
-            schema::recompute(&tx, &mut self.known, Level::Hour, sensor, field, *bucket)?;
+        for key in &dirty_minutes {
+            schema::recompute(&tx, &mut self.known, Level::Minute, &key.0, &key.1, key.2)?;
+            dirty_hours.insert(hour_of(key));
+        }
+        for (key, p) in &hour_delta {
+            if !dirty_hours.contains(key) {
+                schema::merge(&tx, &mut self.known, Level::Hour, key, p)?;
+            }
+        }
+        for key in &dirty_hours {
+            schema::recompute(&tx, &mut self.known, Level::Hour, &key.0, &key.1, key.2)?;
         }
         tx.commit()
     }

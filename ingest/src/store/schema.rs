@@ -5,6 +5,8 @@ use std::collections::HashSet;
 
 use rusqlite::{params, Connection, Transaction};
 
+use crate::history::Partial;
+
 pub(crate) const MINUTE_MS: i64 = 60_000;
 pub(crate) const HOUR_MS: i64 = 3_600_000;
 pub(crate) const DAY_MS: i64 = 86_400_000;
@@ -136,6 +138,30 @@ pub(crate) fn recompute(
     };
     tx.prepare_cached(&sql)?
         .execute(params![sensor, field, bucket, end])?;
+    Ok(())
+}
+
+/// Merges a partial aggregate of new samples into a rollup window.
+pub(crate) fn merge(
+    tx: &Transaction<'_>,
+    known: &mut HashSet<String>,
+    level: Level,
+    key: &(String, String, i64),
+    p: &Partial,
+) -> rusqlite::Result<()> {
+    let target = ensure(tx, known, level, key.2)?;
+    tx.prepare_cached(&format!(
+        "INSERT INTO {target} (sensor, field, bucket, n, sum, min, max, last_ts, last)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+         ON CONFLICT (sensor, field, bucket) DO UPDATE SET
+             n = n + excluded.n, sum = sum + excluded.sum,
+             min = min(min, excluded.min), max = max(max, excluded.max),
+             last = CASE WHEN excluded.last_ts >= last_ts THEN excluded.last ELSE last END,
+             last_ts = max(last_ts, excluded.last_ts)"
+    ))?
+    .execute(params![
+        key.0, key.1, key.2, p.n, p.sum, p.min, p.max, p.last_ts, p.last
+    ])?;
     Ok(())
 }
 

@@ -111,7 +111,20 @@ proptest! {
         // Recent data (older partitions would fall to retention), day-aligned.
         let base = (Timestamp::now().0 - 4 * 86_400_000).div_euclid(86_400_000) * 86_400_000;
         let samples: Vec<(i64, f64)> = samples.into_iter().map(|(t, v)| (base + t, v)).collect();
-        rt.block_on(store.write(samples.iter().map(|&(t, v)| reading("a", t, v)).collect())).unwrap();
+        // Several commits, then a replay of the first part and a correction
+        // of one sample: rollups are maintained incrementally and must still
+        // agree with the raw data.
+        let mut samples = samples;
+        let all: Vec<Reading> = samples.iter().map(|&(t, v)| reading("a", t, v)).collect();
+        let third = all.len().div_ceil(3);
+        for chunk in all.chunks(third) {
+            rt.block_on(store.write(chunk.to_vec())).unwrap();
+        }
+        rt.block_on(store.write(all[..third].to_vec())).unwrap();
+        if let Some(last) = samples.last_mut() {
+            last.1 += 1.0;
+            rt.block_on(store.write(vec![reading("a", last.0, last.1)])).unwrap();
+        }
         let every = [None, Some(60_000), Some(300_000), Some(3_600_000), Some(7_000)][every_pick];
         let agg = [Agg::Mean, Agg::Min, Agg::Max, Agg::Last, Agg::Count][agg_pick];
         let skew = if odd_edges { 1_234 } else { 0 };
