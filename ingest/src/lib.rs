@@ -18,6 +18,7 @@ pub mod influx;
 pub mod log;
 pub mod metrics;
 pub mod pipeline;
+mod queue;
 pub mod sink;
 pub mod store;
 

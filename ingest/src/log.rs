@@ -36,7 +36,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -273,17 +273,7 @@ impl IngestLog {
     }
 
     async fn send(&self, cmd: Cmd) -> Result<()> {
-        match self.tx.try_send(cmd) {
-            Ok(()) => Ok(()),
-            Err(TrySendError::Disconnected(_)) => Err(Error::WriterGone),
-            Err(TrySendError::Full(cmd)) => {
-                let tx = self.tx.clone();
-                tokio::task::spawn_blocking(move || tx.send(cmd))
-                    .await
-                    .map_err(|_| Error::WriterGone)?
-                    .map_err(|_| Error::WriterGone)
-            }
-        }
+        crate::queue::send(&self.tx, cmd).await
     }
 
     /// Appends one envelope's readings and returns once they are committed.

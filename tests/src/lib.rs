@@ -527,3 +527,13 @@ pub fn stored_keys(data_dir: &Path) -> Result<Vec<(String, i64)>> {
     }
     Ok(out)
 }
+
+/// The (ts, value) points of the first series of a history API answer.
+pub fn history_points(v: &Value) -> Vec<(i64, f64)> {
+    v["series"][0]["points"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| Some((p["ts"].as_i64()?, p["value"].as_f64()?)))
+        .collect()
+}

@@ -318,12 +318,7 @@ async fn public_history_equals_the_store_and_names_bad_parameters() -> anyhow::R
                 "/api/v1/public/sensors/fl-test-01/history?from={from_s}&to={to_s}&every=5m&fn={agg}&field=water_level_cm"
             ))
             .await?;
-        let got: Vec<(i64, f64)> = v["series"][0]["points"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|p| (p["ts"].as_i64().unwrap(), p["value"].as_f64().unwrap()))
-            .collect();
+        let got = history_points(&v);
         // The same windows computed directly from the stored raw samples.
         let mut want: std::collections::BTreeMap<i64, Vec<f64>> = Default::default();
         for (_, ts, value) in raw.iter().filter(|r| r.1 >= from && r.1 < to) {

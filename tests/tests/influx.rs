@@ -118,12 +118,7 @@ async fn influx_v1_demo_readings_arrive_and_history_api_equals_influxql() -> any
             None,
         )
         .await?;
-    let api_points: Vec<(i64, f64)> = api["series"][0]["points"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| (p["ts"].as_i64().unwrap(), p["value"].as_f64().unwrap()))
-        .collect();
+    let api_points = history_points(&api);
     let direct_points: Vec<(i64, f64)> = rows(&direct)
         .iter()
         .map(|r| (r[0].as_i64().unwrap(), r[1].as_f64().unwrap()))
@@ -409,16 +404,8 @@ async fn both_stores_answer_history_the_same() -> anyhow::Result<()> {
             let path = format!(
                 "/api/v1/public/sensors/fl-test-01/history?from={from_s}&to={to_s}&every={every}&fn={agg}&field=water_level_cm"
             );
-            let points = |v: &Value| -> Vec<(i64, f64)> {
-                v["series"][0]["points"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|p| (p["ts"].as_i64().unwrap(), p["value"].as_f64().unwrap()))
-                    .collect()
-            };
-            let a = points(&emb.get_json(&path).await?);
-            let b = points(&inf.get_json(&path).await?);
+            let a = history_points(&emb.get_json(&path).await?);
+            let b = history_points(&inf.get_json(&path).await?);
             assert!(!a.is_empty());
             assert_eq!(a.len(), b.len(), "{every} {agg}");
             for (x, y) in a.iter().zip(&b) {

@@ -26,7 +26,7 @@ mod tests;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -159,18 +159,7 @@ impl Store {
             return Ok(());
         }
         let (done, wait) = oneshot::channel();
-        let job = WriteJob { readings, done };
-        match self.tx.try_send(job) {
-            Ok(()) => {}
-            Err(TrySendError::Disconnected(_)) => return Err(Error::WriterGone),
-            Err(TrySendError::Full(job)) => {
-                let tx = self.tx.clone();
-                tokio::task::spawn_blocking(move || tx.send(job))
-                    .await
-                    .map_err(|_| Error::WriterGone)?
-                    .map_err(|_| Error::WriterGone)?;
-            }
-        }
+        crate::queue::send(&self.tx, WriteJob { readings, done }).await?;
         wait.await.map_err(|_| Error::WriterGone)?
     }
 
