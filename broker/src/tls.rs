@@ -41,6 +41,9 @@ pub enum TlsError {
         #[source]
         source: rustls_pki_types::pem::Error,
     },
+    /// The client certificate verifier could not be built.
+    #[error("client certificate verifier: {0}")]
+    Verifier(String),
     /// rustls refused the configuration.
     #[error("TLS configuration: {0}")]
     Rustls(#[from] rustls::Error),
@@ -181,11 +184,60 @@ pub fn server_config(
         source,
     })?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
+    // Gateways may present a certificate issued by the platform CA (the
+    // identity is its CN); those that do not authenticate with a token.
+    let mut roots = rustls::RootCertStore::empty();
+    let ca = CertificateDer::pem_file_iter(&files.ca_cert)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|source| TlsError::Pem {
+            path: files.ca_cert.clone(),
+            source,
+        })?;
+    roots.add_parsable_certificates(ca);
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| TlsError::Verifier(e.to_string()))?;
     let config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
+        .with_client_cert_verifier(verifier)
         .with_single_cert(certs, key)?;
     Ok(Arc::new(config))
+}
+
+/// Issues a client certificate for a gateway (CN = gateway id, client
+/// authentication only, 2 years) signed by the platform CA; writes
+/// `DIR/{id}.pem` and `DIR/{id}-key.pem` (mode 0600) and returns their paths.
+pub fn issue_gateway_cert(files: &TlsFiles, gateway: &str, dir: &Path) -> Result<(PathBuf, PathBuf), TlsError> {
+    ensure_ca(files)?;
+    fs::create_dir_all(dir).map_err(io(dir))?;
+    let mut p = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, gateway);
+    dn.push(DnType::OrganizationName, "Pantau gateways");
+    p.distinguished_name = dn;
+    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    let now = OffsetDateTime::now_utc();
+    p.not_before = now - Duration::days(1);
+    p.not_after = now + Duration::days(730);
+    let key = KeyPair::generate()?;
+    let cert = p.signed_by(&key, &ca_issuer(files)?)?;
+    let cert_path = dir.join(format!("{gateway}.pem"));
+    let key_path = dir.join(format!("{gateway}-key.pem"));
+    // A re-issue replaces the files.
+    let _ = fs::remove_file(&cert_path);
+    let _ = fs::remove_file(&key_path);
+    write_file(&key_path, &key.serialize_pem(), true)?;
+    write_file(&cert_path, &cert.pem(), false)?;
+    Ok((cert_path, key_path))
+}
+
+/// The gateway identity of a verified client certificate: its subject CN.
+pub fn cert_identity(cert: &CertificateDer<'_>) -> Option<String> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
+    let cn = parsed.subject().iter_common_name().next()?;
+    cn.as_str().ok().map(str::to_owned)
 }
 
 #[cfg(test)]
@@ -207,6 +259,10 @@ mod tests {
         fs::remove_file(&files.server_cert).unwrap();
         fs::remove_file(&files.server_key).unwrap();
         server_config(&files, &[]).unwrap();
+        let (cert, key) = issue_gateway_cert(&files, "gw-a", &dir.path().join("gateways")).unwrap();
+        let der = CertificateDer::pem_file_iter(&cert).unwrap().next().unwrap().unwrap();
+        assert_eq!(cert_identity(&der).as_deref(), Some("gw-a"));
+        assert!(key.exists());
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;

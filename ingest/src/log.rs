@@ -35,7 +35,7 @@
 //! gateways share one fsync). Readers use their own connection.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -157,20 +157,27 @@ pub struct IngestLog {
     tx: SyncSender<Cmd>,
     /// Read connection.
     reader: Mutex<Connection>,
+    /// Accounting shared with the writer thread, which alone updates it.
+    shared: Arc<Shared>,
+    /// Highest id present when the log was opened (≤ it = replay).
+    replay_until: i64,
+    /// Counters.
+    metrics: IngestMetrics,
+}
+
+/// Counts kept by the writer thread. Keeping them there makes `append`
+/// cancel-safe: a caller that goes away after queueing its entry cannot
+/// leave the bound or the drain's arithmetic wrong.
+#[derive(Debug)]
+struct Shared {
     /// Most readings the log may hold.
     max_readings: u64,
     /// Readings in the log now (appended and not yet acknowledged).
-    pending: Arc<AtomicU64>,
-    /// Readings ever appended by this process plus those found at start.
+    pending: AtomicU64,
+    /// Readings ever committed by this process plus those found at start.
     appended: AtomicU64,
-    /// Highest id present when the log was opened (≤ it = replay).
-    replay_until: i64,
-    /// Highest id committed so far.
-    last_id: AtomicI64,
-    /// Woken on every committed append.
+    /// Woken on every commit that appended something.
     notify: Notify,
-    /// Counters.
-    metrics: IngestMetrics,
 }
 
 impl std::fmt::Debug for Cmd {
@@ -238,15 +245,20 @@ impl IngestLog {
                 path: path.clone(),
                 source,
             })?;
-        let pending = Arc::new(AtomicU64::new(pending_now as u64));
+        let shared = Arc::new(Shared {
+            max_readings,
+            pending: AtomicU64::new(pending_now as u64),
+            appended: AtomicU64::new(pending_now as u64),
+            notify: Notify::new(),
+        });
         metrics.log_pending.set(pending_now);
         let (tx, rx) = sync_channel(QUEUE_DEPTH);
         let thread_path = path.clone();
-        let thread_pending = pending.clone();
+        let thread_shared = shared.clone();
         let thread_metrics = metrics.clone();
         std::thread::Builder::new()
             .name("ingest-log".into())
-            .spawn(move || writer_loop(writer, rx, thread_path, thread_pending, thread_metrics))
+            .spawn(move || writer_loop(writer, rx, thread_path, thread_shared, thread_metrics))
             .map_err(|source| Error::Io {
                 path: path.clone(),
                 source,
@@ -262,12 +274,8 @@ impl IngestLog {
             path,
             tx,
             reader: Mutex::new(reader),
-            max_readings,
-            pending,
-            appended: AtomicU64::new(pending_now as u64),
+            shared,
             replay_until: max_id,
-            last_id: AtomicI64::new(max_id),
-            notify: Notify::new(),
             metrics,
         })
     }
@@ -277,49 +285,21 @@ impl IngestLog {
     }
 
     /// Appends one envelope's readings and returns once they are committed.
+    /// Cancel-safe: once queued, the entry is committed and counted whether
+    /// or not the caller still waits.
     pub async fn append(&self, gateway: &str, readings: Vec<LoggedReading>) -> Result<()> {
-        let n = readings.len() as u64;
-        if n == 0 {
+        if readings.is_empty() {
             return Ok(());
         }
-        self.metrics.log_accepted.inc_by(n);
-        // Reserve room first so concurrent appends cannot overshoot the bound.
-        let reserved = self
-            .pending
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |p| {
-                (p + n <= self.max_readings).then_some(p + n)
-            });
-        if reserved.is_err() {
-            self.metrics.drop_readings("log_full", n);
-            return Err(Error::LogFull {
-                max_readings: self.max_readings,
-            });
-        }
+        self.metrics.log_accepted.inc_by(readings.len() as u64);
         let (done, wait) = oneshot::channel();
-        let sent = self
-            .send(Cmd::Append {
-                gateway: gateway.to_owned(),
-                readings,
-                done,
-            })
-            .await;
-        let result = match sent {
-            Ok(()) => wait.await.map_err(|_| Error::WriterGone).and_then(|r| r),
-            Err(e) => Err(e),
-        };
-        match result {
-            Ok(id) => {
-                self.last_id.fetch_max(id, Ordering::AcqRel);
-                self.appended.fetch_add(n, Ordering::AcqRel);
-                self.metrics.log_persisted.inc_by(n);
-                self.notify.notify_waiters();
-                Ok(())
-            }
-            Err(e) => {
-                self.pending.fetch_sub(n, Ordering::AcqRel);
-                Err(e)
-            }
-        }
+        self.send(Cmd::Append {
+            gateway: gateway.to_owned(),
+            readings,
+            done,
+        })
+        .await?;
+        wait.await.map_err(|_| Error::WriterGone)?.map(drop)
     }
 
     /// Deletes entries whose readings the sink has confirmed.
@@ -363,17 +343,17 @@ impl IngestLog {
 
     /// Readings appended so far (including those found at start).
     pub fn appended(&self) -> u64 {
-        self.appended.load(Ordering::Acquire)
+        self.shared.appended.load(Ordering::Acquire)
     }
 
     /// Readings in the log now.
     pub fn pending(&self) -> u64 {
-        self.pending.load(Ordering::Acquire)
+        self.shared.pending.load(Ordering::Acquire)
     }
 
     /// Waits until something is appended (or `timeout` passes).
     pub async fn wait_for_append(&self, timeout: Duration) {
-        let _ = tokio::time::timeout(timeout, self.notify.notified()).await;
+        let _ = tokio::time::timeout(timeout, self.shared.notify.notified()).await;
     }
 
     fn reader(&self) -> std::sync::MutexGuard<'_, Connection> {
@@ -447,7 +427,7 @@ fn writer_loop(
     mut conn: Connection,
     rx: Receiver<Cmd>,
     path: PathBuf,
-    pending: Arc<AtomicU64>,
+    shared: Arc<Shared>,
     metrics: IngestMetrics,
 ) {
     while let Ok(first) = rx.recv() {
@@ -458,22 +438,55 @@ fn writer_loop(
                 Err(_) => break,
             }
         }
+        // Admission against the bound happens here, in arrival order, so
+        // concurrent appends can never overshoot it.
+        let mut room = shared
+            .max_readings
+            .saturating_sub(shared.pending.load(Ordering::Acquire));
+        let admitted: Vec<bool> = group
+            .iter()
+            .map(|cmd| match cmd {
+                Cmd::Append { readings, .. } => {
+                    let n = readings.len() as u64;
+                    let ok = n <= room;
+                    if ok {
+                        room -= n;
+                    }
+                    ok
+                }
+                _ => true,
+            })
+            .collect();
         let started = std::time::Instant::now();
-        let result = commit(&mut conn, &group);
+        let result = commit(&mut conn, &group, &admitted);
         metrics
             .log_commit_seconds
             .observe(started.elapsed().as_secs_f64());
         match result {
-            Ok((ids, acked)) => {
-                pending.fetch_sub(acked, Ordering::AcqRel);
+            Ok((ids, added, acked)) => {
+                shared.pending.fetch_add(added, Ordering::AcqRel);
+                shared.pending.fetch_sub(acked, Ordering::AcqRel);
+                shared.appended.fetch_add(added, Ordering::AcqRel);
+                metrics.log_persisted.inc_by(added);
                 metrics
                     .log_pending
-                    .set(pending.load(Ordering::Acquire) as i64);
+                    .set(shared.pending.load(Ordering::Acquire) as i64);
+                if added > 0 {
+                    shared.notify.notify_waiters();
+                }
                 let mut ids = ids.into_iter();
-                for cmd in group {
+                for (cmd, ok) in group.into_iter().zip(admitted) {
                     match cmd {
-                        Cmd::Append { done, .. } => {
-                            let _ = done.send(Ok(ids.next().unwrap_or_default()));
+                        Cmd::Append { done, readings, .. } => {
+                            let answer = if ok {
+                                Ok(ids.next().unwrap_or_default())
+                            } else {
+                                metrics.drop_readings("log_full", readings.len() as u64);
+                                Err(Error::LogFull {
+                                    max_readings: shared.max_readings,
+                                })
+                            };
+                            let _ = done.send(answer);
                         }
                         Cmd::Ack { done, .. } | Cmd::DeadLetter { done, .. } => {
                             let _ = done.send(Ok(()));
@@ -500,11 +513,12 @@ fn writer_loop(
     }
 }
 
-/// Commits a group; returns the ids of the appends (in order) and how many
-/// readings the acknowledgements removed.
-fn commit(conn: &mut Connection, group: &[Cmd]) -> rusqlite::Result<(Vec<i64>, u64)> {
+/// Commits a group; returns the ids of the admitted appends (in order), the
+/// readings they added and the readings the acknowledgements removed.
+fn commit(conn: &mut Connection, group: &[Cmd], admitted: &[bool]) -> rusqlite::Result<(Vec<i64>, u64, u64)> {
     let tx = conn.transaction()?;
     let mut ids = Vec::new();
+    let mut added = 0u64;
     let mut acked = 0u64;
     {
         let mut insert = tx.prepare_cached(
@@ -520,11 +534,13 @@ fn commit(conn: &mut Connection, group: &[Cmd]) -> rusqlite::Result<(Vec<i64>, u
         let mut dead = tx.prepare_cached(
             "INSERT INTO dead_letter (at_ms, sink, line, status, message) VALUES (?1, ?2, ?3, ?4, ?5)",
         )?;
-        for cmd in group {
+        for (cmd, ok) in group.iter().zip(admitted) {
             match cmd {
+                Cmd::Append { .. } if !ok => {}
                 Cmd::Append {
                     gateway, readings, ..
                 } => {
+                    added += readings.len() as u64;
                     let payload = serde_json::to_string(readings)
                         .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
                     insert.execute(params![gateway, readings.len() as i64, payload])?;
@@ -560,7 +576,7 @@ fn commit(conn: &mut Connection, group: &[Cmd]) -> rusqlite::Result<(Vec<i64>, u
         }
     }
     tx.commit()?;
-    Ok((ids, acked))
+    Ok((ids, added, acked))
 }
 
 #[cfg(test)]

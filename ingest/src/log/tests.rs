@@ -115,3 +115,20 @@ async fn ids_are_never_reused_after_the_newest_entries_are_acknowledged() {
     log.append("gw-a", vec![r(4)]).await.unwrap();
     assert_eq!(log.read_after(cursor + 1, 10).unwrap().len(), 1);
 }
+
+#[tokio::test]
+async fn an_append_abandoned_after_queueing_is_still_counted() {
+    use futures::FutureExt;
+    let dir = tempfile::tempdir().unwrap();
+    let log = IngestLog::open(dir.path(), 1_000, IngestMetrics::default()).unwrap();
+    // Poll once (the entry is queued), then drop the future, as a closed
+    // connection would.
+    let _ = log.append("gw-a", vec![r(1), r(2)]).now_or_never();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    while log.appended() < 2 {
+        assert!(tokio::time::Instant::now() < deadline, "abandoned append not counted");
+        log.wait_for_append(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(log.pending(), 2);
+    assert_eq!(log.read_after(0, 10).unwrap().len(), 2);
+}
