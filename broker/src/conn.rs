@@ -1,15 +1,25 @@
-//! One gateway connection through the gatekeeper: TLS handshake (bounded in
-//! time), CONNECT and authentication, then packets in both directions.
+//! One gateway connection through the gatekeeper: admission (connection
+//! caps), TLS handshake (bounded in number and time), CONNECT with
+//! identity from a client certificate or a token, then packets in both
+//! directions.
 //!
-//! Telemetry takes the durable path — validate → commit → PUBACK — and only
-//! then goes to rumqttd for best-effort live fan-out. Publishes are handled
-//! one at a time per connection, so acknowledgements leave in arrival order.
+//! Telemetry takes the durable path — validate → commit to the ingest log →
+//! PUBACK — and only then goes to rumqttd for best-effort live fan-out. Up
+//! to `inflight_window` publishes of a connection are committed
+//! concurrently (so many gateways and many envelopes share group commits),
+//! but their acknowledgements leave strictly in arrival order. QoS 0
+//! telemetry takes the same path without an acknowledgement: it is best
+//! effort, since a gateway cannot know whether it arrived.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::stream::FuturesOrdered;
+use futures::{FutureExt, StreamExt};
+use governor::{Quota, RateLimiter};
 use pantau_model::topic::{topic, GatewayTopic, TopicKind};
 use pantau_model::GatewayId;
 use rumqttd::local::LinkRx;
@@ -20,9 +30,11 @@ use rumqttd::protocol::{
 use rumqttd::Notification;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
-use tokio::time::timeout;
+use tokio::time::{timeout, Instant};
 
+use crate::admission::OverCap;
 use crate::router::LinkKey;
+use crate::tls::cert_identity;
 use crate::wire::{Frame, Wire, WireError};
 use crate::Shared;
 
@@ -36,12 +48,18 @@ enum End {
 }
 
 pub(crate) async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+    let slot = shared.admission.admit(peer.ip());
     let _ = stream.set_nodelay(true);
-    let handshake = timeout(
-        shared.config.handshake_timeout,
-        shared.acceptor.accept(stream),
-    )
-    .await;
+    // A stalled or slow client holds one handshake permit for at most the
+    // handshake timeout; it never delays anyone's accept.
+    let deadline = Instant::now() + shared.config.handshake_timeout;
+    let Ok(Ok(permit)) = tokio::time::timeout_at(deadline, shared.handshakes.acquire()).await
+    else {
+        shared.metrics.refuse("handshake_queue_full");
+        return;
+    };
+    let handshake = tokio::time::timeout_at(deadline, shared.acceptor.accept(stream)).await;
+    drop(permit);
     let tls = match handshake {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
@@ -55,8 +73,15 @@ pub(crate) async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Share
             return;
         }
     };
+    let cert_id = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .and_then(cert_identity);
     let wire = Wire::new(tls, shared.config.max_packet_size);
-    session(wire, peer, shared).await;
+    session(wire, peer, shared, cert_id, slot.over).await;
+    drop(slot);
 }
 
 /// What CONNECT established.
@@ -88,11 +113,27 @@ async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(
     wire.shutdown().await;
 }
 
+/// Client ids that rumqttd refuses (and that would poison its listener)
+/// never get near it.
+fn client_id_valid(id: &str) -> bool {
+    id.len() <= 128
+        && !id
+            .chars()
+            .any(|c| matches!(c, '/' | '+' | '#' | '$') || c.is_control())
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+    tokio::task::spawn_blocking(f).await.ok()
+}
+
 async fn accept_connect<S: AsyncRead + AsyncWrite + Unpin>(
     wire: &mut Wire<S>,
     peer: SocketAddr,
     shared: &Shared,
+    cert_id: Option<String>,
+    over: Option<OverCap>,
 ) -> Option<Accepted> {
+    use ConnectReturnCode as Code;
     let first = match timeout(shared.config.connect_timeout, wire.read()).await {
         Err(_) => {
             shared.metrics.refuse("connect_timeout");
@@ -103,7 +144,7 @@ async fn accept_connect<S: AsyncRead + AsyncWrite + Unpin>(
                 wire,
                 shared,
                 peer,
-                ConnectReturnCode::RefusedProtocolVersion,
+                Code::RefusedProtocolVersion,
                 "protocol_version",
             )
             .await;
@@ -119,62 +160,151 @@ async fn accept_connect<S: AsyncRead + AsyncWrite + Unpin>(
         shared.metrics.refuse("not_connect");
         return None;
     };
-    let Some(login) = login else {
+    match over {
+        Some(OverCap::Global) => {
+            refuse(
+                wire,
+                shared,
+                peer,
+                Code::ServiceUnavailable,
+                "connection_cap",
+            )
+            .await;
+            return None;
+        }
+        Some(OverCap::PerIp) => {
+            refuse(
+                wire,
+                shared,
+                peer,
+                Code::ServiceUnavailable,
+                "connection_cap_per_ip",
+            )
+            .await;
+            return None;
+        }
+        None => {}
+    }
+    if !client_id_valid(&connect.client_id) {
         refuse(
             wire,
             shared,
             peer,
-            ConnectReturnCode::NotAuthorized,
-            "no_credentials",
+            Code::ClientIdentifierNotValid,
+            "client_id_invalid",
         )
         .await;
         return None;
-    };
-    // The username is the gateway id; the token is checked against its hash
-    // in the state database (a blocking SQLite read, off the workers).
-    let state = shared.state.clone();
-    let (user, pass) = (login.username.clone(), login.password.clone());
-    let verified = tokio::task::spawn_blocking(move || state.verify_gateway(&user, &pass)).await;
-    let ok = match verified {
-        Ok(Ok(ok)) => ok,
-        Ok(Err(e)) => {
-            tracing::error!(%peer, error = %e, "Credential check failed.");
-            refuse(
-                wire,
-                shared,
-                peer,
-                ConnectReturnCode::ServiceUnavailable,
-                "auth_unavailable",
-            )
-            .await;
+    }
+    // Identity: a verified platform certificate (its CN), or a username
+    // (the gateway id) with its token checked against the stored hash.
+    let gateway = match (cert_id, &login) {
+        (Some(cn), login) => {
+            if login
+                .as_ref()
+                .is_some_and(|l| !l.username.is_empty() && l.username != cn)
+            {
+                refuse(
+                    wire,
+                    shared,
+                    peer,
+                    Code::NotAuthorized,
+                    "cert_username_mismatch",
+                )
+                .await;
+                return None;
+            }
+            let Ok(id) = GatewayId::new(cn) else {
+                refuse(wire, shared, peer, Code::NotAuthorized, "bad_cert_identity").await;
+                return None;
+            };
+            let state = shared.state.clone();
+            let name = id.to_string();
+            match blocking(move || state.gateway_exists(&name)).await {
+                Some(Ok(true)) => id,
+                Some(Ok(false)) => {
+                    refuse(
+                        wire,
+                        shared,
+                        peer,
+                        Code::NotAuthorized,
+                        "unregistered_gateway",
+                    )
+                    .await;
+                    return None;
+                }
+                _ => {
+                    refuse(
+                        wire,
+                        shared,
+                        peer,
+                        Code::ServiceUnavailable,
+                        "auth_unavailable",
+                    )
+                    .await;
+                    return None;
+                }
+            }
+        }
+        (None, None) => {
+            refuse(wire, shared, peer, Code::NotAuthorized, "no_credentials").await;
             return None;
         }
-        Err(_) => false,
-    };
-    let gateway = match (ok, GatewayId::new(login.username.clone())) {
-        (true, Ok(id)) => id,
-        _ => {
-            refuse(
-                wire,
-                shared,
-                peer,
-                ConnectReturnCode::BadUserNamePassword,
-                "bad_credentials",
-            )
-            .await;
-            return None;
+        (None, Some(l)) => {
+            let state = shared.state.clone();
+            let (user, pass) = (l.username.clone(), l.password.clone());
+            match blocking(move || state.verify_gateway(&user, &pass)).await {
+                Some(Ok(true)) => match GatewayId::new(l.username.clone()) {
+                    Ok(id) => id,
+                    Err(_) => {
+                        refuse(
+                            wire,
+                            shared,
+                            peer,
+                            Code::BadUserNamePassword,
+                            "bad_credentials",
+                        )
+                        .await;
+                        return None;
+                    }
+                },
+                Some(Ok(false)) => {
+                    refuse(
+                        wire,
+                        shared,
+                        peer,
+                        Code::BadUserNamePassword,
+                        "bad_credentials",
+                    )
+                    .await;
+                    return None;
+                }
+                _ => {
+                    refuse(
+                        wire,
+                        shared,
+                        peer,
+                        Code::ServiceUnavailable,
+                        "auth_unavailable",
+                    )
+                    .await;
+                    return None;
+                }
+            }
         }
     };
-    // Identity comes from the credentials; the session is always keyed by
-    // the gateway id. A persistent session must name it as its client id;
-    // a clean session may use any client id (so that stock tools such as
-    // `mosquitto_pub`, which invent one, work as documented).
-    if !connect.clean_session && connect.client_id != gateway.as_str() {
+    // The session is always keyed by the gateway id. A client id naming
+    // something else is refused, unless it is a clean session and the
+    // operator allowed invented ids (stock tools).
+    let foreign_id = !connect.client_id.is_empty() && connect.client_id != gateway.as_str();
+    if (foreign_id && (!connect.clean_session || !shared.config.allow_any_client_id))
+        || (connect.client_id.is_empty() && !connect.clean_session)
+    {
         refuse(
             wire,
             shared,
             peer,
-            ConnectReturnCode::NotAuthorized,
+            Code::NotAuthorized,
             "client_id_mismatch",
         )
         .await;
@@ -184,21 +314,14 @@ async fn accept_connect<S: AsyncRead + AsyncWrite + Unpin>(
         if w.topic != topic(gateway.as_str(), TopicKind::Status).as_bytes() {
             shared.metrics.acl_violation("will");
             tracing::warn!(%peer, gateway = %gateway, topic = %String::from_utf8_lossy(&w.topic), "Last will on a foreign topic refused.");
-            refuse(
-                wire,
-                shared,
-                peer,
-                ConnectReturnCode::NotAuthorized,
-                "will_acl",
-            )
-            .await;
+            refuse(wire, shared, peer, Code::NotAuthorized, "will_acl").await;
             return None;
         }
     }
-    let max = shared.config.max_keep_alive;
+    let (min, max) = (shared.config.min_keep_alive, shared.config.max_keep_alive);
     let keep_alive = match connect.keep_alive {
         0 => max,
-        s => Duration::from_secs(u64::from(s)).min(max),
+        s => Duration::from_secs(u64::from(s)).clamp(min, max),
     };
     Some(Accepted {
         gateway,
@@ -212,8 +335,10 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
     mut wire: Wire<S>,
     peer: SocketAddr,
     shared: Arc<Shared>,
+    cert_id: Option<String>,
+    over: Option<OverCap>,
 ) {
-    let Some(acc) = accept_connect(&mut wire, peer, &shared).await else {
+    let Some(acc) = accept_connect(&mut wire, peer, &shared, cert_id, over).await else {
         return;
     };
     let (key, mut link_rx) = match shared
@@ -247,19 +372,27 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
         return;
     }
     shared.metrics.connected();
+    shared
+        .presence
+        .connected(acc.gateway.as_str(), &peer.to_string());
     tracing::info!(%peer, gateway = %acc.gateway, "Gateway connected.");
+    let burst = std::num::NonZeroU32::new(shared.config.publish_burst.max(1)).expect("non-zero");
+    let rate = std::num::NonZeroU32::new(shared.config.publish_rate.max(1)).expect("non-zero");
     let mut conn = Conn {
         wire,
         shared: shared.clone(),
         gateway: acc.gateway,
         key,
         peer,
+        limiter: RateLimiter::direct(Quota::per_second(rate).allow_burst(burst)),
+        inflight: FuturesOrdered::new(),
     };
     let (end, router_dropped) = conn.run(&mut link_rx, acc.keep_alive).await;
     conn.wire.shutdown().await;
     if let (End::Unclean(_), Some(will)) = (end, acc.will) {
         // rumqttd never fires wills for in-process links, so the gatekeeper
         // publishes the (already authorised) will itself.
+        shared.presence.status(conn.gateway.as_str(), &will.message);
         let _ = shared
             .router
             .publish(conn.key, will.topic, will.message, will.retain)
@@ -269,13 +402,23 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
         let _ = shared.router.disconnect(conn.key).await;
     }
     shared.metrics.disconnected();
-    match end {
-        End::Clean => tracing::info!(%peer, gateway = %conn.gateway, "Gateway disconnected."),
-        End::Unclean(reason) => {
-            tracing::info!(%peer, gateway = %conn.gateway, reason, "Gateway connection lost.")
-        }
-    }
+    let reason = match end {
+        End::Clean => "disconnect",
+        End::Unclean(r) => r,
+    };
+    shared.presence.disconnected(conn.gateway.as_str(), reason);
+    tracing::info!(%peer, gateway = %conn.gateway, reason, "Gateway connection ended.");
 }
+
+/// A publish whose commit finished (or that needed none).
+struct Completed {
+    qos: u8,
+    pkid: u16,
+    /// What to hand to rumqttd for live fan-out, if anything.
+    forward: Option<(Bytes, Bytes, bool)>,
+}
+
+type Pending = BoxFuture<'static, Result<Completed, pantau_ingest::Error>>;
 
 struct Conn<S> {
     wire: Wire<S>,
@@ -283,6 +426,14 @@ struct Conn<S> {
     gateway: GatewayId,
     key: LinkKey,
     peer: SocketAddr,
+    /// Publish rate limit of this connection (token bucket).
+    limiter: RateLimiter<
+        governor::state::NotKeyed,
+        governor::state::InMemoryState,
+        governor::clock::DefaultClock,
+    >,
+    /// Publishes being committed, in arrival order.
+    inflight: FuturesOrdered<Pending>,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
@@ -291,13 +442,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     async fn run(&mut self, link_rx: &mut LinkRx, keep_alive: Duration) -> (End, bool) {
         // MQTT: the server may close after 1.5 × keep-alive of silence.
         let idle = keep_alive + keep_alive / 2;
-        // Only packets from the client count as life signs; traffic from the
-        // router must not keep a silent client's connection open.
-        let mut last_read = tokio::time::Instant::now();
+        // Only the client's own activity counts as a life sign; traffic
+        // from the router must not keep a silent client open.
+        let mut last_read = Instant::now();
+        let mut last_presence = Instant::now();
+        let window = self.shared.config.inflight_window.max(1);
         let shutdown = self.shared.shutdown.clone();
         loop {
             tokio::select! {
-                read = tokio::time::timeout_at(last_read + idle, self.wire.read()) => {
+                read = tokio::time::timeout_at(last_read + idle, self.wire.read()), if self.inflight.len() < window => {
                     let frame = match read {
                         Err(_) => return (End::Unclean("keepalive_timeout"), false),
                         Ok(Err(WireError::Closed)) => return (End::Unclean("closed"), false),
@@ -308,18 +461,46 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                         }
                         Ok(Ok(f)) => f,
                     };
-                    last_read = tokio::time::Instant::now();
+                    last_read = Instant::now();
+                    if last_read.duration_since(last_presence) >= Duration::from_secs(1) {
+                        self.shared.presence.seen(self.gateway.as_str());
+                        last_presence = last_read;
+                    }
                     match self.handle(frame).await {
                         Ok(None) => {}
                         Ok(Some(end)) => return (end, false),
                         Err(e) => return (End::Unclean(e.reason()), false),
                     }
                 }
+                Some(done) = self.inflight.next(), if !self.inflight.is_empty() => {
+                    // The client was waiting on us, not silent.
+                    last_read = Instant::now();
+                    match done {
+                        Ok(c) => {
+                            if self.complete(c).await.is_err() {
+                                return (End::Unclean("write_failed"), false);
+                            }
+                        }
+                        Err(e) => {
+                            // Not durable: no acknowledgement; the gateway
+                            // resends after reconnecting.
+                            let reason = match e {
+                                pantau_ingest::Error::LogFull { .. } => "log_full",
+                                _ => "store_failed",
+                            };
+                            self.shared.metrics.violation(reason);
+                            tracing::error!(gateway = %self.gateway, error = %e, "Commit failed; closing without PUBACK.");
+                            return (End::Unclean(reason), false);
+                        }
+                    }
+                }
                 note = link_rx.next() => match note {
                     Ok(Some(Notification::Forward(fwd))) => {
+                        let bytes = fwd.publish.payload.len();
                         if self.wire.send(Packet::Publish(fwd.publish, None)).await.is_err() {
                             return (End::Unclean("write_failed"), false);
                         }
+                        self.shared.metrics.message_out(bytes);
                     }
                     Ok(Some(Notification::Unschedule)) => {
                         if link_rx.wake().await.is_err() {
@@ -337,6 +518,43 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 _ = shutdown.cancelled() => return (End::Unclean("server_shutdown"), false),
             }
         }
+    }
+
+    /// Acknowledges a finished publish and forwards it for live fan-out.
+    async fn complete(&mut self, c: Completed) -> Result<(), WireError> {
+        match c.qos {
+            1 => {
+                self.wire
+                    .send(Packet::PubAck(
+                        PubAck {
+                            pkid: c.pkid,
+                            reason: PubAckReason::Success,
+                        },
+                        None,
+                    ))
+                    .await?
+            }
+            2 => {
+                self.wire
+                    .send(Packet::PubRec(
+                        PubRec {
+                            pkid: c.pkid,
+                            reason: PubRecReason::Success,
+                        },
+                        None,
+                    ))
+                    .await?
+            }
+            _ => {}
+        }
+        if let Some((topic, payload, retain)) = c.forward {
+            let _ = self
+                .shared
+                .router
+                .publish(self.key, topic, payload, retain)
+                .await;
+        }
+        Ok(())
     }
 
     async fn handle(&mut self, frame: Frame) -> Result<Option<End>, WireError> {
@@ -365,6 +583,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 Ok(None)
             }
             Packet::Subscribe(sub, _) => {
+                // A gateway may subscribe to its own command topic only: no
+                // wildcards, nothing of others, no `$share` (which can panic
+                // rumqttd's router for persistent sessions).
                 let own_cmd = topic(self.gateway.as_str(), TopicKind::Cmd);
                 if let Some(bad) = sub.filters.iter().find(|f| f.path != own_cmd) {
                     self.shared.metrics.acl_violation("subscribe");
@@ -419,7 +640,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             Packet::PubAck(..) | Packet::PubRec(..) | Packet::PubComp(..) => Ok(None),
             other => {
                 self.shared.metrics.violation("protocol_error");
-                tracing::warn!(peer = %self.peer, gateway = %self.gateway, packet = ?packet_name(&other), "Unexpected packet; closing.");
+                tracing::warn!(peer = %self.peer, gateway = %self.gateway, packet = packet_name(&other), "Unexpected packet; closing.");
                 Ok(Some(End::Unclean("protocol_error")))
             }
         }
@@ -445,60 +666,37 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             }
         };
         self.shared.metrics.bytes_in(payload.len());
-        let forward = match kind {
-            TopicKind::Telemetry => match self
-                .shared
-                .ingestor
-                .ingest(self.gateway.as_str(), &payload)
-                .await
-            {
-                Ok(outcome) => outcome.envelope_error.is_none(),
-                Err(e) => {
-                    // Not durable: no acknowledgement; the gateway resends.
-                    self.shared.metrics.violation("store_failed");
-                    tracing::error!(gateway = %self.gateway, error = %e, "Commit failed; closing without PUBACK.");
-                    return Ok(Some(End::Unclean("store_failed")));
+        let pending: Pending = match kind {
+            TopicKind::Telemetry => {
+                if self.limiter.check().is_err() {
+                    // Over the rate: slow this gateway down (no reads until
+                    // a token is free) rather than drop anything.
+                    self.shared.metrics.throttled();
+                    self.limiter.until_ready().await;
                 }
-            },
-            _ => true,
+                let ingestor = self.shared.ingestor.clone();
+                let gateway = self.gateway.to_string();
+                async move {
+                    let outcome = ingestor.ingest(&gateway, &payload).await?;
+                    let forward = outcome
+                        .envelope_error
+                        .is_none()
+                        .then_some((topic_name, payload, false));
+                    Ok(Completed { qos, pkid, forward })
+                }
+                .boxed()
+            }
+            _ => {
+                self.shared.presence.status(self.gateway.as_str(), &payload);
+                futures::future::ready(Ok(Completed {
+                    qos,
+                    pkid,
+                    forward: Some((topic_name, payload, retain)),
+                }))
+                .boxed()
+            }
         };
-        match qos {
-            1 => {
-                self.wire
-                    .send(Packet::PubAck(
-                        PubAck {
-                            pkid,
-                            reason: PubAckReason::Success,
-                        },
-                        None,
-                    ))
-                    .await?
-            }
-            2 => {
-                self.wire
-                    .send(Packet::PubRec(
-                        PubRec {
-                            pkid,
-                            reason: PubRecReason::Success,
-                        },
-                        None,
-                    ))
-                    .await?
-            }
-            _ => {}
-        }
-        if forward {
-            let _ = self
-                .shared
-                .router
-                .publish(
-                    self.key,
-                    topic_name,
-                    payload,
-                    retain && kind == TopicKind::Status,
-                )
-                .await;
-        }
+        self.inflight.push_back(pending);
         Ok(None)
     }
 }
@@ -511,5 +709,20 @@ fn packet_name(p: &Packet) -> &'static str {
         Packet::UnsubAck(..) => "UNSUBACK",
         Packet::PingResp(..) => "PINGRESP",
         _ => "other",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_id_rules() {
+        assert!(client_id_valid("gw-a"));
+        assert!(client_id_valid(""));
+        for bad in ["a/b", "a+", "#", "$SYS", "a\u{0}"] {
+            assert!(!client_id_valid(bad), "{bad}");
+        }
+        assert!(!client_id_valid(&"x".repeat(129)));
     }
 }

@@ -11,8 +11,10 @@
 
 #![forbid(unsafe_code)]
 
+mod admission;
 mod conn;
 pub mod metrics;
+pub mod presence;
 pub mod router;
 pub mod tls;
 mod wire;
@@ -28,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use metrics::BrokerMetrics;
+pub use presence::{GatewayPresence, Presence};
 pub use router::{RouterHandle, RouterLimits};
 
 /// Gatekeeper settings.
@@ -35,21 +38,48 @@ pub use router::{RouterHandle, RouterLimits};
 pub struct BrokerConfig {
     /// Most time a client may take to finish the TLS handshake.
     pub handshake_timeout: Duration,
+    /// Most TLS handshakes in progress at once (a flood waits, others don't).
+    pub max_handshakes: usize,
     /// Most time between the handshake and CONNECT.
     pub connect_timeout: Duration,
     /// Largest MQTT remaining length accepted, bytes.
     pub max_packet_size: usize,
+    /// Shortest keep-alive accepted (a smaller non-zero one is raised).
+    pub min_keep_alive: Duration,
     /// Keep-alive granted to clients asking for 0 or more than this.
     pub max_keep_alive: Duration,
+    /// Most gateway connections at once.
+    pub max_connections: usize,
+    /// Most connections from one source address (NAT'd fleets share one).
+    pub max_connections_per_ip: usize,
+    /// Sustained telemetry publishes per second per connection.
+    pub publish_rate: u32,
+    /// Publishes a connection may burst above the rate.
+    pub publish_burst: u32,
+    /// Publishes of one connection committed concurrently; their
+    /// acknowledgements still leave in arrival order.
+    pub inflight_window: usize,
+    /// Accept a clean-session client id other than the gateway id (for
+    /// stock tools that invent one). Persistent sessions must always use
+    /// the gateway id.
+    pub allow_any_client_id: bool,
 }
 
 impl Default for BrokerConfig {
     fn default() -> Self {
         Self {
             handshake_timeout: Duration::from_secs(10),
+            max_handshakes: 512,
             connect_timeout: Duration::from_secs(10),
             max_packet_size: 256 * 1024,
+            min_keep_alive: Duration::from_secs(5),
             max_keep_alive: Duration::from_secs(600),
+            max_connections: 20_000,
+            max_connections_per_ip: 2_000,
+            publish_rate: 500,
+            publish_burst: 1_000,
+            inflight_window: 64,
+            allow_any_client_id: false,
         }
     }
 }
@@ -70,6 +100,12 @@ pub(crate) struct Shared {
     metrics: BrokerMetrics,
     /// Fired when the server stops.
     shutdown: CancellationToken,
+    /// Connection counts for the caps.
+    admission: admission::Admission,
+    /// Limits concurrent TLS handshakes.
+    handshakes: tokio::sync::Semaphore,
+    /// Per-gateway connection state.
+    presence: Arc<Presence>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -93,6 +129,8 @@ pub struct BrokerDeps {
     pub state: Arc<StateDb>,
     /// Counters to update.
     pub metrics: BrokerMetrics,
+    /// Where gateway presence is kept (read by the API).
+    pub presence: Arc<Presence>,
 }
 
 /// Serves MQTT over TLS on `listener` until `shutdown` fires, then closes
@@ -104,6 +142,9 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let shared = Arc::new(Shared {
+        admission: admission::Admission::new(config.max_connections, config.max_connections_per_ip),
+        handshakes: tokio::sync::Semaphore::new(config.max_handshakes.max(1)),
+        presence: deps.presence,
         config,
         acceptor: TlsAcceptor::from(deps.tls),
         router: deps.router,

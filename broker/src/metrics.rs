@@ -24,6 +24,12 @@ pub struct BrokerMetrics {
     pub packets_in: Counter,
     /// Publish payload bytes received.
     pub bytes_in: Counter,
+    /// Publishes delivered to subscribers (live fan-out).
+    pub messages_out: Counter,
+    /// Payload bytes delivered to subscribers.
+    pub bytes_out: Counter,
+    /// Publishes delayed by a gateway's rate limit.
+    pub throttled: Counter,
 }
 
 impl BrokerMetrics {
@@ -90,6 +96,15 @@ impl BrokerMetrics {
 
     pub(crate) fn packet_in(&self) {
         self.packets_in.inc();
+    }
+
+    pub(crate) fn message_out(&self, bytes: usize) {
+        self.messages_out.inc();
+        self.bytes_out.inc_by(bytes as u64);
+    }
+
+    pub(crate) fn throttled(&self) {
+        self.throttled.inc();
     }
 
     pub(crate) fn bytes_in(&self, n: usize) {

@@ -194,10 +194,13 @@ pub fn server_config(
             source,
         })?;
     roots.add_parsable_certificates(ca);
-    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .allow_unauthenticated()
-        .build()
-        .map_err(|e| TlsError::Verifier(e.to_string()))?;
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .allow_unauthenticated()
+    .build()
+    .map_err(|e| TlsError::Verifier(e.to_string()))?;
     let config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_client_cert_verifier(verifier)
@@ -208,7 +211,11 @@ pub fn server_config(
 /// Issues a client certificate for a gateway (CN = gateway id, client
 /// authentication only, 2 years) signed by the platform CA; writes
 /// `DIR/{id}.pem` and `DIR/{id}-key.pem` (mode 0600) and returns their paths.
-pub fn issue_gateway_cert(files: &TlsFiles, gateway: &str, dir: &Path) -> Result<(PathBuf, PathBuf), TlsError> {
+pub fn issue_gateway_cert(
+    files: &TlsFiles,
+    gateway: &str,
+    dir: &Path,
+) -> Result<(PathBuf, PathBuf), TlsError> {
     ensure_ca(files)?;
     fs::create_dir_all(dir).map_err(io(dir))?;
     let mut p = CertificateParams::default();
@@ -260,7 +267,11 @@ mod tests {
         fs::remove_file(&files.server_key).unwrap();
         server_config(&files, &[]).unwrap();
         let (cert, key) = issue_gateway_cert(&files, "gw-a", &dir.path().join("gateways")).unwrap();
-        let der = CertificateDer::pem_file_iter(&cert).unwrap().next().unwrap().unwrap();
+        let der = CertificateDer::pem_file_iter(&cert)
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap();
         assert_eq!(cert_identity(&der).as_deref(), Some("gw-a"));
         assert!(key.exists());
         #[cfg(unix)]

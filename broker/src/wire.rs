@@ -26,6 +26,8 @@ pub(crate) enum WireError {
     Io(#[from] std::io::Error),
     #[error("malformed packet: {0}")]
     Protocol(ProtoError),
+    #[error("malformed packet: reserved fixed-header flags {0:#06b} for packet type {1}")]
+    Flags(u8, u8),
 }
 
 impl WireError {
@@ -35,8 +37,28 @@ impl WireError {
             WireError::Closed => "closed",
             WireError::Io(_) => "io_error",
             WireError::Protocol(ProtoError::PayloadSizeLimitExceeded(_)) => "packet_too_large",
-            WireError::Protocol(_) => "malformed_packet",
+            WireError::Protocol(_) | WireError::Flags(..) => "malformed_packet",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fixed_header_flags() {
+        assert!(check_flags(0x10).is_ok()); // CONNECT
+        assert!(check_flags(0x11).is_err());
+        assert!(check_flags(0x32).is_ok()); // PUBLISH QoS 1
+        assert!(check_flags(0x36).is_err()); // QoS 3
+        assert!(check_flags(0x38).is_err()); // DUP at QoS 0
+        assert!(check_flags(0x62).is_ok()); // PUBREL
+        assert!(check_flags(0x60).is_err());
+        assert!(check_flags(0x82).is_ok()); // SUBSCRIBE
+        assert!(check_flags(0x80).is_err());
+        assert!(check_flags(0xc0).is_ok()); // PINGREQ
+        assert!(check_flags(0xe1).is_err());
     }
 }
 
@@ -70,6 +92,22 @@ fn publish_meta(h: &FixedHeader, buf: &[u8]) -> (u8, u16) {
     }
 }
 
+/// MQTT 3.1.1 §2.2.2: the flags each packet type must carry (rumqttd's
+/// codec does not check them). PUBLISH may not use QoS 3, nor DUP at QoS 0.
+fn check_flags(byte1: u8) -> Result<(), WireError> {
+    let (kind, flags) = (byte1 >> 4, byte1 & 0x0f);
+    let ok = match kind {
+        3 => (flags >> 1) & 0b11 != 3 && !(flags & 0b1000 != 0 && (flags >> 1) & 0b11 == 0),
+        6 | 8 | 10 => flags == 0b0010,
+        _ => flags == 0,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(WireError::Flags(flags, kind))
+    }
+}
+
 impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
     pub(crate) fn new(io: S, max_packet: usize) -> Self {
         Self {
@@ -85,6 +123,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
         loop {
             match check(self.rbuf.iter(), self.max_packet) {
                 Ok(header) => {
+                    check_flags(header.byte1)?;
                     let (qos, pkid) = publish_meta(&header, &self.rbuf);
                     let packet = V4
                         .read_mut(&mut self.rbuf, self.max_packet)

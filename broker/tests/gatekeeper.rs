@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use pantau_broker::tls::{server_config, TlsFiles};
-use pantau_broker::{BrokerConfig, BrokerDeps, BrokerMetrics, RouterHandle, RouterLimits};
+use pantau_broker::{
+    BrokerConfig, BrokerDeps, BrokerMetrics, Presence, RouterHandle, RouterLimits,
+};
 use pantau_ingest::{IngestLog, IngestMetrics, Ingestor};
 use pantau_model::{GatewayId, Registry, Timestamp};
 use pantau_state::StateDb;
@@ -42,6 +44,7 @@ struct Harness {
     tokens: Vec<(String, String)>,
     log: Arc<IngestLog>,
     metrics: BrokerMetrics,
+    presence: Arc<Presence>,
     ca: std::path::PathBuf,
     shutdown: CancellationToken,
     _dir: tempfile::TempDir,
@@ -75,6 +78,7 @@ async fn start(config: BrokerConfig) -> Harness {
         IngestMetrics::default(),
     ));
     let metrics = BrokerMetrics::default();
+    let presence = Arc::new(Presence::default());
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let shutdown = CancellationToken::new();
@@ -84,6 +88,7 @@ async fn start(config: BrokerConfig) -> Harness {
         ingestor,
         state,
         metrics: metrics.clone(),
+        presence: presence.clone(),
     };
     tokio::spawn(pantau_broker::run(config, deps, listener, shutdown.clone()));
     Harness {
@@ -91,6 +96,7 @@ async fn start(config: BrokerConfig) -> Harness {
         tokens,
         log,
         metrics,
+        presence,
         ca: files.ca_cert,
         shutdown,
         _dir: dir,
@@ -223,6 +229,7 @@ fn closed(m: &BrokerMetrics, reason: &'static str) -> u64 {
 async fn publish_is_acked_only_after_it_is_stored() {
     let h = start(BrokerConfig::default()).await;
     let mut c = Client::login(&h, "gw-a", 30).await;
+    assert!(h.presence.get("gw-a").is_some_and(|p| p.connected));
     c.send_raw(&publish_qos1(
         "pantau/v1/gw/gw-a/telemetry",
         7,
@@ -298,7 +305,11 @@ async fn publishing_as_another_gateway_closes_and_stores_nothing() {
 
 #[tokio::test]
 async fn a_silent_client_is_closed_after_one_and_a_half_keep_alives() {
-    let h = start(BrokerConfig::default()).await;
+    let h = start(BrokerConfig {
+        min_keep_alive: Duration::from_secs(1),
+        ..BrokerConfig::default()
+    })
+    .await;
     let mut c = Client::login(&h, "gw-a", 1).await;
     let started = tokio::time::Instant::now();
     let end = tokio::time::timeout(Duration::from_secs(5), c.recv()).await;
@@ -363,4 +374,305 @@ async fn a_foreign_last_will_is_refused_at_connect() {
         other => panic!("expected a refusing CONNACK, got {other:?}"),
     }
     assert_eq!(refused(&h.metrics, "will_acl"), 1);
+}
+
+#[tokio::test]
+async fn many_publishes_in_flight_are_acked_in_arrival_order() {
+    let h = start(BrokerConfig::default()).await;
+    let mut c = Client::login(&h, "gw-a", 30).await;
+    let mut frames = Vec::new();
+    for pkid in 1..=200u16 {
+        frames.extend(publish_qos1(
+            "pantau/v1/gw/gw-a/telemetry",
+            pkid,
+            &envelope("gw-a", "fl-a", f64::from(pkid)),
+        ));
+    }
+    c.send_raw(&frames).await;
+    for want in 1..=200u16 {
+        match c.recv().await {
+            Some(Packet::PubAck(ack, _)) => assert_eq!(ack.pkid, want),
+            other => panic!("expected PUBACK {want}, got {other:?}"),
+        }
+    }
+    assert_eq!(h.log.pending(), 200);
+}
+
+/// Raw frames that must never crash or stall the gatekeeper.
+fn malformed_corpus(connect: &[u8]) -> Vec<(&'static str, Vec<u8>, bool)> {
+    let mut second_connect = connect.to_vec();
+    second_connect.extend_from_slice(connect);
+    let bad_utf8_topic = {
+        let topic = [0xff, 0xfe, b'a'];
+        let mut body = vec![0, topic.len() as u8];
+        body.extend_from_slice(&topic);
+        body.extend_from_slice(&[0, 1, b'x']);
+        let mut f = vec![0x32, body.len() as u8];
+        f.extend(body);
+        f
+    };
+    // (name, bytes, needs a session first)
+    vec![
+        (
+            "truncated connect",
+            connect[..connect.len() / 2].to_vec(),
+            false,
+        ),
+        (
+            "oversized remaining length",
+            vec![0x30, 0xff, 0xff, 0xff, 0x7f],
+            false,
+        ),
+        (
+            "malformed remaining length",
+            vec![0x30, 0xff, 0xff, 0xff, 0xff, 0x01],
+            false,
+        ),
+        (
+            "publish before connect",
+            publish_qos1("pantau/v1/gw/gw-a/telemetry", 1, b"{}"),
+            false,
+        ),
+        ("garbage", b"GET / HTTP/1.1\r\n\r\n".to_vec(), false),
+        ("empty", Vec::new(), false),
+        ("second connect", connect.to_vec(), true),
+        ("invalid utf-8 topic", bad_utf8_topic, true),
+        (
+            "qos 3",
+            vec![0x36, 0x05, 0x00, 0x01, b'a', 0x00, 0x01],
+            true,
+        ),
+        ("reserved packet type 0", vec![0x00, 0x00], true),
+        ("reserved packet type 15", vec![0xf0, 0x00], true),
+        (
+            "subscribe with bad flags",
+            vec![0x80, 0x06, 0x00, 0x01, 0x00, 0x01, b'#', 0x00],
+            true,
+        ),
+        ("pubrel with bad flags", vec![0x60, 0x02, 0x00, 0x01], true),
+        (
+            "truncated publish",
+            vec![0x32, 0x10, 0x00, 0x05, b'a'],
+            true,
+        ),
+        ("connect twice in one frame", second_connect, false),
+    ]
+}
+
+#[tokio::test]
+async fn malformed_packets_never_crash_or_stall_the_broker() {
+    let h = start(BrokerConfig {
+        connect_timeout: Duration::from_secs(2),
+        ..BrokerConfig::default()
+    })
+    .await;
+    // A valid gateway keeps publishing throughout.
+    let mut good = Client::login(&h, "gw-b", 30).await;
+    let token = h.tokens[0].1.clone();
+    let mut connect = BytesMut::new();
+    V4.write(
+        Packet::Connect(
+            Connect {
+                keep_alive: 30,
+                client_id: "gw-a".into(),
+                clean_session: true,
+            },
+            None,
+            None,
+            None,
+            Some(Login {
+                username: "gw-a".into(),
+                password: token,
+            }),
+        ),
+        &mut connect,
+    )
+    .unwrap();
+    let mut pkid = 0u16;
+    for (name, bytes, after_connect) in malformed_corpus(&connect) {
+        let mut c = Client::connect_tls(&h).await;
+        if after_connect {
+            c.send_raw(&connect).await;
+            assert!(
+                matches!(c.recv().await, Some(Packet::ConnAck(..))),
+                "{name}: no CONNACK"
+            );
+        }
+        c.send_raw(&bytes).await;
+        // The connection must end (closed, or refused) within the connect
+        // timeout, without taking the broker down.
+        let ended = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                match c.recv().await {
+                    None => return,
+                    Some(Packet::ConnAck(..)) | Some(Packet::PubAck(..)) => continue,
+                    Some(other) => panic!("{name}: unexpected {other:?}"),
+                }
+            }
+        })
+        .await;
+        // An incomplete packet is waited for until the keep-alive (or the
+        // CONNECT timeout) runs out: bounded, and it blocks nobody else.
+        if !matches!(name, "empty" | "truncated publish") {
+            assert!(ended.is_ok(), "{name}: connection left hanging");
+        }
+        pkid += 1;
+        good.send_raw(&publish_qos1(
+            "pantau/v1/gw/gw-b/telemetry",
+            pkid,
+            &envelope("gw-b", "fl-b", f64::from(pkid)),
+        ))
+        .await;
+        match tokio::time::timeout(Duration::from_secs(5), good.recv()).await {
+            Ok(Some(Packet::PubAck(ack, _))) => assert_eq!(ack.pkid, pkid, "after {name}"),
+            other => panic!("valid gateway stalled after {name}: {other:?}"),
+        }
+    }
+    // New connections are still accepted.
+    let _fresh = Client::login(&h, "gw-a", 30).await;
+}
+
+#[tokio::test]
+async fn bad_client_ids_never_poison_the_listener() {
+    let h = start(BrokerConfig::default()).await;
+    let token = h.tokens[0].1.clone();
+    for id in ["gw/a", "gw+a", "gw/a", "gw+a", "#"] {
+        let mut c = Client::connect_tls(&h).await;
+        c.send(Packet::Connect(
+            Connect {
+                keep_alive: 30,
+                client_id: id.into(),
+                clean_session: false,
+            },
+            None,
+            None,
+            None,
+            Some(Login {
+                username: "gw-a".into(),
+                password: token.clone(),
+            }),
+        ))
+        .await;
+        match c.recv().await {
+            Some(Packet::ConnAck(ack, _)) => assert_eq!(
+                ack.code,
+                ConnectReturnCode::ClientIdentifierNotValid,
+                "{id}"
+            ),
+            other => panic!("{id}: expected a refusing CONNACK, got {other:?}"),
+        }
+    }
+    assert_eq!(refused(&h.metrics, "client_id_invalid"), 5);
+    let mut c = Client::login(&h, "gw-a", 30).await;
+    c.send_raw(&publish_qos1(
+        "pantau/v1/gw/gw-a/telemetry",
+        9,
+        &envelope("gw-a", "fl-a", 1.0),
+    ))
+    .await;
+    assert!(matches!(c.recv().await, Some(Packet::PubAck(..))));
+}
+
+#[tokio::test]
+async fn over_the_connection_cap_is_refused_cleanly_and_recovers() {
+    let h = start(BrokerConfig {
+        max_connections: 2,
+        ..BrokerConfig::default()
+    })
+    .await;
+    let mut a = Client::login(&h, "gw-a", 30).await;
+    let b = Client::login(&h, "gw-b", 30).await;
+    let mut c = Client::connect_tls(&h).await;
+    c.send(Packet::Connect(
+        Connect {
+            keep_alive: 30,
+            client_id: "gw-a".into(),
+            clean_session: true,
+        },
+        None,
+        None,
+        None,
+        Some(Login {
+            username: "gw-a".into(),
+            password: h.tokens[0].1.clone(),
+        }),
+    ))
+    .await;
+    match c.recv().await {
+        Some(Packet::ConnAck(ack, _)) => {
+            assert_eq!(ack.code, ConnectReturnCode::ServiceUnavailable)
+        }
+        other => panic!("expected a refusing CONNACK, got {other:?}"),
+    }
+    assert_eq!(refused(&h.metrics, "connection_cap"), 1);
+    // Existing clients are unaffected.
+    a.send_raw(&publish_qos1(
+        "pantau/v1/gw/gw-a/telemetry",
+        1,
+        &envelope("gw-a", "fl-a", 1.0),
+    ))
+    .await;
+    assert!(matches!(a.recv().await, Some(Packet::PubAck(..))));
+    // Below the cap again, new clients connect.
+    drop(b);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut d = Client::connect_tls(&h).await;
+        d.send(Packet::Connect(
+            Connect {
+                keep_alive: 30,
+                client_id: "gw-b".into(),
+                clean_session: true,
+            },
+            None,
+            None,
+            None,
+            Some(Login {
+                username: "gw-b".into(),
+                password: h.tokens[1].1.clone(),
+            }),
+        ))
+        .await;
+        if let Some(Packet::ConnAck(ack, _)) = d.recv().await {
+            if ack.code == ConnectReturnCode::Success {
+                break;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never below the cap again"
+        );
+        tokio::task::yield_now().await;
+    }
+}
+
+#[tokio::test]
+async fn a_stalled_handshake_never_blocks_others_and_is_closed() {
+    let h = start(BrokerConfig {
+        handshake_timeout: Duration::from_secs(2),
+        ..BrokerConfig::default()
+    })
+    .await;
+    let mut stalled = TcpStream::connect(h.addr).await.unwrap();
+    let started = tokio::time::Instant::now();
+    let mut c = Client::login(&h, "gw-a", 30).await;
+    c.send_raw(&publish_qos1(
+        "pantau/v1/gw/gw-a/telemetry",
+        1,
+        &envelope("gw-a", "fl-a", 1.0),
+    ))
+    .await;
+    assert!(matches!(c.recv().await, Some(Packet::PubAck(..))));
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "valid client delayed by a stalled one"
+    );
+    let mut buf = [0u8; 16];
+    let closed = tokio::time::timeout(Duration::from_secs(5), stalled.read(&mut buf)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+        "stalled socket not closed: {closed:?}"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(1900));
+    assert_eq!(refused(&h.metrics, "tls_handshake_timeout"), 1);
 }

@@ -515,7 +515,11 @@ fn writer_loop(
 
 /// Commits a group; returns the ids of the admitted appends (in order), the
 /// readings they added and the readings the acknowledgements removed.
-fn commit(conn: &mut Connection, group: &[Cmd], admitted: &[bool]) -> rusqlite::Result<(Vec<i64>, u64, u64)> {
+fn commit(
+    conn: &mut Connection,
+    group: &[Cmd],
+    admitted: &[bool],
+) -> rusqlite::Result<(Vec<i64>, u64, u64)> {
     let tx = conn.transaction()?;
     let mut ids = Vec::new();
     let mut added = 0u64;

@@ -6,11 +6,13 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use pantau_broker::tls::{ensure_ca, TlsFiles};
+use pantau_broker::tls::{ensure_ca, issue_gateway_cert, TlsFiles};
 use pantau_model::GatewayId;
 use pantau_state::StateDb;
 
-use crate::config::{FileConfig, UpConfig, DEFAULT_DATA_DIR, DEFAULT_HTTP, DEFAULT_MQTT};
+use crate::config::{
+    FileConfig, GatekeeperArgs, UpConfig, DEFAULT_DATA_DIR, DEFAULT_HTTP, DEFAULT_MQTT,
+};
 use crate::storage::StorageArgs;
 
 /// Pantau: sensor telemetry for a city's infrastructure.
@@ -60,6 +62,8 @@ struct UpArgs {
     demo_interval: Duration,
     #[command(flatten)]
     storage: StorageArgs,
+    #[command(flatten)]
+    broker: GatekeeperArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -92,6 +96,9 @@ enum GatewayCommand {
     Add {
         /// Gateway id: lowercase letters, digits and '-', at most 64.
         id: String,
+        /// Also issue a client certificate (CN = id) signed by the platform CA.
+        #[arg(long)]
+        cert: bool,
         /// Data directory [default: ./pantau-data].
         #[arg(long, env = "PANTAU_DATA_DIR")]
         data_dir: Option<PathBuf>,
@@ -130,8 +137,12 @@ pub fn main() -> ExitCode {
                 .and_then(|rt| rt.block_on(crate::ingest::run(cfg)))
         }
         Command::Gateway {
-            command: GatewayCommand::Add { id, data_dir },
-        } => gateway_add(&id, data_dir.unwrap_or_else(|| DEFAULT_DATA_DIR.into())),
+            command: GatewayCommand::Add { id, cert, data_dir },
+        } => gateway_add(
+            &id,
+            cert,
+            data_dir.unwrap_or_else(|| DEFAULT_DATA_DIR.into()),
+        ),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -165,10 +176,11 @@ fn resolve(args: UpArgs) -> anyhow::Result<UpConfig> {
         demo_interval: args.demo_interval,
         tls_names: file.tls_names,
         storage: args.storage,
+        broker: args.broker,
     })
 }
 
-fn gateway_add(id: &str, data_dir: PathBuf) -> anyhow::Result<()> {
+fn gateway_add(id: &str, cert: bool, data_dir: PathBuf) -> anyhow::Result<()> {
     let id = GatewayId::new(id).map_err(|e| anyhow::anyhow!("invalid gateway id {id:?}: {e}"))?;
     std::fs::create_dir_all(&data_dir)
         .map_err(|e| anyhow::anyhow!("cannot create data dir {}: {e}", data_dir.display()))?;
@@ -176,15 +188,19 @@ fn gateway_add(id: &str, data_dir: PathBuf) -> anyhow::Result<()> {
     ensure_ca(&files)?;
     let state = StateDb::open(&data_dir)?;
     let token = state.add_gateway(&id)?;
-    let ca_file = std::fs::canonicalize(&files.ca_cert).unwrap_or(files.ca_cert);
-    println!(
-        "{}",
-        serde_json::json!({
-            "gateway": id.as_str(),
-            "username": id.as_str(),
-            "password": token,
-            "ca_file": ca_file,
-        })
-    );
+    let abs = |p: PathBuf| std::fs::canonicalize(&p).unwrap_or(p);
+    let mut out = serde_json::json!({
+        "gateway": id.as_str(),
+        "username": id.as_str(),
+        "password": token,
+        "ca_file": abs(files.ca_cert.clone()),
+    });
+    if cert {
+        let (cert_file, key_file) =
+            issue_gateway_cert(&files, id.as_str(), &data_dir.join("gateways"))?;
+        out["cert_file"] = serde_json::json!(abs(cert_file));
+        out["key_file"] = serde_json::json!(abs(key_file));
+    }
+    println!("{out}");
     Ok(())
 }

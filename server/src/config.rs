@@ -51,6 +51,55 @@ pub struct UpConfig {
     pub tls_names: Vec<String>,
     /// Storage selection.
     pub storage: crate::storage::StorageArgs,
+    /// Gatekeeper limits.
+    pub broker: GatekeeperArgs,
+}
+
+/// Gatekeeper limits (each flag with a `PANTAU_*` env twin).
+#[derive(Debug, Clone, clap::Args)]
+pub struct GatekeeperArgs {
+    /// Most time a client may take to finish the TLS handshake.
+    #[arg(long, env = "PANTAU_TLS_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub tls_handshake_timeout: std::time::Duration,
+    /// Most TLS handshakes in progress at once.
+    #[arg(long, env = "PANTAU_MAX_HANDSHAKES", default_value_t = 512)]
+    pub max_handshakes: usize,
+    /// Largest MQTT packet accepted, bytes.
+    #[arg(long, env = "PANTAU_MAX_PACKET_BYTES", default_value_t = 256 * 1024)]
+    pub max_packet_bytes: usize,
+    /// Most gateway connections at once.
+    #[arg(long, env = "PANTAU_MAX_CONNECTIONS", default_value_t = 20_000)]
+    pub max_connections: usize,
+    /// Most connections from one source address.
+    #[arg(long, env = "PANTAU_MAX_CONNECTIONS_PER_IP", default_value_t = 2_000)]
+    pub max_connections_per_ip: usize,
+    /// Sustained telemetry publishes per second per gateway.
+    #[arg(long, env = "PANTAU_PUBLISH_RATE", default_value_t = 500)]
+    pub publish_rate: u32,
+    /// Publishes a gateway may burst above the rate.
+    #[arg(long, env = "PANTAU_PUBLISH_BURST", default_value_t = 1_000)]
+    pub publish_burst: u32,
+    /// Accept clean-session client ids other than the gateway id (for stock
+    /// tools such as mosquitto_pub without -i).
+    #[arg(long, env = "PANTAU_ALLOW_ANY_CLIENT_ID")]
+    pub allow_any_client_id: bool,
+}
+
+impl GatekeeperArgs {
+    /// The broker's configuration.
+    pub fn to_config(&self) -> pantau_broker::BrokerConfig {
+        pantau_broker::BrokerConfig {
+            handshake_timeout: self.tls_handshake_timeout,
+            max_handshakes: self.max_handshakes,
+            max_packet_size: self.max_packet_bytes,
+            max_connections: self.max_connections,
+            max_connections_per_ip: self.max_connections_per_ip,
+            publish_rate: self.publish_rate,
+            publish_burst: self.publish_burst,
+            allow_any_client_id: self.allow_any_client_id,
+            ..pantau_broker::BrokerConfig::default()
+        }
+    }
 }
 
 /// Default data directory.

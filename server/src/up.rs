@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use pantau_broker::tls::{server_config, TlsFiles};
-use pantau_broker::{BrokerConfig, BrokerDeps, BrokerMetrics, RouterHandle, RouterLimits};
+use pantau_broker::{BrokerDeps, BrokerMetrics, Presence, RouterHandle, RouterLimits};
 use pantau_ingest::drain::DrainConfig;
 use pantau_ingest::{IngestMetrics, Ingestor};
 use pantau_model::Registry;
@@ -91,14 +91,16 @@ pub async fn up(cfg: UpConfig) -> anyhow::Result<()> {
     ));
     let demo_tasks = TaskTracker::new();
 
+    let presence = Arc::new(Presence::default());
     let broker = tokio::spawn(pantau_broker::run(
-        BrokerConfig::default(),
+        cfg.broker.to_config(),
         BrokerDeps {
             tls,
             router,
             ingestor: ingestor.clone(),
             state: state.clone(),
             metrics: broker_metrics,
+            presence: presence.clone(),
         },
         mqtt,
         stop_broker.clone(),

@@ -142,6 +142,15 @@ impl StateDb {
         Ok(stored.is_some_and(|s| equal(s.as_bytes(), hash(token).as_bytes())))
     }
 
+    /// Whether a gateway is registered.
+    pub fn gateway_exists(&self, id: &str) -> Result<bool> {
+        self.conn()
+            .query_row("SELECT 1 FROM gateways WHERE id = ?1", [id], |_| Ok(()))
+            .optional()
+            .map(|o| o.is_some())
+            .map_err(|e| self.sql(e))
+    }
+
     /// Every registered gateway.
     pub fn gateways(&self) -> Result<Vec<GatewayRecord>> {
         let conn = self.conn();

@@ -126,8 +126,12 @@ async fn an_append_abandoned_after_queueing_is_still_counted() {
     let _ = log.append("gw-a", vec![r(1), r(2)]).now_or_never();
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
     while log.appended() < 2 {
-        assert!(tokio::time::Instant::now() < deadline, "abandoned append not counted");
-        log.wait_for_append(std::time::Duration::from_millis(20)).await;
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "abandoned append not counted"
+        );
+        log.wait_for_append(std::time::Duration::from_millis(20))
+            .await;
     }
     assert_eq!(log.pending(), 2);
     assert_eq!(log.read_after(0, 10).unwrap().len(), 2);
