@@ -194,13 +194,23 @@ pub struct GatewayCreds {
     pub password: String,
     /// CA certificate path.
     pub ca_file: PathBuf,
+    /// Client certificate (with `--cert`).
+    pub cert_file: Option<PathBuf>,
+    /// Client key (with `--cert`).
+    pub key_file: Option<PathBuf>,
 }
 
 /// Runs `pantau gateway add ID --data-dir DIR`.
 pub fn gateway_add(data_dir: &Path, id: &str) -> Result<GatewayCreds> {
+    gateway_add_with(data_dir, id, &[])
+}
+
+/// Runs `pantau gateway add ID --data-dir DIR EXTRA...` (e.g. `--cert`).
+pub fn gateway_add_with(data_dir: &Path, id: &str, extra: &[&str]) -> Result<GatewayCreds> {
     let out = Command::new(binary("pantau"))
         .args(["gateway", "add", id, "--data-dir"])
         .arg(data_dir)
+        .args(extra)
         .output()?;
     if !out.status.success() {
         bail!(
@@ -220,6 +230,8 @@ pub fn gateway_add(data_dir: &Path, id: &str) -> Result<GatewayCreds> {
         gateway: id.into(),
         password: v["password"].as_str().context("password")?.into(),
         ca_file: v["ca_file"].as_str().context("ca_file")?.into(),
+        cert_file: v["cert_file"].as_str().map(PathBuf::from),
+        key_file: v["key_file"].as_str().map(PathBuf::from),
     })
 }
 
