@@ -4,7 +4,8 @@
 //! directions.
 //!
 //! Telemetry takes the durable path — validate → commit to the ingest log →
-//! PUBACK — and only then goes to rumqttd for best-effort live fan-out. Up
+//! PUBACK — and only then, if MQTT fan-out is enabled, goes to rumqttd for
+//! best-effort live delivery (status messages always do). Up
 //! to `inflight_window` publishes of a connection are committed
 //! concurrently (so many gateways and many envelopes share group commits),
 //! but their acknowledgements leave strictly in arrival order. QoS 0
@@ -341,25 +342,39 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
     let Some(acc) = accept_connect(&mut wire, peer, &shared, cert_id, over).await else {
         return;
     };
-    let (key, mut link_rx) = match shared
-        .router
-        .connect(acc.gateway.as_str(), acc.clean_session)
-        .await
-    {
-        Ok(link) => link,
-        Err(e) => {
-            tracing::error!(%peer, gateway = %acc.gateway, error = %e, "Router link failed.");
-            refuse(
-                &mut wire,
-                &shared,
-                peer,
-                ConnectReturnCode::ServiceUnavailable,
-                "router_refused",
-            )
-            .await;
-            return;
-        }
+    // A newer connection of the same gateway takes over: the older one is
+    // told to end (rumqttd would do the same for its own sessions).
+    let (session_id, taken_over) = shared.sessions.begin(acc.gateway.as_str());
+    let mut conn = Conn {
+        wire,
+        shared: shared.clone(),
+        gateway: acc.gateway,
+        clean_session: acc.clean_session,
+        link: None,
+        peer,
+        limiter: RateLimiter::direct(
+            Quota::per_second(rate_of(shared.config.publish_rate))
+                .allow_burst(rate_of(shared.config.publish_burst)),
+        ),
+        inflight: FuturesOrdered::new(),
+        taken_over,
     };
+    // rumqttd links cost ~150 KiB each, so a gateway gets its own link only
+    // when it needs one: a persistent session (its subscriptions live in
+    // rumqttd) or a subscription. Status messages and wills go through the
+    // platform's shared link.
+    if !conn.clean_session && conn.ensure_link().await.is_none() {
+        refuse(
+            &mut conn.wire,
+            &shared,
+            peer,
+            ConnectReturnCode::ServiceUnavailable,
+            "router_refused",
+        )
+        .await;
+        let _ = shared.sessions.end(conn.gateway.as_str(), session_id);
+        return;
+    }
     let connack = Packet::ConnAck(
         ConnAck {
             session_present: false,
@@ -367,27 +382,17 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
         },
         None,
     );
-    if wire.send(connack).await.is_err() {
-        let _ = shared.router.disconnect(key).await;
+    if conn.wire.send(connack).await.is_err() {
+        conn.close_link(false).await;
+        let _ = shared.sessions.end(conn.gateway.as_str(), session_id);
         return;
     }
     shared.metrics.connected();
     shared
         .presence
-        .connected(acc.gateway.as_str(), &peer.to_string());
-    tracing::info!(%peer, gateway = %acc.gateway, "Gateway connected.");
-    let burst = std::num::NonZeroU32::new(shared.config.publish_burst.max(1)).expect("non-zero");
-    let rate = std::num::NonZeroU32::new(shared.config.publish_rate.max(1)).expect("non-zero");
-    let mut conn = Conn {
-        wire,
-        shared: shared.clone(),
-        gateway: acc.gateway,
-        key,
-        peer,
-        limiter: RateLimiter::direct(Quota::per_second(rate).allow_burst(burst)),
-        inflight: FuturesOrdered::new(),
-    };
-    let (end, router_dropped) = conn.run(&mut link_rx, acc.keep_alive).await;
+        .connected(conn.gateway.as_str(), &peer.to_string());
+    tracing::info!(%peer, gateway = %conn.gateway, "Gateway connected.");
+    let (end, router_dropped) = conn.run(acc.keep_alive).await;
     conn.wire.shutdown().await;
     if let (End::Unclean(_), Some(will)) = (end, acc.will) {
         // rumqttd never fires wills for in-process links, so the gatekeeper
@@ -395,18 +400,19 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
         shared.presence.status(conn.gateway.as_str(), &will.message);
         let _ = shared
             .router
-            .publish(conn.key, will.topic, will.message, will.retain)
+            .publish_platform(will.topic, will.message, will.retain)
             .await;
     }
-    if !router_dropped {
-        let _ = shared.router.disconnect(conn.key).await;
-    }
+    conn.close_link(router_dropped).await;
+    let still_live = shared.sessions.end(conn.gateway.as_str(), session_id);
     shared.metrics.disconnected();
     let reason = match end {
         End::Clean => "disconnect",
         End::Unclean(r) => r,
     };
-    shared.presence.disconnected(conn.gateway.as_str(), reason);
+    if still_live {
+        shared.presence.disconnected(conn.gateway.as_str(), reason);
+    }
     tracing::info!(%peer, gateway = %conn.gateway, reason, "Gateway connection ended.");
 }
 
@@ -420,11 +426,20 @@ struct Completed {
 
 type Pending = BoxFuture<'static, Result<Completed, pantau_ingest::Error>>;
 
+fn rate_of(n: u32) -> std::num::NonZeroU32 {
+    std::num::NonZeroU32::new(n.max(1)).unwrap_or(std::num::NonZeroU32::MIN)
+}
+
 struct Conn<S> {
     wire: Wire<S>,
     shared: Arc<Shared>,
     gateway: GatewayId,
-    key: LinkKey,
+    /// The session kind asked for at CONNECT (used when a link is made).
+    clean_session: bool,
+    /// This gateway's own rumqttd link, made on first need.
+    link: Option<(LinkKey, LinkRx)>,
+    /// Fired when a newer connection of the same gateway arrives.
+    taken_over: tokio_util::sync::CancellationToken,
     peer: SocketAddr,
     /// Publish rate limit of this connection (token bucket).
     limiter: RateLimiter<
@@ -436,10 +451,50 @@ struct Conn<S> {
     inflight: FuturesOrdered<Pending>,
 }
 
+/// The next notification of a link, or never when there is no link.
+async fn next_note(link: &mut Option<(LinkKey, LinkRx)>) -> Result<Option<Notification>, ()> {
+    match link {
+        Some((_, rx)) => rx.next().await.map_err(drop),
+        None => std::future::pending().await,
+    }
+}
+
 impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
+    /// This gateway's rumqttd link, made now if it has none.
+    async fn ensure_link(&mut self) -> Option<LinkKey> {
+        if let Some((key, _)) = &self.link {
+            return Some(*key);
+        }
+        match self
+            .shared
+            .router
+            .connect(self.gateway.as_str(), self.clean_session)
+            .await
+        {
+            Ok((key, rx)) => {
+                self.link = Some((key, rx));
+                Some(key)
+            }
+            Err(e) => {
+                tracing::error!(gateway = %self.gateway, error = %e, "Router link failed.");
+                None
+            }
+        }
+    }
+
+    /// Closes the link unless the router already dropped it (a Disconnect
+    /// for a dropped link could hit a reused slot).
+    async fn close_link(&mut self, router_dropped: bool) {
+        if let Some((key, _)) = self.link.take() {
+            if !router_dropped {
+                let _ = self.shared.router.disconnect(key).await;
+            }
+        }
+    }
+
     /// Runs until the connection ends; returns how, and whether the router
     /// already dropped the link (then it must not be disconnected again).
-    async fn run(&mut self, link_rx: &mut LinkRx, keep_alive: Duration) -> (End, bool) {
+    async fn run(&mut self, keep_alive: Duration) -> (End, bool) {
         // MQTT: the server may close after 1.5 × keep-alive of silence.
         let idle = keep_alive + keep_alive / 2;
         // Only the client's own activity counts as a life sign; traffic
@@ -475,26 +530,36 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 Some(done) = self.inflight.next(), if !self.inflight.is_empty() => {
                     // The client was waiting on us, not silent.
                     last_read = Instant::now();
-                    match done {
-                        Ok(c) => {
-                            if self.complete(c).await.is_err() {
-                                return (End::Unclean("write_failed"), false);
+                    // Take every commit that is already finished, in order,
+                    // and write their acknowledgements in one flush.
+                    let mut next = Some(done);
+                    while let Some(done) = next.take() {
+                        match done {
+                            Ok(c) => {
+                                if self.complete(c).await.is_err() {
+                                    return (End::Unclean("write_failed"), false);
+                                }
+                            }
+                            Err(e) => {
+                                // Not durable: no acknowledgement; the gateway
+                                // resends after reconnecting.
+                                let reason = match e {
+                                    pantau_ingest::Error::LogFull { .. } => "log_full",
+                                    _ => "store_failed",
+                                };
+                                self.shared.metrics.violation(reason);
+                                tracing::error!(gateway = %self.gateway, error = %e, "Commit failed; closing without PUBACK.");
+                                let _ = self.wire.flush().await;
+                                return (End::Unclean(reason), false);
                             }
                         }
-                        Err(e) => {
-                            // Not durable: no acknowledgement; the gateway
-                            // resends after reconnecting.
-                            let reason = match e {
-                                pantau_ingest::Error::LogFull { .. } => "log_full",
-                                _ => "store_failed",
-                            };
-                            self.shared.metrics.violation(reason);
-                            tracing::error!(gateway = %self.gateway, error = %e, "Commit failed; closing without PUBACK.");
-                            return (End::Unclean(reason), false);
-                        }
+                        next = self.inflight.next().now_or_never().flatten();
+                    }
+                    if self.wire.flush().await.is_err() {
+                        return (End::Unclean("write_failed"), false);
                     }
                 }
-                note = link_rx.next() => match note {
+                note = next_note(&mut self.link) => match note {
                     Ok(Some(Notification::Forward(fwd))) => {
                         let bytes = fwd.publish.payload.len();
                         if self.wire.send(Packet::Publish(fwd.publish, None)).await.is_err() {
@@ -503,7 +568,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                         self.shared.metrics.message_out(bytes);
                     }
                     Ok(Some(Notification::Unschedule)) => {
-                        if link_rx.wake().await.is_err() {
+                        let woke = match &self.link {
+                            Some((_, rx)) => rx.wake().await.is_ok(),
+                            None => true,
+                        };
+                        if !woke {
                             return (End::Unclean("router_gone"), true);
                         }
                     }
@@ -515,43 +584,38 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                     // over this client id).
                     Err(_) => return (End::Unclean("taken_over"), true),
                 },
+                _ = self.taken_over.cancelled() => return (End::Unclean("taken_over"), false),
                 _ = shutdown.cancelled() => return (End::Unclean("server_shutdown"), false),
             }
         }
     }
 
     /// Acknowledges a finished publish and forwards it for live fan-out.
+    /// Queues the acknowledgement of a finished publish (the caller
+    /// flushes) and forwards it for live fan-out.
     async fn complete(&mut self, c: Completed) -> Result<(), WireError> {
         match c.qos {
-            1 => {
-                self.wire
-                    .send(Packet::PubAck(
-                        PubAck {
-                            pkid: c.pkid,
-                            reason: PubAckReason::Success,
-                        },
-                        None,
-                    ))
-                    .await?
-            }
-            2 => {
-                self.wire
-                    .send(Packet::PubRec(
-                        PubRec {
-                            pkid: c.pkid,
-                            reason: PubRecReason::Success,
-                        },
-                        None,
-                    ))
-                    .await?
-            }
+            1 => self.wire.queue(Packet::PubAck(
+                PubAck {
+                    pkid: c.pkid,
+                    reason: PubAckReason::Success,
+                },
+                None,
+            ))?,
+            2 => self.wire.queue(Packet::PubRec(
+                PubRec {
+                    pkid: c.pkid,
+                    reason: PubRecReason::Success,
+                },
+                None,
+            ))?,
             _ => {}
         }
         if let Some((topic, payload, retain)) = c.forward {
             let _ = self
                 .shared
                 .router
-                .publish(self.key, topic, payload, retain)
+                .publish_platform(topic, payload, retain)
                 .await;
         }
         Ok(())
@@ -597,8 +661,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                     .iter()
                     .map(|_| SubscribeReasonCode::QoS0)
                     .collect();
+                let Some(key) = self.ensure_link().await else {
+                    return Ok(Some(End::Unclean("router_refused")));
+                };
                 for f in sub.filters {
-                    let _ = self.shared.router.subscribe(self.key, f.path).await;
+                    let _ = self.shared.router.subscribe(key, f.path).await;
                 }
                 self.wire
                     .send(Packet::SubAck(
@@ -617,8 +684,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                     .iter()
                     .map(|_| UnsubAckReason::Success)
                     .collect();
-                for f in unsub.filters {
-                    let _ = self.shared.router.unsubscribe(self.key, f).await;
+                if let Some((key, _)) = &self.link {
+                    for f in unsub.filters {
+                        let _ = self.shared.router.unsubscribe(*key, f).await;
+                    }
                 }
                 self.wire
                     .send(Packet::UnsubAck(
@@ -676,11 +745,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 }
                 let ingestor = self.shared.ingestor.clone();
                 let gateway = self.gateway.to_string();
+                let fanout = self.shared.config.mqtt_fanout;
                 async move {
                     let outcome = ingestor.ingest(&gateway, &payload).await?;
-                    let forward = outcome
-                        .envelope_error
-                        .is_none()
+                    let forward = (fanout && outcome.envelope_error.is_none())
                         .then_some((topic_name, payload, false));
                     Ok(Completed { qos, pkid, forward })
                 }

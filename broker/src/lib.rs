@@ -16,6 +16,7 @@ mod conn;
 pub mod metrics;
 pub mod presence;
 pub mod router;
+mod sessions;
 pub mod tls;
 mod wire;
 
@@ -63,6 +64,12 @@ pub struct BrokerConfig {
     /// stock tools that invent one). Persistent sessions must always use
     /// the gateway id.
     pub allow_any_client_id: bool,
+    /// Also hand telemetry to rumqttd for MQTT live fan-out. Off by
+    /// default: under the gateway ACL no MQTT client can subscribe to
+    /// telemetry, and the platform's own live feeds (SSE) come from the
+    /// ingest path, so the router would do the work for nobody. Status
+    /// messages (retained) always go to rumqttd.
+    pub mqtt_fanout: bool,
 }
 
 impl Default for BrokerConfig {
@@ -80,6 +87,7 @@ impl Default for BrokerConfig {
             publish_burst: 1_000,
             inflight_window: 64,
             allow_any_client_id: false,
+            mqtt_fanout: false,
         }
     }
 }
@@ -106,6 +114,8 @@ pub(crate) struct Shared {
     handshakes: tokio::sync::Semaphore,
     /// Per-gateway connection state.
     presence: Arc<Presence>,
+    /// The live connection of each gateway (takeover).
+    sessions: sessions::Sessions,
 }
 
 impl std::fmt::Debug for Shared {
@@ -145,6 +155,7 @@ pub async fn run(
         admission: admission::Admission::new(config.max_connections, config.max_connections_per_ip),
         handshakes: tokio::sync::Semaphore::new(config.max_handshakes.max(1)),
         presence: deps.presence,
+        sessions: sessions::Sessions::default(),
         config,
         acceptor: TlsAcceptor::from(deps.tls),
         router: deps.router,

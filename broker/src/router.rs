@@ -15,6 +15,7 @@
 //! design, since storage never depends on it.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::thread;
 
 use rumqttd::local::{LinkBuilder, LinkRx, LinkTx};
@@ -88,7 +89,13 @@ pub enum RouterError {
 #[derive(Debug, Clone)]
 pub struct RouterHandle {
     tx: mpsc::Sender<Cmd>,
+    /// The platform's own link, shared for status messages, wills and
+    /// telemetry fan-out on behalf of gateways.
+    platform: Arc<tokio::sync::OnceCell<LinkKey>>,
 }
+
+/// Client id of the platform's shared link (not a valid gateway id).
+const PLATFORM_CLIENT: &str = "pantau_platform";
 
 impl RouterHandle {
     /// Starts rumqttd's router thread and the feeder thread.
@@ -114,7 +121,37 @@ impl RouterHandle {
         thread::Builder::new()
             .name("router-feeder".into())
             .spawn(move || feeder(rx, build))?;
-        Ok(Self { tx })
+        Ok(Self {
+            tx,
+            platform: Arc::new(tokio::sync::OnceCell::new()),
+        })
+    }
+
+    /// Publishes through the platform's shared link (made on first use; a
+    /// task keeps its receive side drained).
+    pub async fn publish_platform(
+        &self,
+        topic: bytes::Bytes,
+        payload: bytes::Bytes,
+        retain: bool,
+    ) -> Result<(), RouterError> {
+        let key = self
+            .platform
+            .get_or_try_init(|| async {
+                let (key, mut rx) = self.connect(PLATFORM_CLIENT, true).await?;
+                tokio::spawn(async move {
+                    while let Ok(note) = rx.next().await {
+                        if matches!(note, Some(Notification::Unschedule))
+                            && rx.wake().await.is_err()
+                        {
+                            break;
+                        }
+                    }
+                });
+                Ok::<_, RouterError>(key)
+            })
+            .await?;
+        self.publish(*key, topic, payload, retain).await
     }
 
     async fn send(&self, cmd: Cmd) -> Result<(), RouterError> {

@@ -676,3 +676,20 @@ async fn a_stalled_handshake_never_blocks_others_and_is_closed() {
     assert!(started.elapsed() >= Duration::from_millis(1900));
     assert_eq!(refused(&h.metrics, "tls_handshake_timeout"), 1);
 }
+
+#[tokio::test]
+async fn a_newer_connection_of_a_gateway_takes_over() {
+    let h = start(BrokerConfig::default()).await;
+    let mut old = Client::login(&h, "gw-a", 30).await;
+    let mut new = Client::login(&h, "gw-a", 30).await;
+    let closed = tokio::time::timeout(Duration::from_secs(5), old.recv()).await;
+    assert_eq!(closed.expect("old connection closed"), None);
+    new.send_raw(&publish_qos1(
+        "pantau/v1/gw/gw-a/telemetry",
+        3,
+        &envelope("gw-a", "fl-a", 2.0),
+    ))
+    .await;
+    assert!(matches!(new.recv().await, Some(Packet::PubAck(..))));
+    assert!(h.presence.get("gw-a").is_some_and(|p| p.connected));
+}

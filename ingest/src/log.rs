@@ -524,6 +524,8 @@ fn commit(
     let mut ids = Vec::new();
     let mut added = 0u64;
     let mut acked = 0u64;
+    let mut newest: std::collections::HashMap<&str, &LoggedReading> =
+        std::collections::HashMap::new();
     {
         let mut insert = tx.prepare_cached(
             "INSERT INTO entries (gateway, readings, payload) VALUES (?1, ?2, ?3)",
@@ -549,10 +551,15 @@ fn commit(
                         .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
                     insert.execute(params![gateway, readings.len() as i64, payload])?;
                     ids.push(tx.last_insert_rowid());
+                    // Only the newest reading per sensor of the whole group
+                    // reaches the `latest` table (one upsert per sensor).
                     for r in readings {
-                        let json = serde_json::to_string(&r.values)
-                            .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
-                        latest.execute(params![r.sensor, r.ts.0, json])?;
+                        match newest.get(r.sensor.as_str()) {
+                            Some(seen) if seen.ts > r.ts => {}
+                            _ => {
+                                newest.insert(r.sensor.as_str(), r);
+                            }
+                        }
                     }
                 }
                 Cmd::DeadLetter { records, .. } => {
@@ -577,6 +584,11 @@ fn commit(
                     }
                 }
             }
+        }
+        for r in newest.values() {
+            let json = serde_json::to_string(&r.values)
+                .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+            latest.execute(params![r.sensor, r.ts.0, json])?;
         }
     }
     tx.commit()?;

@@ -83,6 +83,10 @@ pub struct GatekeeperArgs {
     /// tools such as mosquitto_pub without -i).
     #[arg(long, env = "PANTAU_ALLOW_ANY_CLIENT_ID")]
     pub allow_any_client_id: bool,
+    /// Also fan telemetry out through the embedded MQTT router (for
+    /// platform-side MQTT subscribers; the SSE live feed does not need it).
+    #[arg(long, env = "PANTAU_MQTT_FANOUT")]
+    pub mqtt_fanout: bool,
 }
 
 impl GatekeeperArgs {
@@ -97,6 +101,7 @@ impl GatekeeperArgs {
             publish_rate: self.publish_rate,
             publish_burst: self.publish_burst,
             allow_any_client_id: self.allow_any_client_id,
+            mqtt_fanout: self.mqtt_fanout,
             ..pantau_broker::BrokerConfig::default()
         }
     }

@@ -114,6 +114,33 @@ impl StateDb {
         Ok(token)
     }
 
+    /// Registers many new gateways in one transaction (fleet imports);
+    /// returns their tokens in order. Fails whole if any id exists.
+    pub fn add_gateways(&self, ids: &[GatewayId]) -> Result<Vec<String>> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(|e| self.sql(e))?;
+        let mut tokens = Vec::with_capacity(ids.len());
+        {
+            let mut insert = tx
+                .prepare("INSERT INTO gateways (id, token_sha256, created_ms) VALUES (?1, ?2, ?3) ON CONFLICT (id) DO NOTHING")
+                .map_err(|e| self.sql(e))?;
+            let now = Timestamp::now().millis();
+            for id in ids {
+                let token = new_token()?;
+                if insert
+                    .execute(params![id.as_str(), hash(&token), now])
+                    .map_err(|e| self.sql(e))?
+                    == 0
+                {
+                    return Err(Error::DuplicateGateway(id.to_string()));
+                }
+                tokens.push(token);
+            }
+        }
+        tx.commit().map_err(|e| self.sql(e))?;
+        Ok(tokens)
+    }
+
     /// Registers a gateway or replaces its token; returns the new token.
     /// Used for the demo's own simulated gateways at each start.
     pub fn rotate_gateway_token(&self, id: &GatewayId) -> Result<String> {
@@ -220,5 +247,14 @@ mod tests {
         assert!(!db.verify_gateway("gw-a", &token).unwrap());
         assert!(db.verify_gateway("gw-a", &new).unwrap());
         assert_eq!(db.gateways().unwrap().len(), 1);
+        let many: Vec<GatewayId> = (0..3)
+            .map(|i| GatewayId::new(format!("gw-{i}")).unwrap())
+            .collect();
+        let tokens = db.add_gateways(&many).unwrap();
+        assert!(db.verify_gateway("gw-2", &tokens[2]).unwrap());
+        assert!(matches!(
+            db.add_gateways(&many[..1]),
+            Err(Error::DuplicateGateway(_))
+        ));
     }
 }

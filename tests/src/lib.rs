@@ -96,7 +96,7 @@ impl Pantau {
             .args(extra)
             .env(
                 "RUST_LOG",
-                std::env::var("PANTAU_TEST_LOG").unwrap_or_else(|_| "info".into()),
+                std::env::var("PANTAU_TEST_LOG").unwrap_or_else(|_| "info,rumqttd=warn".into()),
             )
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log)?)
@@ -128,6 +128,11 @@ impl Pantau {
             bail!("{e}; process status {status:?}; log:\n{}", p.log_text());
         }
         Ok(p)
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// A URL on the HTTP listener.

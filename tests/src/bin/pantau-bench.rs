@@ -10,6 +10,12 @@
 //! - `history`: 7 days of one sensor at 1-minute resolution from the
 //!   embedded store (rollups); baseline: the same answer computed from raw
 //!   samples.
+//! - `fanin`: QoS 1 telemetry publishes acknowledged per second through
+//!   Pantau's gatekeeper (acked only after the durable commit) against
+//!   Debian's Mosquitto (in memory), both over TLS with the same
+//!   certificate and the same load generator.
+//! - `connections`: 10 000 concurrent idle TLS gateway connections: time
+//!   to connect them all and the server's RSS.
 //!
 //! Run with release binaries: `cargo build --release --workspace --bins &&
 //! target/release/pantau-bench all`.
@@ -349,6 +355,258 @@ async fn bench_history() -> Result<()> {
     Ok(())
 }
 
+/// Publishers for `duration`: each of `clients` connections keeps 100
+/// QoS 1 publishes in flight; returns PUBACKs per second.
+async fn fanin_load(
+    port: u16,
+    clients: usize,
+    creds: &[(String, String)],
+    tls: Arc<rustls::ClientConfig>,
+    duration: Duration,
+) -> Result<f64> {
+    let mut tasks = Vec::new();
+    let stop = Instant::now() + duration;
+    for (g, (id, token)) in creds.iter().enumerate().take(clients) {
+        let mut opts = MqttOptions::new(id.clone(), "127.0.0.1", port);
+        opts.set_credentials(id.clone(), token.clone());
+        opts.set_keep_alive(Duration::from_secs(30));
+        opts.set_inflight(100);
+        opts.set_transport(Transport::Tls(TlsConfiguration::Rustls(tls.clone())));
+        let (client, mut eventloop) = AsyncClient::new(opts, 200);
+        let topic = format!("pantau/v1/gw/{id}/telemetry");
+        let sensor = format!("fl-f{g}");
+        let gw = id.clone();
+        tasks.push(tokio::spawn(async move {
+            let base = Timestamp::now().millis() - 86_400_000;
+            let publisher = tokio::spawn(async move {
+                let mut i: i64 = 0;
+                while Instant::now() < stop {
+                    let payload = format!(
+                        r#"{{"v":1,"gw":"{gw}","seq":{i},"readings":[{{"sensor":"{sensor}","ts":"{}","values":{{"water_level_cm":{}}}}}]}}"#,
+                        Timestamp(base + i).to_rfc3339(),
+                        i % 100
+                    );
+                    if client.publish(topic.clone(), QoS::AtLeastOnce, false, payload).await.is_err() {
+                        break;
+                    }
+                    i += 1;
+                }
+            });
+            let mut acked = 0u64;
+            let counting_from = Instant::now();
+            loop {
+                tokio::select! {
+                    ev = eventloop.poll() => match ev {
+                        Ok(Event::Incoming(Packet::PubAck(_))) => acked += 1,
+                        Ok(_) => {}
+                        Err(e) => bail!("client {g}: {e}"),
+                    },
+                    _ = tokio::time::sleep_until(stop.into()) => break,
+                }
+            }
+            publisher.abort();
+            Ok((acked, counting_from))
+        }));
+    }
+    let mut total = 0u64;
+    for t in tasks {
+        total += t.await??.0;
+    }
+    Ok(total as f64 / duration.as_secs_f64())
+}
+
+async fn bench_fanin() -> Result<()> {
+    let clients = 20;
+    let duration = Duration::from_secs(10);
+    let dir = tempfile::tempdir()?;
+    let load = Load {
+        gateways: clients,
+        sensors_per_gateway: 1,
+        readings: 0,
+        per_envelope: 1,
+    };
+    // Pantau: sensors fl-f{g} on gw-f{g}.
+    let reg = dir.path().join("registry.toml");
+    let mut registry = String::new();
+    for g in 0..clients {
+        registry.push_str(&format!(
+            "[[sensor]]\nid = \"fl-f{g}\"\nkind = \"flood_gauge\"\ngateway = \"gw-f{g}\"\nname = \"F{g}\"\nlat = 1.0\nlon = 101.0\n\n"
+        ));
+    }
+    std::fs::write(&reg, registry)?;
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data)?;
+    let p = Pantau::start(
+        &data,
+        &[
+            "--registry",
+            reg.to_str().unwrap(),
+            "--publish-rate",
+            "1000000",
+            "--publish-burst",
+            "1000000",
+        ],
+    )
+    .await?;
+    let mut creds = Vec::new();
+    let mut ca = std::path::PathBuf::new();
+    for g in 0..load.gateways {
+        let c = gateway_add(&data, &format!("gw-f{g}"))?;
+        creds.push((c.gateway, c.password));
+        ca = c.ca_file;
+    }
+    let tls = pantau_edge_agent::uplink::client_tls(&ca)?;
+    let pantau_rate = fanin_load(p.mqtt.port(), clients, &creds, tls.clone(), duration).await?;
+    drop(p);
+    // Mosquitto over TLS with the same server certificate, in memory.
+    let tls_dir = data.join("tls");
+    let mosq_addr = pantau_tests::free_addr();
+    let conf = dir.path().join("mosquitto.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "user root\nlistener {} 127.0.0.1\nallow_anonymous true\npersistence false\ncafile {}\ncertfile {}\nkeyfile {}\nmax_inflight_messages 100\nmax_queued_messages 0\n",
+            mosq_addr.port(),
+            tls_dir.join("ca.pem").display(),
+            tls_dir.join("server.pem").display(),
+            tls_dir.join("server-key.pem").display()
+        ),
+    )?;
+    let mut mosq =
+        std::process::Command::new(if std::path::Path::new("/usr/sbin/mosquitto").exists() {
+            "/usr/sbin/mosquitto"
+        } else {
+            "mosquitto"
+        })
+        .arg("-c")
+        .arg(&conf)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .context("start mosquitto")?;
+    eventually(Duration::from_secs(10), "mosquitto", || async move {
+        tokio::net::TcpStream::connect(mosq_addr)
+            .await
+            .ok()
+            .map(drop)
+    })
+    .await?;
+    let mosq_rate = fanin_load(mosq_addr.port(), clients, &creds, tls, duration).await;
+    let _ = mosq.kill();
+    let _ = mosq.wait();
+    let mosq_rate = mosq_rate?;
+    println!("fanin: {clients} TLS publishers, 100 QoS 1 publishes in flight each, 1 reading per publish, {}s", duration.as_secs());
+    println!("  Pantau (PUBACK after the durable ingest-log commit): {pantau_rate:>10.0} acks/s");
+    println!("  baseline, Mosquitto 2.0 in memory, same TLS:         {mosq_rate:>10.0} acks/s");
+    println!("  ratio: {:.2}", pantau_rate / mosq_rate);
+    Ok(())
+}
+
+/// An MQTT 3.1.1 CONNECT (clean session, keep-alive 600 s) with a login.
+fn connect_packet(id: &str, password: &str) -> Vec<u8> {
+    let mut body = Vec::new();
+    let s = |b: &mut Vec<u8>, x: &str| {
+        b.extend_from_slice(&(x.len() as u16).to_be_bytes());
+        b.extend_from_slice(x.as_bytes());
+    };
+    s(&mut body, "MQTT");
+    body.extend_from_slice(&[4, 0b1100_0010, 0x02, 0x58]);
+    s(&mut body, id);
+    s(&mut body, id);
+    s(&mut body, password);
+    let mut out = vec![0x10];
+    let mut len = body.len();
+    loop {
+        let mut b = (len % 128) as u8;
+        len /= 128;
+        if len > 0 {
+            b |= 0x80;
+        }
+        out.push(b);
+        if len == 0 {
+            break;
+        }
+    }
+    out.extend(body);
+    out
+}
+
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+async fn bench_connections(n: usize) -> Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data)?;
+    let ids: Vec<pantau_model::GatewayId> = (0..n)
+        .map(|i| pantau_model::GatewayId::new(format!("gw-c{i}")).expect("valid id"))
+        .collect();
+    let tokens = pantau_state::StateDb::open(&data)?.add_gateways(&ids)?;
+    let p = Pantau::start(
+        &data,
+        &[
+            "--max-connections",
+            "20000",
+            "--max-connections-per-ip",
+            "20000",
+        ],
+    )
+    .await?;
+    let idle_rss = rss_kib(p.pid()).unwrap_or(0);
+    let tls = pantau_edge_agent::uplink::client_tls(&data.join("tls").join("ca.pem"))?;
+    let connector = tokio_rustls::TlsConnector::from(tls);
+    let started = Instant::now();
+    let sem = Arc::new(tokio::sync::Semaphore::new(256));
+    let mut tasks = Vec::with_capacity(n);
+    for (id, token) in ids.iter().zip(tokens) {
+        let (connector, sem, addr, id) = (connector.clone(), sem.clone(), p.mqtt, id.to_string());
+        tasks.push(tokio::spawn(async move {
+            let permit = sem.acquire_owned().await?;
+            let tcp = tokio::net::TcpStream::connect(addr).await?;
+            let name = rustls_pki_types::ServerName::try_from("localhost")?;
+            let mut tls = connector.connect(name, tcp).await?;
+            tls.write_all(&connect_packet(&id, &token)).await?;
+            let mut ack = [0u8; 4];
+            tls.read_exact(&mut ack).await?;
+            if ack != [0x20, 0x02, 0x00, 0x00] {
+                bail!("{id}: CONNACK {ack:?}");
+            }
+            drop(permit);
+            Ok::<_, anyhow::Error>(tls)
+        }));
+    }
+    let mut conns = Vec::with_capacity(n);
+    for t in tasks {
+        conns.push(t.await??);
+    }
+    let took = started.elapsed();
+    let m = p.metrics().await?;
+    let connected = pantau_tests::metric(&m, "pantau_broker_connections").unwrap_or(0.0);
+    let rss = rss_kib(p.pid()).unwrap_or(0);
+    println!(
+        "connections: {n} concurrent idle TLS gateways (token auth), 256 handshakes at a time"
+    );
+    println!(
+        "  all connected in {:.1} s ({:.0} connections/s); broker reports {connected} connected",
+        took.as_secs_f64(),
+        n as f64 / took.as_secs_f64()
+    );
+    println!(
+        "  server RSS: {:.1} MiB with them, {:.1} MiB idle before ({:.1} KiB per connection)",
+        rss as f64 / 1024.0,
+        idle_rss as f64 / 1024.0,
+        (rss.saturating_sub(idle_rss)) as f64 / n as f64
+    );
+    drop(conns);
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -373,6 +631,8 @@ async fn main() -> Result<()> {
             .await
         }
         "history" => bench_history().await,
+        "fanin" => bench_fanin().await,
+        "connections" => bench_connections(10_000).await,
         "all" => {
             bench_history().await?;
             bench_embedded(load).await?;
