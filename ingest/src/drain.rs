@@ -163,6 +163,7 @@ mod tests {
     fn r(base: i64, i: i64) -> LoggedReading {
         LoggedReading {
             sensor: "fl-a".into(),
+            gateway: "gw".into(),
             kind: SensorKind::FloodGauge,
             ts: Timestamp(base + i),
             values: [("water_level_cm".to_string(), Value::Num(i as f64))].into(),
@@ -195,7 +196,7 @@ mod tests {
             writers.push(tokio::spawn(async move {
                 for i in 0..200i64 {
                     let base = (w * 200 + i) * 10;
-                    log.append("gw", (0..10).map(|k| r(t0, base + k)).collect())
+                    log.append((0..10).map(|k| r(t0, base + k)).collect())
                         .await
                         .unwrap();
                 }

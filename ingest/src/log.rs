@@ -2,7 +2,7 @@
 //! sink that stores it (DESIGN.md §4, "acknowledge only what is durable").
 //!
 //! ## Invariants
-//! - An envelope's good readings are appended as one entry and committed
+//! - An envelope's good readings are appended and committed
 //!   (WAL, `synchronous = FULL`) before the caller acknowledges upstream
 //!   (PUBACK to a gateway, manual ack to an external broker).
 //! - An entry is deleted only after the sink confirmed every reading of it
@@ -17,8 +17,9 @@
 //! ## On disk
 //! `ingest-log.db` in the data directory:
 //! - `entries(id INTEGER PRIMARY KEY AUTOINCREMENT, gateway, readings,
-//!   payload)`: one row per envelope, `payload` a JSON array of validated
-//!   readings. AUTOINCREMENT matters: plain rowids are reused once the
+//!   payload)`: one row per commit group (all the envelopes committed
+//!   together), `payload` a JSON array of validated readings, each naming
+//!   its gateway; `gateway` is that gateway, or `*` when several. AUTOINCREMENT matters: plain rowids are reused once the
 //!   newest rows are deleted, and the drain reads strictly after its cursor,
 //!   so a reused id would never be delivered (found by the outage test);
 //! - `latest(sensor PRIMARY KEY, ts, values_json)`: the newest reading of
@@ -53,6 +54,9 @@ use crate::{Error, Result};
 const QUEUE_DEPTH: usize = 4096;
 /// Most commands folded into one transaction.
 const MAX_GROUP: usize = 1024;
+/// Readings after which a group stops taking more (keeps entries, and so
+/// the drain's batches, a sensible size).
+const MAX_GROUP_READINGS: usize = 20_000;
 
 /// A validated reading as kept in the log.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -60,6 +64,9 @@ pub struct LoggedReading {
     /// Sensor id.
     #[serde(rename = "s")]
     pub sensor: String,
+    /// The gateway that reported it.
+    #[serde(rename = "g")]
+    pub gateway: String,
     /// Sensor kind at the time it was received.
     #[serde(rename = "k")]
     pub kind: SensorKind,
@@ -121,7 +128,6 @@ impl Batch {
 
 enum Cmd {
     Append {
-        gateway: String,
         readings: Vec<LoggedReading>,
         done: oneshot::Sender<Result<i64>>,
     },
@@ -287,18 +293,13 @@ impl IngestLog {
     /// Appends one envelope's readings and returns once they are committed.
     /// Cancel-safe: once queued, the entry is committed and counted whether
     /// or not the caller still waits.
-    pub async fn append(&self, gateway: &str, readings: Vec<LoggedReading>) -> Result<()> {
+    pub async fn append(&self, readings: Vec<LoggedReading>) -> Result<()> {
         if readings.is_empty() {
             return Ok(());
         }
         self.metrics.log_accepted.inc_by(readings.len() as u64);
         let (done, wait) = oneshot::channel();
-        self.send(Cmd::Append {
-            gateway: gateway.to_owned(),
-            readings,
-            done,
-        })
-        .await?;
+        self.send(Cmd::Append { readings, done }).await?;
         wait.await.map_err(|_| Error::WriterGone)?.map(drop)
     }
 
@@ -432,9 +433,17 @@ fn writer_loop(
 ) {
     while let Ok(first) = rx.recv() {
         let mut group = vec![first];
-        while group.len() < MAX_GROUP {
+        let size = |cmd: &Cmd| match cmd {
+            Cmd::Append { readings, .. } => readings.len(),
+            _ => 0,
+        };
+        let mut readings = size(&group[0]);
+        while group.len() < MAX_GROUP && readings < MAX_GROUP_READINGS {
             match rx.try_recv() {
-                Ok(cmd) => group.push(cmd),
+                Ok(cmd) => {
+                    readings += size(&cmd);
+                    group.push(cmd);
+                }
                 Err(_) => break,
             }
         }
@@ -526,6 +535,7 @@ fn commit(
     let mut acked = 0u64;
     let mut newest: std::collections::HashMap<&str, &LoggedReading> =
         std::collections::HashMap::new();
+    let mut grouped: Vec<&LoggedReading> = Vec::new();
     {
         let mut insert = tx.prepare_cached(
             "INSERT INTO entries (gateway, readings, payload) VALUES (?1, ?2, ?3)",
@@ -543,14 +553,9 @@ fn commit(
         for (cmd, ok) in group.iter().zip(admitted) {
             match cmd {
                 Cmd::Append { .. } if !ok => {}
-                Cmd::Append {
-                    gateway, readings, ..
-                } => {
+                Cmd::Append { readings, .. } => {
                     added += readings.len() as u64;
-                    let payload = serde_json::to_string(readings)
-                        .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
-                    insert.execute(params![gateway, readings.len() as i64, payload])?;
-                    ids.push(tx.last_insert_rowid());
+                    grouped.extend(readings.iter());
                     // Only the newest reading per sensor of the whole group
                     // reaches the `latest` table (one upsert per sensor).
                     for r in readings {
@@ -584,6 +589,26 @@ fn commit(
                     }
                 }
             }
+        }
+        // Every admitted append of the group shares one entry: one row and
+        // one serialisation per commit instead of one per envelope.
+        if !grouped.is_empty() {
+            let payload = serde_json::to_string(&grouped)
+                .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+            let gateway = match grouped.first() {
+                Some(first) if grouped.iter().all(|r| r.gateway == first.gateway) => {
+                    first.gateway.as_str()
+                }
+                _ => "*",
+            };
+            insert.execute(params![gateway, grouped.len() as i64, payload])?;
+            let id = tx.last_insert_rowid();
+            ids = admitted
+                .iter()
+                .zip(group)
+                .filter(|(ok, cmd)| **ok && matches!(cmd, Cmd::Append { .. }))
+                .map(|_| id)
+                .collect();
         }
         for r in newest.values() {
             let json = serde_json::to_string(&r.values)

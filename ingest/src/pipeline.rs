@@ -144,6 +144,7 @@ impl Ingestor {
             .filter_map(|r| {
                 registry.get(&r.sensor).map(|s| LoggedReading {
                     sensor: r.sensor,
+                    gateway: gateway.to_owned(),
                     kind: s.kind,
                     ts: r.ts,
                     values: r.values,
@@ -166,7 +167,7 @@ impl Ingestor {
         } else {
             Vec::new()
         };
-        self.log.append(gateway, logged).await?;
+        self.log.append(logged).await?;
         for event in live {
             // No receiver left is fine: nobody is watching.
             let _ = self.live.send(event);

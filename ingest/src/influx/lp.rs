@@ -12,14 +12,14 @@ use pantau_model::{FieldType, Value};
 use crate::log::LoggedReading;
 
 /// One reading as a line (no trailing newline).
-pub fn line(r: &LoggedReading, gateway: &str, district: &str) -> String {
+pub fn line(r: &LoggedReading, district: &str) -> String {
     let kind = r.kind.as_str();
     let mut b = LineProtocolBuilder::new().measurement(kind);
     if !district.is_empty() {
         b = b.tag("district", district);
     }
     let b = b
-        .tag("gateway", gateway)
+        .tag("gateway", &r.gateway)
         .tag("kind", kind)
         .tag("sensor", &r.sensor);
     let mut values = r.values.iter();
@@ -79,6 +79,7 @@ mod tests {
     fn reading(sensor: &str, values: &[(&str, Value)]) -> LoggedReading {
         LoggedReading {
             sensor: sensor.into(),
+            gateway: "gw-kota".into(),
             kind: SensorKind::TrafficCounter,
             ts: Timestamp(1_795_846_200_123),
             values: values.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
@@ -95,22 +96,22 @@ mod tests {
             ],
         );
         assert_eq!(
-            line(&r, "gw-kota", "Dumai Kota"),
+            line(&r, "Dumai Kota"),
             "traffic_counter,district=Dumai\\ Kota,gateway=gw-kota,kind=traffic_counter,sensor=tr-a count_total=12i,mean_speed_kmh=41.5 1795846200123"
         );
         let berth = LoggedReading {
             kind: SensorKind::Berth,
             ..reading("br-a", &[("occupied", Value::Bool(true))])
         };
-        assert!(line(&berth, "gw", "").contains(" occupied=true "));
+        assert!(line(&berth, "").contains(" occupied=true "));
     }
 
     proptest! {
         #[test]
         // Districts as the registry admits them: printable, no trailing backslash.
         fn hostile_tags_round_trip_through_the_parser(district in "([ -~\u{a0}-\u{2fff}]{0,30}[ -\\[\\]-~\u{a0}-\u{2fff}])?", gw in "[a-z0-9-]{1,20}", v in -1e6f64..1e6) {
-            let r = LoggedReading { kind: SensorKind::FloodGauge, ..reading("fl-x", &[("water_level_cm", Value::Num(v))]) };
-            let text = line(&r, &gw, &district);
+            let r = LoggedReading { kind: SensorKind::FloodGauge, gateway: gw.clone(), ..reading("fl-x", &[("water_level_cm", Value::Num(v))]) };
+            let text = line(&r, &district);
             let parsed: Vec<_> = parse_lines(&text).collect::<Result<_, _>>().map_err(|e| TestCaseError::fail(format!("{e}: {text}")))?;
             prop_assert_eq!(parsed.len(), 1);
             let p = &parsed[0];

@@ -37,6 +37,9 @@ use crate::sink::{Fatal, WriteReport};
 pub use lp::line;
 pub use query::InfluxQuery;
 
+/// Lines per write request.
+const LINES_PER_REQUEST: usize = 5_000;
+
 /// Which write API to use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum InfluxApi {
@@ -443,11 +446,17 @@ impl InfluxSink {
                         .registry
                         .get(&r.sensor)
                         .map_or("", |s| s.district.as_str());
-                    line(r, &e.gateway, district)
+                    line(r, district)
                 })
             })
             .collect();
-        let (written, dead) = self.write_lines(&lines, metrics).await?;
+        // Log entries can be larger than a good request: ~5 000 lines each.
+        let (mut written, mut dead) = (0, 0);
+        for chunk in lines.chunks(LINES_PER_REQUEST) {
+            let (w, d) = self.write_lines(chunk, metrics).await?;
+            written += w;
+            dead += d;
+        }
         Ok(WriteReport {
             written,
             dead_lettered: dead,

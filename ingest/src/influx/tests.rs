@@ -94,6 +94,7 @@ fn batch(sensors: &[&str]) -> Batch {
         .enumerate()
         .map(|(i, s)| LoggedReading {
             sensor: (*s).into(),
+            gateway: "gw".into(),
             kind: SensorKind::FloodGauge,
             ts: Timestamp(1_795_846_200_000 + i as i64),
             values: [("water_level_cm".to_string(), Value::Num(i as f64))].into(),

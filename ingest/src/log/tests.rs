@@ -9,6 +9,7 @@ use super::*;
 fn r(i: i64) -> LoggedReading {
     LoggedReading {
         sensor: "fl-a".into(),
+        gateway: "gw-a".into(),
         kind: SensorKind::FloodGauge,
         ts: Timestamp(i * 1000),
         values: [("water_level_cm".to_string(), Value::Num(i as f64))].into(),
@@ -20,8 +21,8 @@ async fn entries_stay_until_acknowledged_and_replay_after_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let m = IngestMetrics::default();
     let log = IngestLog::open(dir.path(), 1_000, m.clone()).unwrap();
-    log.append("gw-a", vec![r(1), r(2)]).await.unwrap();
-    log.append("gw-a", vec![r(3)]).await.unwrap();
+    log.append(vec![r(1), r(2)]).await.unwrap();
+    log.append(vec![r(3)]).await.unwrap();
     assert_eq!(log.pending(), 3);
     let batch = log.read_after(0, 10).unwrap();
     assert_eq!(batch.len(), 3);
@@ -37,6 +38,7 @@ async fn entries_stay_until_acknowledged_and_replay_after_reopen() {
     assert_eq!(again.entries.len(), 1);
     assert_eq!(again.entries[0].readings, vec![r(3)]);
     assert_eq!(again.entries[0].gateway, "gw-a");
+    assert_eq!(again.entries[0].readings[0].gateway, "gw-a");
     // The latest table follows the newest reading.
     let latest = log.latest_all().unwrap();
     assert_eq!(latest[0].ts, Timestamp(3000));
@@ -48,8 +50,8 @@ async fn a_full_log_refuses_and_counts_without_dropping_what_it_holds() {
     let dir = tempfile::tempdir().unwrap();
     let m = IngestMetrics::default();
     let log = IngestLog::open(dir.path(), 3, m.clone()).unwrap();
-    log.append("gw-a", vec![r(1), r(2)]).await.unwrap();
-    let err = log.append("gw-a", vec![r(3), r(4)]).await.unwrap_err();
+    log.append(vec![r(1), r(2)]).await.unwrap();
+    let err = log.append(vec![r(3), r(4)]).await.unwrap_err();
     assert!(matches!(err, Error::LogFull { max_readings: 3 }));
     assert_eq!(
         m.log_dropped
@@ -61,7 +63,7 @@ async fn a_full_log_refuses_and_counts_without_dropping_what_it_holds() {
     // Once the sink catches up there is room again.
     let ids = log.read_after(0, 10).unwrap().ids();
     log.ack(ids).await.unwrap();
-    log.append("gw-a", vec![r(3), r(4)]).await.unwrap();
+    log.append(vec![r(3), r(4)]).await.unwrap();
     assert_eq!(log.pending(), 2);
 }
 
@@ -70,11 +72,11 @@ async fn concurrent_appends_share_commits_and_all_arrive() {
     let dir = tempfile::tempdir().unwrap();
     let log = Arc::new(IngestLog::open(dir.path(), 1_000_000, IngestMetrics::default()).unwrap());
     let mut tasks = Vec::new();
-    for w in 0..16 {
+    for _ in 0..16 {
         let log = log.clone();
         tasks.push(tokio::spawn(async move {
             for i in 0..50 {
-                log.append(&format!("gw-{w}"), vec![r(i)]).await.unwrap();
+                log.append(vec![r(i)]).await.unwrap();
             }
         }));
     }
@@ -99,20 +101,20 @@ async fn concurrent_appends_share_commits_and_all_arrive() {
 async fn ids_are_never_reused_after_the_newest_entries_are_acknowledged() {
     let dir = tempfile::tempdir().unwrap();
     let log = IngestLog::open(dir.path(), 1_000, IngestMetrics::default()).unwrap();
-    log.append("gw-a", vec![r(1)]).await.unwrap();
-    log.append("gw-a", vec![r(2)]).await.unwrap();
+    log.append(vec![r(1)]).await.unwrap();
+    log.append(vec![r(2)]).await.unwrap();
     let first = log.read_after(0, 10).unwrap();
     let cursor = first.entries.last().unwrap().id;
     log.ack(first.ids()).await.unwrap();
     // The table is empty now; a new entry must still come after the cursor.
-    log.append("gw-a", vec![r(3)]).await.unwrap();
+    log.append(vec![r(3)]).await.unwrap();
     let next = log.read_after(cursor, 10).unwrap();
     assert_eq!(next.len(), 1, "new entry hidden behind the drain's cursor");
     drop(log);
     let log = IngestLog::open(dir.path(), 1_000, IngestMetrics::default()).unwrap();
     let ids = log.read_after(0, 10).unwrap().ids();
     log.ack(ids).await.unwrap();
-    log.append("gw-a", vec![r(4)]).await.unwrap();
+    log.append(vec![r(4)]).await.unwrap();
     assert_eq!(log.read_after(cursor + 1, 10).unwrap().len(), 1);
 }
 
@@ -123,7 +125,7 @@ async fn an_append_abandoned_after_queueing_is_still_counted() {
     let log = IngestLog::open(dir.path(), 1_000, IngestMetrics::default()).unwrap();
     // Poll once (the entry is queued), then drop the future, as a closed
     // connection would.
-    let _ = log.append("gw-a", vec![r(1), r(2)]).now_or_never();
+    let _ = log.append(vec![r(1), r(2)]).now_or_never();
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
     while log.appended() < 2 {
         assert!(

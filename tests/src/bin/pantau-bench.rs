@@ -221,15 +221,12 @@ async fn direct_influx(influx: &Influx, db: &str, all: &[Reading]) -> Result<f64
                 .trim_start_matches('b');
             let logged = pantau_ingest::log::LoggedReading {
                 sensor: r.sensor.clone(),
+                gateway: format!("gw-b{g}"),
                 kind: SensorKind::FloodGauge,
                 ts: r.ts,
                 values: r.values.clone(),
             };
-            writeln!(
-                gz,
-                "{}",
-                pantau_ingest::influx::line(&logged, &format!("gw-b{g}"), "Dumai Kota")
-            )?;
+            writeln!(gz, "{}", pantau_ingest::influx::line(&logged, "Dumai Kota"))?;
         }
         let body = gz.finish()?;
         let resp = client
