@@ -127,6 +127,14 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
     tokio::task::spawn_blocking(f).await.ok()
 }
 
+/// Why a connection is not accepted.
+enum Refusal {
+    /// Answer with a CONNACK carrying this code, then close.
+    Connack(ConnectReturnCode, &'static str),
+    /// Just close (no CONNECT to answer).
+    Close(&'static str),
+}
+
 async fn accept_connect<S: AsyncRead + AsyncWrite + Unpin>(
     wire: &mut Wire<S>,
     peer: SocketAddr,
@@ -134,68 +142,46 @@ async fn accept_connect<S: AsyncRead + AsyncWrite + Unpin>(
     cert_id: Option<String>,
     over: Option<OverCap>,
 ) -> Option<Accepted> {
+    match admit_connect(wire, shared, cert_id, over).await {
+        Ok(accepted) => Some(accepted),
+        Err(Refusal::Connack(code, reason)) => {
+            refuse(wire, shared, peer, code, reason).await;
+            None
+        }
+        Err(Refusal::Close(reason)) => {
+            shared.metrics.refuse(reason);
+            None
+        }
+    }
+}
+
+/// Reads CONNECT and decides: caps, client id, identity, will, keep-alive.
+async fn admit_connect<S: AsyncRead + AsyncWrite + Unpin>(
+    wire: &mut Wire<S>,
+    shared: &Shared,
+    cert_id: Option<String>,
+    over: Option<OverCap>,
+) -> Result<Accepted, Refusal> {
     use ConnectReturnCode as Code;
+    let no = |code, reason| Err(Refusal::Connack(code, reason));
     let first = match timeout(shared.config.connect_timeout, wire.read()).await {
-        Err(_) => {
-            shared.metrics.refuse("connect_timeout");
-            return None;
-        }
+        Err(_) => return Err(Refusal::Close("connect_timeout")),
         Ok(Err(WireError::Protocol(rumqttd::protocol::Error::InvalidProtocolLevel(_)))) => {
-            refuse(
-                wire,
-                shared,
-                peer,
-                Code::RefusedProtocolVersion,
-                "protocol_version",
-            )
-            .await;
-            return None;
+            return no(Code::RefusedProtocolVersion, "protocol_version")
         }
-        Ok(Err(e)) => {
-            shared.metrics.refuse(e.reason());
-            return None;
-        }
+        Ok(Err(e)) => return Err(Refusal::Close(e.reason())),
         Ok(Ok(f)) => f,
     };
     let Packet::Connect(connect, _, will, _, login) = first.packet else {
-        shared.metrics.refuse("not_connect");
-        return None;
+        return Err(Refusal::Close("not_connect"));
     };
     match over {
-        Some(OverCap::Global) => {
-            refuse(
-                wire,
-                shared,
-                peer,
-                Code::ServiceUnavailable,
-                "connection_cap",
-            )
-            .await;
-            return None;
-        }
-        Some(OverCap::PerIp) => {
-            refuse(
-                wire,
-                shared,
-                peer,
-                Code::ServiceUnavailable,
-                "connection_cap_per_ip",
-            )
-            .await;
-            return None;
-        }
+        Some(OverCap::Global) => return no(Code::ServiceUnavailable, "connection_cap"),
+        Some(OverCap::PerIp) => return no(Code::ServiceUnavailable, "connection_cap_per_ip"),
         None => {}
     }
     if !client_id_valid(&connect.client_id) {
-        refuse(
-            wire,
-            shared,
-            peer,
-            Code::ClientIdentifierNotValid,
-            "client_id_invalid",
-        )
-        .await;
-        return None;
+        return no(Code::ClientIdentifierNotValid, "client_id_invalid");
     }
     // Identity: a verified platform certificate (its CN), or a username
     // (the gateway id) with its token checked against the stored hash.
@@ -205,92 +191,29 @@ async fn accept_connect<S: AsyncRead + AsyncWrite + Unpin>(
                 .as_ref()
                 .is_some_and(|l| !l.username.is_empty() && l.username != cn)
             {
-                refuse(
-                    wire,
-                    shared,
-                    peer,
-                    Code::NotAuthorized,
-                    "cert_username_mismatch",
-                )
-                .await;
-                return None;
+                return no(Code::NotAuthorized, "cert_username_mismatch");
             }
             let Ok(id) = GatewayId::new(cn) else {
-                refuse(wire, shared, peer, Code::NotAuthorized, "bad_cert_identity").await;
-                return None;
+                return no(Code::NotAuthorized, "bad_cert_identity");
             };
-            let state = shared.state.clone();
-            let name = id.to_string();
+            let (state, name) = (shared.state.clone(), id.to_string());
             match blocking(move || state.gateway_exists(&name)).await {
                 Some(Ok(true)) => id,
-                Some(Ok(false)) => {
-                    refuse(
-                        wire,
-                        shared,
-                        peer,
-                        Code::NotAuthorized,
-                        "unregistered_gateway",
-                    )
-                    .await;
-                    return None;
-                }
-                _ => {
-                    refuse(
-                        wire,
-                        shared,
-                        peer,
-                        Code::ServiceUnavailable,
-                        "auth_unavailable",
-                    )
-                    .await;
-                    return None;
-                }
+                Some(Ok(false)) => return no(Code::NotAuthorized, "unregistered_gateway"),
+                _ => return no(Code::ServiceUnavailable, "auth_unavailable"),
             }
         }
-        (None, None) => {
-            refuse(wire, shared, peer, Code::NotAuthorized, "no_credentials").await;
-            return None;
-        }
+        (None, None) => return no(Code::NotAuthorized, "no_credentials"),
         (None, Some(l)) => {
             let state = shared.state.clone();
             let (user, pass) = (l.username.clone(), l.password.clone());
             match blocking(move || state.verify_gateway(&user, &pass)).await {
-                Some(Ok(true)) => match GatewayId::new(l.username.clone()) {
-                    Ok(id) => id,
-                    Err(_) => {
-                        refuse(
-                            wire,
-                            shared,
-                            peer,
-                            Code::BadUserNamePassword,
-                            "bad_credentials",
-                        )
-                        .await;
-                        return None;
-                    }
-                },
-                Some(Ok(false)) => {
-                    refuse(
-                        wire,
-                        shared,
-                        peer,
-                        Code::BadUserNamePassword,
-                        "bad_credentials",
-                    )
-                    .await;
-                    return None;
-                }
-                _ => {
-                    refuse(
-                        wire,
-                        shared,
-                        peer,
-                        Code::ServiceUnavailable,
-                        "auth_unavailable",
-                    )
-                    .await;
-                    return None;
-                }
+                Some(Ok(true)) => GatewayId::new(l.username.clone()).or(Err(Refusal::Connack(
+                    Code::BadUserNamePassword,
+                    "bad_credentials",
+                )))?,
+                Some(Ok(false)) => return no(Code::BadUserNamePassword, "bad_credentials"),
+                _ => return no(Code::ServiceUnavailable, "auth_unavailable"),
             }
         }
     };
@@ -301,22 +224,13 @@ async fn accept_connect<S: AsyncRead + AsyncWrite + Unpin>(
     if (foreign_id && (!connect.clean_session || !shared.config.allow_any_client_id))
         || (connect.client_id.is_empty() && !connect.clean_session)
     {
-        refuse(
-            wire,
-            shared,
-            peer,
-            Code::NotAuthorized,
-            "client_id_mismatch",
-        )
-        .await;
-        return None;
+        return no(Code::NotAuthorized, "client_id_mismatch");
     }
     if let Some(w) = &will {
         if w.topic != topic(gateway.as_str(), TopicKind::Status).as_bytes() {
             shared.metrics.acl_violation("will");
-            tracing::warn!(%peer, gateway = %gateway, topic = %String::from_utf8_lossy(&w.topic), "Last will on a foreign topic refused.");
-            refuse(wire, shared, peer, Code::NotAuthorized, "will_acl").await;
-            return None;
+            tracing::warn!(gateway = %gateway, topic = %String::from_utf8_lossy(&w.topic), "Last will on a foreign topic refused.");
+            return no(Code::NotAuthorized, "will_acl");
         }
     }
     let (min, max) = (shared.config.min_keep_alive, shared.config.max_keep_alive);
@@ -324,7 +238,7 @@ async fn accept_connect<S: AsyncRead + AsyncWrite + Unpin>(
         0 => max,
         s => Duration::from_secs(u64::from(s)).clamp(min, max),
     };
-    Some(Accepted {
+    Ok(Accepted {
         gateway,
         keep_alive,
         clean_session: connect.clean_session,
