@@ -162,27 +162,38 @@ impl Client {
     async fn login(h: &Harness, gw: &str, keep_alive: u16) -> Self {
         let mut c = Self::connect_tls(h).await;
         let token = h.tokens.iter().find(|(g, _)| g == gw).unwrap().1.clone();
-        c.send(Packet::Connect(
-            Connect {
-                keep_alive,
-                client_id: gw.into(),
-                clean_session: true,
-            },
-            None,
-            None,
-            None,
-            Some(Login {
-                username: gw.into(),
-                password: token,
-            }),
-        ))
-        .await;
+        c.send(connect_packet(gw, gw, token, true, keep_alive))
+            .await;
         match c.recv().await {
             Some(Packet::ConnAck(ack, _)) => assert_eq!(ack.code, ConnectReturnCode::Success),
             other => panic!("expected CONNACK, got {other:?}"),
         }
         c
     }
+}
+
+/// A CONNECT with a login and no will.
+fn connect_packet(
+    client_id: &str,
+    username: &str,
+    password: String,
+    clean_session: bool,
+    keep_alive: u16,
+) -> Packet {
+    Packet::Connect(
+        Connect {
+            keep_alive,
+            client_id: client_id.into(),
+            clean_session,
+        },
+        None,
+        None,
+        None,
+        Some(Login {
+            username: username.into(),
+            password,
+        }),
+    )
 }
 
 /// A QoS 1 PUBLISH frame built by hand (rumqttd keeps `Publish.qos` private).
@@ -471,20 +482,7 @@ async fn malformed_packets_never_crash_or_stall_the_broker() {
     let token = h.tokens[0].1.clone();
     let mut connect = BytesMut::new();
     V4.write(
-        Packet::Connect(
-            Connect {
-                keep_alive: 30,
-                client_id: "gw-a".into(),
-                clean_session: true,
-            },
-            None,
-            None,
-            None,
-            Some(Login {
-                username: "gw-a".into(),
-                password: token,
-            }),
-        ),
+        connect_packet("gw-a", "gw-a", token, true, 30),
         &mut connect,
     )
     .unwrap();
@@ -538,21 +536,8 @@ async fn bad_client_ids_never_poison_the_listener() {
     let token = h.tokens[0].1.clone();
     for id in ["gw/a", "gw+a", "gw/a", "gw+a", "#"] {
         let mut c = Client::connect_tls(&h).await;
-        c.send(Packet::Connect(
-            Connect {
-                keep_alive: 30,
-                client_id: id.into(),
-                clean_session: false,
-            },
-            None,
-            None,
-            None,
-            Some(Login {
-                username: "gw-a".into(),
-                password: token.clone(),
-            }),
-        ))
-        .await;
+        c.send(connect_packet(id, "gw-a", token.clone(), false, 30))
+            .await;
         match c.recv().await {
             Some(Packet::ConnAck(ack, _)) => assert_eq!(
                 ack.code,
@@ -583,19 +568,12 @@ async fn over_the_connection_cap_is_refused_cleanly_and_recovers() {
     let mut a = Client::login(&h, "gw-a", 30).await;
     let b = Client::login(&h, "gw-b", 30).await;
     let mut c = Client::connect_tls(&h).await;
-    c.send(Packet::Connect(
-        Connect {
-            keep_alive: 30,
-            client_id: "gw-a".into(),
-            clean_session: true,
-        },
-        None,
-        None,
-        None,
-        Some(Login {
-            username: "gw-a".into(),
-            password: h.tokens[0].1.clone(),
-        }),
+    c.send(connect_packet(
+        "gw-a",
+        "gw-a",
+        h.tokens[0].1.clone(),
+        true,
+        30,
     ))
     .await;
     match c.recv().await {
@@ -618,19 +596,12 @@ async fn over_the_connection_cap_is_refused_cleanly_and_recovers() {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     loop {
         let mut d = Client::connect_tls(&h).await;
-        d.send(Packet::Connect(
-            Connect {
-                keep_alive: 30,
-                client_id: "gw-b".into(),
-                clean_session: true,
-            },
-            None,
-            None,
-            None,
-            Some(Login {
-                username: "gw-b".into(),
-                password: h.tokens[1].1.clone(),
-            }),
+        d.send(connect_packet(
+            "gw-b",
+            "gw-b",
+            h.tokens[1].1.clone(),
+            true,
+            30,
         ))
         .await;
         if let Some(Packet::ConnAck(ack, _)) = d.recv().await {
