@@ -129,7 +129,9 @@ impl Batch {
 enum Cmd {
     Append {
         readings: Vec<LoggedReading>,
-        done: oneshot::Sender<Result<i64>>,
+        /// Answered with the entry id and the readings, handed back so the
+        /// caller reuses (and frees) them on its own thread.
+        done: oneshot::Sender<Result<(i64, Vec<LoggedReading>)>>,
     },
     Ack {
         ids: Vec<i64>,
@@ -293,14 +295,16 @@ impl IngestLog {
     /// Appends one envelope's readings and returns once they are committed.
     /// Cancel-safe: once queued, the entry is committed and counted whether
     /// or not the caller still waits.
-    pub async fn append(&self, readings: Vec<LoggedReading>) -> Result<()> {
+    pub async fn append(&self, readings: Vec<LoggedReading>) -> Result<Vec<LoggedReading>> {
         if readings.is_empty() {
-            return Ok(());
+            return Ok(readings);
         }
         self.metrics.log_accepted.inc_by(readings.len() as u64);
         let (done, wait) = oneshot::channel();
         self.send(Cmd::Append { readings, done }).await?;
-        wait.await.map_err(|_| Error::WriterGone)?.map(drop)
+        wait.await
+            .map_err(|_| Error::WriterGone)?
+            .map(|(_, readings)| readings)
     }
 
     /// Deletes entries whose readings the sink has confirmed.
@@ -488,7 +492,7 @@ fn writer_loop(
                     match cmd {
                         Cmd::Append { done, readings, .. } => {
                             let answer = if ok {
-                                Ok(ids.next().unwrap_or_default())
+                                Ok((ids.next().unwrap_or_default(), readings))
                             } else {
                                 metrics.drop_readings("log_full", readings.len() as u64);
                                 Err(Error::LogFull {

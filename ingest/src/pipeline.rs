@@ -151,26 +151,18 @@ impl Ingestor {
                 })
             })
             .collect();
-        let live: Vec<Arc<LiveReading>> = if self.live.receiver_count() > 0 {
-            logged
-                .iter()
-                .map(|r| {
-                    Arc::new(LiveReading {
-                        sensor: r.sensor.clone(),
-                        kind: r.kind,
-                        gateway: gateway.to_owned(),
-                        ts: r.ts,
-                        values: r.values.clone(),
-                    })
-                })
-                .collect()
-        } else {
-            Vec::new()
-        };
-        self.log.append(logged).await?;
-        for event in live {
-            // No receiver left is fine: nobody is watching.
-            let _ = self.live.send(event);
+        let logged = self.log.append(logged).await?;
+        if self.live.receiver_count() > 0 {
+            for r in logged {
+                // No receiver left is fine: nobody is watching.
+                let _ = self.live.send(Arc::new(LiveReading {
+                    sensor: r.sensor,
+                    kind: r.kind,
+                    gateway: r.gateway,
+                    ts: r.ts,
+                    values: r.values,
+                }));
+            }
         }
         Ok(IngestOutcome {
             stored,

@@ -226,7 +226,7 @@ impl Drop for Victoria {
     }
 }
 
-/// Mosquitto 2.0, plain MQTT on loopback, anonymous, no persistence.
+/// Mosquitto 2.0 on loopback, anonymous, no persistence; plain MQTT or TLS.
 #[derive(Debug)]
 pub struct Mosquitto {
     child: Child,
@@ -234,19 +234,57 @@ pub struct Mosquitto {
     pub addr: SocketAddr,
 }
 
+/// A server certificate for a TLS listener (PEM files).
+#[derive(Debug, Clone, Copy)]
+pub struct ServerTls<'a> {
+    /// CA certificate.
+    pub ca: &'a Path,
+    /// Server certificate chain.
+    pub cert: &'a Path,
+    /// Server private key.
+    pub key: &'a Path,
+}
+
+impl<'a> ServerTls<'a> {
+    /// The dev CA and server certificate Pantau writes to `DATA_DIR/tls`.
+    pub fn pantau(tls_dir: &'a Path) -> (PathBuf, PathBuf, PathBuf) {
+        (
+            tls_dir.join("ca.pem"),
+            tls_dir.join("server.pem"),
+            tls_dir.join("server-key.pem"),
+        )
+    }
+}
+
 impl Mosquitto {
-    /// Starts mosquitto under `dir`.
+    /// Starts mosquitto under `dir` with a plain listener.
     pub async fn start(dir: &Path) -> Result<Self> {
+        Self::start_with(dir, None).await
+    }
+
+    /// Starts mosquitto under `dir` with a TLS listener.
+    pub async fn start_tls(dir: &Path, tls: ServerTls<'_>) -> Result<Self> {
+        Self::start_with(dir, Some(tls)).await
+    }
+
+    async fn start_with(dir: &Path, tls: Option<ServerTls<'_>>) -> Result<Self> {
         std::fs::create_dir_all(dir)?;
         let addr = free_addr();
         let conf = dir.join("mosquitto.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "listener {} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 0\nlog_dest stderr\n",
-                addr.port()
-            ),
-        )?;
+        let mut text = format!(
+            "listener {} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 0\nlog_dest stderr\n",
+            addr.port()
+        );
+        if let Some(tls) = tls {
+            // Stay root so the key files of a temporary directory stay readable.
+            text.push_str(&format!(
+                "user root\ncafile {}\ncertfile {}\nkeyfile {}\n",
+                tls.ca.display(),
+                tls.cert.display(),
+                tls.key.display()
+            ));
+        }
+        std::fs::write(&conf, text)?;
         let bin = which("mosquitto").or_else(|_| {
             Path::new("/usr/sbin/mosquitto")
                 .exists()

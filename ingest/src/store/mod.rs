@@ -31,13 +31,13 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use pantau_model::{Reading, Timestamp};
-use rusqlite::{params, Connection};
+use rusqlite::{params, CachedStatement, Connection};
 use serde::Serialize;
 use tokio::sync::oneshot;
 
 use crate::history::Partial;
 use crate::{Error, Result};
-use schema::{Level, HOUR_MS, MINUTE_MS};
+use schema::{Level, Window, DAY_MS, HOUR_MS, MINUTE_MS};
 
 /// Queued write batches before senders wait.
 const QUEUE_DEPTH: usize = 1024;
@@ -236,45 +236,55 @@ impl Writer {
     /// corrections never double-count.
     fn commit(&mut self, group: &[WriteJob]) -> rusqlite::Result<()> {
         let tx = self.conn.transaction()?;
-        let mut minute_delta: HashMap<(String, String, i64), Partial> = HashMap::new();
-        let mut dirty_minutes: BTreeSet<(String, String, i64)> = BTreeSet::new();
-        for job in group {
-            for r in &job.readings {
-                let table = schema::ensure(&tx, &mut self.known, Level::Raw, r.ts.0)?;
-                let mut insert = tx.prepare_cached(&format!(
-                    "INSERT OR IGNORE INTO {table} (sensor, field, ts, value) VALUES (?1, ?2, ?3, ?4)"
-                ))?;
-                let mut update = tx.prepare_cached(&format!(
-                    "UPDATE {table} SET value = ?4 WHERE sensor = ?1 AND field = ?2 AND ts = ?3 AND value IS NOT ?4"
-                ))?;
-                for (field, value) in &r.values {
-                    let v = value.as_f64();
-                    let bucket = r.ts.0.div_euclid(MINUTE_MS) * MINUTE_MS;
-                    let key = (r.sensor.clone(), field.clone(), bucket);
-                    if insert.execute(params![r.sensor, field, r.ts.0, v])? == 1 {
-                        let p = Partial {
-                            n: 1,
-                            sum: v,
-                            min: v,
-                            max: v,
-                            last_ts: r.ts.0,
-                            last: v,
-                        };
-                        minute_delta
-                            .entry(key)
-                            .and_modify(|w| w.merge(&p))
-                            .or_insert(p);
-                    } else if update.execute(params![r.sensor, field, r.ts.0, v])? == 1 {
-                        dirty_minutes.insert(key);
-                    }
+        let mut minute_delta: HashMap<Window<'_>, Partial> = HashMap::new();
+        let mut dirty_minutes: BTreeSet<Window<'_>> = BTreeSet::new();
+        // Readings of a group nearly always share a day: the partition's
+        // statements are looked up once per run of readings, not per sample.
+        let mut current: Option<(i64, CachedStatement<'_>, CachedStatement<'_>)> = None;
+        for r in group.iter().flat_map(|job| &job.readings) {
+            let day = r.ts.0.div_euclid(DAY_MS);
+            let (insert, update) = match &mut current {
+                Some((d, insert, update)) if *d == day => (insert, update),
+                slot => {
+                    let table = schema::ensure(&tx, &mut self.known, Level::Raw, r.ts.0)?;
+                    let insert = tx.prepare_cached(&format!(
+                        "INSERT OR IGNORE INTO {table} (sensor, field, ts, value) VALUES (?1, ?2, ?3, ?4)"
+                    ))?;
+                    let update = tx.prepare_cached(&format!(
+                        "UPDATE {table} SET value = ?4 WHERE sensor = ?1 AND field = ?2 AND ts = ?3 AND value IS NOT ?4"
+                    ))?;
+                    let (_, insert, update) = slot.insert((day, insert, update));
+                    (insert, update)
+                }
+            };
+            let bucket = r.ts.0.div_euclid(MINUTE_MS) * MINUTE_MS;
+            for (field, value) in &r.values {
+                let v = value.as_f64();
+                let key = (r.sensor.as_str(), field.as_str(), bucket);
+                if insert.execute(params![r.sensor, field, r.ts.0, v])? == 1 {
+                    let p = Partial {
+                        n: 1,
+                        sum: v,
+                        min: v,
+                        max: v,
+                        last_ts: r.ts.0,
+                        last: v,
+                    };
+                    minute_delta
+                        .entry(key)
+                        .and_modify(|w| w.merge(&p))
+                        .or_insert(p);
+                } else if update.execute(params![r.sensor, field, r.ts.0, v])? == 1 {
+                    dirty_minutes.insert(key);
                 }
             }
         }
-        let hour_of = |k: &(String, String, i64)| {
-            (k.0.clone(), k.1.clone(), k.2.div_euclid(HOUR_MS) * HOUR_MS)
-        };
-        let mut hour_delta: HashMap<(String, String, i64), Partial> = HashMap::new();
-        let mut dirty_hours: BTreeSet<(String, String, i64)> = BTreeSet::new();
+        drop(current);
+        fn hour_of<'a>(&(sensor, field, minute): &Window<'a>) -> Window<'a> {
+            (sensor, field, minute.div_euclid(HOUR_MS) * HOUR_MS)
+        }
+        let mut hour_delta: HashMap<Window<'_>, Partial> = HashMap::new();
+        let mut dirty_hours: BTreeSet<Window<'_>> = BTreeSet::new();
         for (key, p) in &minute_delta {
             if dirty_minutes.contains(key) {
                 continue;
@@ -286,7 +296,7 @@ impl Writer {
                 .or_insert(*p);
         }
         for key in &dirty_minutes {
-            schema::recompute(&tx, &mut self.known, Level::Minute, &key.0, &key.1, key.2)?;
+            schema::recompute(&tx, &mut self.known, Level::Minute, key)?;
             dirty_hours.insert(hour_of(key));
         }
         for (key, p) in &hour_delta {
@@ -295,7 +305,7 @@ impl Writer {
             }
         }
         for key in &dirty_hours {
-            schema::recompute(&tx, &mut self.known, Level::Hour, &key.0, &key.1, key.2)?;
+            schema::recompute(&tx, &mut self.known, Level::Hour, key)?;
         }
         tx.commit()
     }

@@ -13,6 +13,9 @@ pub(crate) const DAY_MS: i64 = 86_400_000;
 /// Span of one 1-hour rollup partition.
 const HOUR_PARTITION_MS: i64 = 64 * DAY_MS;
 
+/// A rollup window of one sensor field: (sensor, field, window start).
+pub(crate) type Window<'a> = (&'a str, &'a str, i64);
+
 /// A level of resolution.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Level {
@@ -103,9 +106,7 @@ pub(crate) fn recompute(
     tx: &Transaction<'_>,
     known: &mut HashSet<String>,
     level: Level,
-    sensor: &str,
-    field: &str,
-    bucket: i64,
+    &(sensor, field, bucket): &Window<'_>,
 ) -> rusqlite::Result<()> {
     let target = ensure(tx, known, level, bucket)?;
     let end = bucket + level.window();
@@ -146,7 +147,7 @@ pub(crate) fn merge(
     tx: &Transaction<'_>,
     known: &mut HashSet<String>,
     level: Level,
-    key: &(String, String, i64),
+    key: &Window<'_>,
     p: &Partial,
 ) -> rusqlite::Result<()> {
     let target = ensure(tx, known, level, key.2)?;
