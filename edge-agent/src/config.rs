@@ -20,6 +20,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::sim::{Model, SimSensor};
+use crate::spool::Sync;
 
 /// The whole agent configuration.
 #[derive(Debug, Clone, Deserialize)]
@@ -46,6 +47,9 @@ pub struct AgentConfig {
 pub struct BrokerSection {
     /// `mqtts://HOST:PORT` (or `mqtt://` for a loopback broker).
     pub url: String,
+    /// Further brokers tried in order when the one before is unreachable.
+    #[serde(default)]
+    pub failover: Vec<String>,
     /// CA certificate that signed the broker's certificate (PEM).
     pub ca_file: Option<PathBuf>,
     /// Username; must equal the gateway id on Pantau's broker.
@@ -55,19 +59,65 @@ pub struct BrokerSection {
     /// MQTT keep-alive, e.g. `"30s"`.
     #[serde(default = "default_keep_alive", with = "humantime_serde")]
     pub keep_alive: Duration,
+    /// Backlog replay bound after an outage, readings per second.
+    #[serde(default = "default_replay_readings_per_s")]
+    pub replay_readings_per_s: u32,
+    /// How often the status is published, e.g. `"60s"`.
+    #[serde(default = "default_status_interval", with = "humantime_serde")]
+    pub status_interval: Duration,
+}
+
+fn default_replay_readings_per_s() -> u32 {
+    50_000
+}
+
+fn default_status_interval() -> Duration {
+    Duration::from_secs(60)
 }
 
 fn default_keep_alive() -> Duration {
     Duration::from_secs(30)
 }
 
-/// `[spool]`: the disk spool (see the edge-agent issue; this version keeps
-/// readings in memory and only validates the setting).
-#[derive(Debug, Clone, Default, Deserialize)]
+/// `[spool]`: the disk spool (see `spool.rs`).
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SpoolSection {
     /// Spool directory.
-    pub path: Option<PathBuf>,
+    #[serde(default = "default_spool_path")]
+    pub path: PathBuf,
+    /// Bound on the spool's size in MiB; beyond it the oldest readings are
+    /// dropped and counted.
+    #[serde(default = "default_spool_mib")]
+    pub max_mib: f64,
+    /// `"normal"` (survives an agent crash) or `"full"` (survives power loss).
+    #[serde(default)]
+    pub synchronous: Sync,
+}
+
+impl Default for SpoolSection {
+    fn default() -> Self {
+        Self {
+            path: default_spool_path(),
+            max_mib: default_spool_mib(),
+            synchronous: Sync::default(),
+        }
+    }
+}
+
+impl SpoolSection {
+    /// The bound in bytes.
+    pub fn max_bytes(&self) -> u64 {
+        (self.max_mib * 1024.0 * 1024.0) as u64
+    }
+}
+
+fn default_spool_path() -> PathBuf {
+    PathBuf::from("agent-spool")
+}
+
+fn default_spool_mib() -> f64 {
+    256.0
 }
 
 /// `[batch]`.
@@ -77,22 +127,38 @@ pub struct BatchSection {
     /// Most readings per envelope.
     #[serde(default = "default_max_readings")]
     pub max_readings: usize,
+    /// Most payload bytes per envelope (the broker's limit is 256 KiB).
+    #[serde(default = "default_max_bytes")]
+    pub max_bytes: u64,
     /// Longest a reading waits for its envelope, e.g. `"500ms"`.
     #[serde(default = "default_max_delay", with = "humantime_serde")]
     pub max_delay: Duration,
+    /// Envelopes awaiting their acknowledgement at once.
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: usize,
 }
 
 impl Default for BatchSection {
     fn default() -> Self {
         Self {
             max_readings: default_max_readings(),
+            max_bytes: default_max_bytes(),
             max_delay: default_max_delay(),
+            max_in_flight: default_max_in_flight(),
         }
     }
 }
 
 fn default_max_readings() -> usize {
     500
+}
+
+fn default_max_bytes() -> u64 {
+    128 * 1024
+}
+
+fn default_max_in_flight() -> usize {
+    16
 }
 
 fn default_max_delay() -> Duration {
@@ -105,6 +171,11 @@ fn default_max_delay() -> Duration {
 pub enum SourceSection {
     /// JSON lines on standard input.
     Stdin,
+    /// JSON lines from local TCP connections (other programs on the gateway).
+    JsonTcp {
+        /// Address to listen on, e.g. `"127.0.0.1:7001"`.
+        listen: std::net::SocketAddr,
+    },
     /// Simulated sensors.
     Simulated {
         /// Sampling interval, e.g. `"5s"`.
@@ -190,8 +261,33 @@ impl AgentConfig {
                 return Err("broker.username: must equal the gateway id".into());
             }
         }
+        for url in &self.broker.failover {
+            let (tls, _, _) =
+                crate::uplink::parse_url(url).map_err(|e| format!("broker.failover: {e}"))?;
+            if tls && self.broker.ca_file.is_none() {
+                return Err("broker.ca_file: required for mqtts://".into());
+            }
+        }
+        if self.broker.replay_readings_per_s == 0 {
+            return Err("broker.replay_readings_per_s: must be at least 1".into());
+        }
+        if self.broker.status_interval < Duration::from_secs(1) {
+            return Err("broker.status_interval: must be at least 1s".into());
+        }
+        if !(self.spool.max_mib > 0.0 && self.spool.max_mib.is_finite()) {
+            return Err("spool.max_mib: must be a positive number".into());
+        }
         if self.batch.max_readings == 0 {
             return Err("batch.max_readings: must be at least 1".into());
+        }
+        if self.batch.max_bytes < 1024 || self.batch.max_bytes > 256 * 1024 {
+            return Err("batch.max_bytes: must be between 1024 and 262144".into());
+        }
+        if self.batch.max_in_flight == 0 || self.batch.max_in_flight > 1000 {
+            return Err("batch.max_in_flight: must be between 1 and 1000".into());
+        }
+        if self.batch.max_delay.is_zero() {
+            return Err("batch.max_delay: must be more than 0".into());
         }
         if self.source.is_empty() {
             return Err("source: at least one [[source]] is required".into());
@@ -257,5 +353,25 @@ type = "stdin"        # JSON lines: {"sensor":..,"ts":..,"values":{..}}
         assert!(parse(&MINIMAL.replace("[spool]", "[spool]\nsize = 3"))
             .unwrap_err()
             .contains("size"));
+        assert!(parse(&MINIMAL.replace("[spool]", "[spool]\nmax_mib = -1"))
+            .unwrap_err()
+            .contains("spool.max_mib"));
+        assert!(
+            parse(&MINIMAL.replace("[spool]", "[spool]\nsynchronous = \"sometimes\""))
+                .unwrap_err()
+                .contains("sometimes")
+        );
+        assert!(parse(&MINIMAL.replace(
+            "password = \"TOKEN\"",
+            "password = \"TOKEN\"\nfailover = [\"ftp://x:1\"]"
+        ))
+        .unwrap_err()
+        .contains("broker.failover"));
+        let tcp = parse(&MINIMAL.replace(
+            "type = \"stdin\"",
+            "type = \"json-tcp\"\nlisten = \"127.0.0.1:7001\"",
+        ))
+        .unwrap();
+        assert!(matches!(tcp.source[0], SourceSection::JsonTcp { .. }));
     }
 }

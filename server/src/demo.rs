@@ -1,16 +1,16 @@
-//! The demo: one simulated gateway per registry gateway, each publishing
-//! every one of its sensors over TLS through the edge-agent library, just
-//! as a field gateway would.
+//! The demo: one simulated gateway per registry gateway, each a full edge
+//! agent (simulated sources, disk spool under `DATA_DIR/demo-spool/`, TLS
+//! uplink), just as a field gateway would run it.
 
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use pantau_edge_agent::uplink::{self, UplinkConfig};
-use pantau_edge_agent::{source, Model, SimSensor};
+use pantau_edge_agent::{Agent, Endpoint, Model, SimSensor, SourceSpec, UplinkConfig};
 use pantau_model::{Registry, Sensor, SensorKind};
 use pantau_state::StateDb;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -46,9 +46,11 @@ pub fn model_for(s: &Sensor) -> Model {
 
 /// Starts a simulated gateway for every gateway of the registry. Their
 /// tokens are rotated at each start (the demo holds them only in memory).
+#[allow(clippy::too_many_arguments)]
 pub fn start(
     registry: &Registry,
     state: &StateDb,
+    data_dir: &Path,
     mqtt: SocketAddr,
     tls: Arc<rustls::ClientConfig>,
     interval: Duration,
@@ -68,31 +70,34 @@ pub fn start(
             .filter(|s| &s.gateway == gw)
             .map(|s| SimSensor::new(s.id.to_string(), model_for(s)))
             .collect();
-        let up = UplinkConfig {
-            gateway: gw.to_string(),
-            host: host.clone(),
-            port: mqtt.port(),
-            tls: Some(tls.clone()),
-            password: token,
-            keep_alive: Duration::from_secs(30),
+        let agent = Agent {
+            uplink: UplinkConfig {
+                gateway: gw.to_string(),
+                endpoints: vec![Endpoint {
+                    host: host.clone(),
+                    port: mqtt.port(),
+                    tls: Some(tls.clone()),
+                }],
+                password: token,
+                keep_alive: Duration::from_secs(30),
+                max_readings: 500,
+                max_bytes: 128 * 1024,
+                max_delay: Duration::from_millis(200),
+                max_in_flight: 16,
+                replay_rate: NonZeroU32::new(50_000).expect("non-zero"),
+                status_interval: Duration::from_secs(60),
+            },
+            spool_dir: data_dir.join("demo-spool").join(gw.as_str()),
+            spool_max_bytes: 16 * 1024 * 1024,
+            spool_sync: pantau_edge_agent::spool::Sync::Normal,
+            sources: vec![SourceSpec::Simulated { interval, sensors }],
         };
-        let (client, eventloop) = uplink::client(&up);
-        let (tx, rx) = mpsc::channel(1024);
-        tracker.spawn(uplink::drive(
-            eventloop,
-            client.clone(),
-            up.gateway.clone(),
-            shutdown.clone(),
-        ));
-        tracker.spawn(source::simulate(sensors, interval, tx, shutdown.clone()));
-        tracker.spawn(uplink::publish_loop(
-            client,
-            up.gateway.clone(),
-            rx,
-            500,
-            Duration::from_millis(200),
-            shutdown.clone(),
-        ));
+        let (gw, sd) = (gw.to_string(), shutdown.clone());
+        tracker.spawn(async move {
+            if let Err(e) = agent.run(sd).await {
+                tracing::error!(gateway = %gw, error = %e, "Demo gateway failed.");
+            }
+        });
     }
     Ok(gateways.len())
 }

@@ -127,6 +127,7 @@ pub async fn up(cfg: UpConfig) -> anyhow::Result<()> {
         let n = crate::demo::start(
             &ingestor.registry(),
             &state,
+            &cfg.data_dir,
             mqtt_addr,
             client_tls,
             cfg.demo_interval,

@@ -82,8 +82,16 @@ pub struct Pantau {
 impl Pantau {
     /// Starts `pantau up EXTRA...` on `data_dir` and waits for `/healthz`.
     pub async fn start(data_dir: &Path, extra: &[&str]) -> Result<Self> {
-        let http = free_addr();
-        let mqtt = free_addr();
+        Self::start_on(data_dir, free_addr(), free_addr(), extra).await
+    }
+
+    /// Like `start`, on given addresses (a restart on the same ports).
+    pub async fn start_on(
+        data_dir: &Path,
+        http: SocketAddr,
+        mqtt: SocketAddr,
+        extra: &[&str],
+    ) -> Result<Self> {
         let log = data_dir.with_extension(format!("{}.log", mqtt.port()));
         let child = Command::new(binary("pantau"))
             .arg("up")
@@ -396,11 +404,16 @@ pub fn publish_ok(p: &Pantau, creds: &GatewayCreds, env: &str) -> Result<()> {
 }
 
 /// A running `pantau-agent` fed through its standard input (`stdin` source).
+/// It runs in a directory of its own (`DIR/NAME/`), so a relative spool path
+/// in its configuration stays there and survives restarts.
 #[derive(Debug)]
 pub struct Agent {
     child: Child,
     stdin: Option<std::process::ChildStdin>,
-    /// Where its log goes.
+    /// Its working directory.
+    pub dir: PathBuf,
+    config: PathBuf,
+    /// Where its log goes (appended across restarts).
     pub log: PathBuf,
 }
 
@@ -409,18 +422,44 @@ impl Agent {
     pub fn start(dir: &Path, name: &str, config: &str) -> Result<Self> {
         let cfg = dir.join(format!("{name}.toml"));
         std::fs::write(&cfg, config)?;
+        let work = dir.join(name);
+        std::fs::create_dir_all(&work)?;
         let log = dir.join(format!("{name}.log"));
+        let (child, stdin) = Self::spawn(&work, &cfg, &log)?;
+        Ok(Self {
+            child,
+            stdin,
+            dir: work,
+            config: cfg,
+            log,
+        })
+    }
+
+    fn spawn(
+        work: &Path,
+        cfg: &Path,
+        log: &Path,
+    ) -> Result<(Child, Option<std::process::ChildStdin>)> {
         let mut child = Command::new(binary("pantau-agent"))
             .arg("--config")
-            .arg(&cfg)
-            .env("RUST_LOG", "warn")
+            .arg(cfg)
+            .current_dir(work)
+            .env(
+                "RUST_LOG",
+                std::env::var("PANTAU_TEST_AGENT_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log)?)
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(log)?,
+            )
             .spawn()
             .context("spawn pantau-agent")?;
         let stdin = child.stdin.take();
-        Ok(Self { child, stdin, log })
+        Ok((child, stdin))
     }
 
     /// Sends JSON lines to the agent.
@@ -431,13 +470,47 @@ impl Agent {
         stdin.flush()?;
         Ok(())
     }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// `kill -9`, then waits for the process.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.stdin = None;
+    }
+
+    /// Starts the agent again with the same configuration and directory.
+    pub fn restart(&mut self) -> Result<()> {
+        self.kill();
+        let (child, stdin) = Self::spawn(&self.dir, &self.config, &self.log)?;
+        self.child = child;
+        self.stdin = stdin;
+        Ok(())
+    }
+
+    /// The agent's log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
 }
 
 impl Drop for Agent {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill();
     }
+}
+
+/// Resident memory of a process in KiB (Linux `/proc`).
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
 /// One JSON line for the agent's stdin source.

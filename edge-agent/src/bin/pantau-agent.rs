@@ -4,8 +4,8 @@
 use std::path::PathBuf;
 
 use clap::Parser;
-use pantau_edge_agent::agent;
 use pantau_edge_agent::config::AgentConfig;
+use pantau_edge_agent::{agent, Agent};
 use tokio_util::sync::CancellationToken;
 
 /// Pantau gateway agent: reads sensors and publishes them to the platform.
@@ -38,13 +38,17 @@ async fn main() -> anyhow::Result<()> {
     let Some(path) = cli.config else {
         anyhow::bail!("--config FILE is required");
     };
-    let cfg = AgentConfig::load(&path)?;
+    let agent = Agent::from_config(AgentConfig::load(&path)?)?;
     let shutdown = CancellationToken::new();
     let sd = shutdown.clone();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::spawn(async move {
-        let _ = tokio::signal::ctrl_c().await;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
         sd.cancel();
     });
-    agent::run(cfg, shutdown).await?;
+    agent.run(shutdown).await?;
     Ok(())
 }

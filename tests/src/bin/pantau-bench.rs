@@ -28,8 +28,8 @@ use pantau_ingest::history::{Agg, HistoryQuery};
 use pantau_ingest::Store;
 use pantau_model::envelope::encode;
 use pantau_model::{Reading, SensorKind, Timestamp, Value};
-use pantau_tests::services::{Influx, Mosquitto, ServerTls};
-use pantau_tests::{eventually, gateway_add, metric, stored_count, Pantau};
+use pantau_tests::services::{Influx, Mosquitto};
+use pantau_tests::{eventually, gateway_add, metric, rss_kib, stored_count, Pantau};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
 
 /// Load shape.
@@ -523,14 +523,9 @@ async fn bench_fanin() -> Result<()> {
     }
     let tls = pantau_edge_agent::uplink::client_tls(&data.join("tls").join("ca.pem"))?;
     // Mosquitto over TLS with the same server certificate, in memory.
-    let (ca, cert, key) = ServerTls::pantau(&data.join("tls"));
     let mosq = Mosquitto::start_tls(
         &dir.path().join("mosquitto"),
-        ServerTls {
-            ca: &ca,
-            cert: &cert,
-            key: &key,
-        },
+        &pantau_broker::tls::TlsFiles::in_data_dir(&data),
     )
     .await?;
     let mosq_addr = mosq.addr;
@@ -602,14 +597,6 @@ fn connect_packet(id: &str, password: &str) -> Vec<u8> {
     remaining_length(&mut out, body.len());
     out.extend(body);
     out
-}
-
-fn rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
 async fn bench_connections(n: usize) -> Result<()> {
