@@ -20,6 +20,8 @@
 //! Run with release binaries: `cargo build --release --workspace --bins &&
 //! target/release/pantau-bench all`.
 
+mod agent;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -693,6 +695,10 @@ async fn main() -> Result<()> {
         "history" => bench_history().await,
         "fanin" => bench_fanin().await,
         "connections" => bench_connections(10_000).await,
+        "agent" => {
+            agent::bench_agent_steady().await?;
+            agent::bench_agent_replay(1_000_000).await
+        }
         "all" => {
             // InfluxDB first: the embedded run leaves gigabytes of dirty
             // pages whose writeback slows the fsyncs of whatever runs next.
@@ -704,9 +710,13 @@ async fn main() -> Result<()> {
             .await?;
             bench_embedded(load).await?;
             bench_fanin().await?;
+            agent::bench_agent_steady().await?;
+            agent::bench_agent_replay(1_000_000).await?;
             bench_connections(10_000).await
         }
-        other => bail!("unknown benchmark {other:?}: embedded, influx, history or all"),
+        other => bail!(
+            "unknown benchmark {other:?}: history, influx, embedded, fanin, agent, connections or all"
+        ),
     }
     .context(what)
 }
