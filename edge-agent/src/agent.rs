@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::command::Intervals;
 use crate::config::{AgentConfig, SourceSection};
+use crate::modbus::{Device, Link};
 use crate::sim::SimSensor;
 use crate::spool::{self, Spool};
 use crate::status::Stats;
@@ -55,6 +56,14 @@ pub enum SourceSpec {
     Stdin,
     /// JSON lines from local TCP connections.
     JsonTcp(SocketAddr),
+    /// A Modbus device polled every `interval` (commands may change it per
+    /// sensor).
+    Modbus {
+        /// Initial polling interval.
+        interval: Duration,
+        /// The device and its register map.
+        device: Device,
+    },
     /// Simulated sensors sampled every `interval` (commands may change it
     /// per sensor).
     Simulated {
@@ -70,6 +79,7 @@ impl SourceSpec {
         match self {
             SourceSpec::Stdin => "stdin".into(),
             SourceSpec::JsonTcp(addr) => format!("json-tcp {addr}"),
+            SourceSpec::Modbus { device, .. } => format!("{} unit {}", device.link, device.unit),
             SourceSpec::Simulated { .. } => "simulated".into(),
         }
     }
@@ -112,6 +122,40 @@ impl Agent {
             .map(|s| match s {
                 SourceSection::Stdin => SourceSpec::Stdin,
                 SourceSection::JsonTcp { listen } => SourceSpec::JsonTcp(*listen),
+                SourceSection::ModbusTcp {
+                    address,
+                    unit,
+                    interval,
+                    timeout,
+                    register,
+                } => SourceSpec::Modbus {
+                    interval: *interval,
+                    device: Device {
+                        link: Link::Tcp(*address),
+                        unit: *unit,
+                        timeout: *timeout,
+                        registers: register.clone(),
+                    },
+                },
+                SourceSection::ModbusRtu {
+                    device,
+                    baud,
+                    unit,
+                    interval,
+                    timeout,
+                    register,
+                } => SourceSpec::Modbus {
+                    interval: *interval,
+                    device: Device {
+                        link: Link::Rtu {
+                            device: device.clone(),
+                            baud: *baud,
+                        },
+                        unit: *unit,
+                        timeout: *timeout,
+                        registers: register.clone(),
+                    },
+                },
                 SourceSection::Simulated { interval, sensors } => SourceSpec::Simulated {
                     interval: *interval,
                     // Checked when the file was loaded.
@@ -163,6 +207,12 @@ impl Agent {
                         .await
                         .map_err(|source| AgentError::Listen { addr, source })?;
                     tokio::spawn(crate::source::json_tcp(listener, tx, st, sd))
+                }
+                SourceSpec::Modbus { interval, device } => {
+                    for r in &device.registers {
+                        intervals.register(&r.sensor, interval);
+                    }
+                    tokio::spawn(crate::modbus::poll(device, intervals.clone(), tx, st, sd))
                 }
                 SourceSpec::Simulated { interval, sensors } => {
                     for s in &sensors {

@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::modbus::Register;
 use crate::sim::{Model, SimSensor};
 use crate::spool::Sync;
 
@@ -171,6 +172,41 @@ fn default_max_delay() -> Duration {
 pub enum SourceSection {
     /// JSON lines on standard input.
     Stdin,
+    /// A Modbus TCP device.
+    ModbusTcp {
+        /// The device, e.g. `"192.168.1.20:502"`.
+        address: std::net::SocketAddr,
+        /// Unit (slave) id.
+        #[serde(default = "default_unit")]
+        unit: u8,
+        /// Polling interval, e.g. `"5s"`.
+        #[serde(default = "default_interval", with = "humantime_serde")]
+        interval: Duration,
+        /// Timeout of every connect and read, e.g. `"1s"`.
+        #[serde(default = "default_modbus_timeout", with = "humantime_serde")]
+        timeout: Duration,
+        /// Register → field mappings.
+        register: Vec<Register>,
+    },
+    /// A Modbus RTU device on a serial line.
+    ModbusRtu {
+        /// Serial device, e.g. `"/dev/ttyUSB0"`.
+        device: String,
+        /// Baud rate.
+        #[serde(default = "default_baud")]
+        baud: u32,
+        /// Unit (slave) id.
+        #[serde(default = "default_unit")]
+        unit: u8,
+        /// Polling interval, e.g. `"5s"`.
+        #[serde(default = "default_interval", with = "humantime_serde")]
+        interval: Duration,
+        /// Timeout of every read, e.g. `"1s"`.
+        #[serde(default = "default_modbus_timeout", with = "humantime_serde")]
+        timeout: Duration,
+        /// Register → field mappings.
+        register: Vec<Register>,
+    },
     /// JSON lines from local TCP connections (other programs on the gateway).
     JsonTcp {
         /// Address to listen on, e.g. `"127.0.0.1:7001"`.
@@ -188,6 +224,18 @@ pub enum SourceSection {
 
 fn default_interval() -> Duration {
     Duration::from_secs(5)
+}
+
+fn default_unit() -> u8 {
+    1
+}
+
+fn default_baud() -> u32 {
+    9600
+}
+
+fn default_modbus_timeout() -> Duration {
+    Duration::from_secs(1)
 }
 
 /// A simulated sensor in the config.
@@ -293,10 +341,29 @@ impl AgentConfig {
             return Err("source: at least one [[source]] is required".into());
         }
         for s in &self.source {
-            if let SourceSection::Simulated { sensors, .. } = s {
-                for sensor in sensors {
-                    sensor.build()?;
+            match s {
+                SourceSection::Simulated { sensors, .. } => {
+                    for sensor in sensors {
+                        sensor.build()?;
+                    }
                 }
+                SourceSection::ModbusTcp {
+                    register, timeout, ..
+                }
+                | SourceSection::ModbusRtu {
+                    register, timeout, ..
+                } => {
+                    if register.is_empty() {
+                        return Err("source.register: a Modbus source needs at least one [[source.register]]".into());
+                    }
+                    if timeout.is_zero() {
+                        return Err("source.timeout: must be more than 0".into());
+                    }
+                    for r in register {
+                        r.check().map_err(|e| format!("source.{e}"))?;
+                    }
+                }
+                SourceSection::Stdin | SourceSection::JsonTcp { .. } => {}
             }
         }
         Ok(())
@@ -373,5 +440,19 @@ type = "stdin"        # JSON lines: {"sensor":..,"ts":..,"values":{..}}
         ))
         .unwrap();
         assert!(matches!(tcp.source[0], SourceSection::JsonTcp { .. }));
+        let modbus = MINIMAL.replace(
+            "type = \"stdin\"",
+            "type = \"modbus-tcp\"\naddress = \"127.0.0.1:5020\"\n[[source.register]]\nsensor = \"fl-a1\"\nfield = \"water_level_cm\"\naddress = 3\ndata_type = \"i16\"\nscale = 0.1",
+        );
+        assert!(matches!(
+            parse(&modbus).unwrap().source[0],
+            SourceSection::ModbusTcp { .. }
+        ));
+        assert!(parse(&modbus.replace("scale = 0.1", "scale = 0.0"))
+            .unwrap_err()
+            .contains("source.register.scale"));
+        assert!(parse(&modbus.replace("\"i16\"", "\"i64\""))
+            .unwrap_err()
+            .contains("i64"));
     }
 }

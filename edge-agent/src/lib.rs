@@ -1,4 +1,5 @@
-//! The gateway agent's library: reading sources (simulators, JSON lines),
+//! The gateway agent's library: reading sources (simulators, JSON lines,
+//! Modbus TCP/RTU),
 //! the disk spool, and the MQTT uplink that empties it. `pantau-agent` runs
 //! it on a field gateway; `pantau up --demo` runs simulated gateways with it
 //! inside the platform process.
@@ -8,6 +9,7 @@
 pub mod agent;
 pub mod command;
 pub mod config;
+pub mod modbus;
 pub mod sim;
 pub mod source;
 pub mod spool;

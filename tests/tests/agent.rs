@@ -5,15 +5,14 @@
 //! CI runs the full 60 s.)
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use pantau_model::Timestamp;
+use pantau_tests::mqtt::{messages_while, status_where};
 use pantau_tests::services::{dev_tls, Mosquitto};
 use pantau_tests::*;
 
@@ -311,105 +310,6 @@ async fn kill_9_at_random_moments_loses_nothing_that_reached_the_spool() -> Resu
     Ok(())
 }
 
-/// Runs `mosquitto_sub` over TLS for up to `secs` seconds, returning the
-/// payloads of up to `count` messages.
-fn mosquitto_sub(
-    addr: SocketAddr,
-    ca: &Path,
-    topic: &str,
-    count: usize,
-    secs: u64,
-) -> Result<Vec<String>> {
-    let out = Command::new("mosquitto_sub")
-        .args(["-h", "127.0.0.1", "-p", &addr.port().to_string()])
-        .arg("--cafile")
-        .arg(ca)
-        .args([
-            "-q",
-            "1",
-            "-t",
-            topic,
-            "-C",
-            &count.to_string(),
-            "-W",
-            &secs.to_string(),
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .output()
-        .context("run mosquitto_sub (install mosquitto-clients)")?;
-    Ok(String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(str::to_owned)
-        .collect())
-}
-
-/// Subscribes with `mosquitto_sub` over TLS and collects envelopes until
-/// they hold `readings` readings or `secs` pass.
-fn envelopes_until(
-    addr: SocketAddr,
-    ca: &Path,
-    topic: &str,
-    readings: usize,
-    secs: u64,
-) -> Result<Vec<String>> {
-    use std::io::BufRead;
-    let mut child = Command::new("mosquitto_sub")
-        .args(["-h", "127.0.0.1", "-p", &addr.port().to_string()])
-        .arg("--cafile")
-        .arg(ca)
-        .args(["-q", "1", "-t", topic, "-W", &secs.to_string()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("run mosquitto_sub (install mosquitto-clients)")?;
-    let stdout = child.stdout.take().context("stdout")?;
-    let (mut out, mut n) = (Vec::new(), 0);
-    for line in std::io::BufReader::new(stdout).lines() {
-        let line = line?;
-        n += serde_json::from_str::<serde_json::Value>(&line)
-            .ok()
-            .and_then(|v| v["readings"].as_array().map(Vec::len))
-            .unwrap_or(0);
-        out.push(line);
-        if n >= readings {
-            break;
-        }
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    Ok(out)
-}
-
-/// Asks `gw-test` for a status report over Mosquitto (a `status` command)
-/// until its retained status satisfies `check`.
-async fn status_where(
-    addr: SocketAddr,
-    ca: &Path,
-    what: &str,
-    check: impl Fn(&serde_json::Value) -> bool,
-) -> Result<serde_json::Value> {
-    let ca = ca.to_owned();
-    eventually(Duration::from_secs(30), what, || {
-        let asked = mosquitto_pub(
-            addr,
-            Some(&ca),
-            "test",
-            "unused",
-            "pantau/v1/gw/gw-test/cmd",
-            r#"{"cmd":"status"}"#,
-        );
-        let got = asked
-            .ok()
-            .and_then(|_| mosquitto_sub(addr, &ca, "pantau/v1/gw/gw-test/status", 1, 2).ok())
-            .and_then(|v| v.into_iter().next())
-            .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
-            .filter(&check);
-        std::future::ready(got)
-    })
-    .await
-}
-
 #[tokio::test]
 async fn publishes_over_tls_to_mosquitto_and_counts_bad_lines() -> Result<()> {
     let dir = tempfile::tempdir()?;
@@ -425,7 +325,11 @@ async fn publishes_over_tls_to_mosquitto_and_counts_bad_lines() -> Result<()> {
     // The subscriber is connected before the agent starts.
     let (addr, ca) = (mosq.addr, tls.ca_cert.clone());
     let sub = std::thread::spawn(move || {
-        envelopes_until(addr, &ca, "pantau/v1/gw/gw-test/telemetry", 102, 30)
+        let mut n = 0;
+        messages_while(addr, &ca, "pantau/v1/gw/gw-test/telemetry", 30, |e| {
+            n += e["readings"].as_array().map_or(0, Vec::len);
+            n < 102
+        })
     });
     eventually(
         Duration::from_secs(10),
@@ -456,8 +360,8 @@ async fn publishes_over_tls_to_mosquitto_and_counts_bad_lines() -> Result<()> {
     agent.send(&input)?;
     let envelopes = sub.join().expect("subscriber")?;
     let mut readings = BTreeMap::new();
-    for e in &envelopes {
-        let v: serde_json::Value = serde_json::from_str(e)?;
+    for v in &envelopes {
+        let e = v.to_string();
         ensure!(v["gw"] == "gw-test" && v["v"] == 1, "envelope header: {e}");
         for r in v["readings"].as_array().context("readings")? {
             let ts = Timestamp::parse_rfc3339(r["ts"].as_str().context("ts")?).context("ts")?;
@@ -475,9 +379,13 @@ async fn publishes_over_tls_to_mosquitto_and_counts_bad_lines() -> Result<()> {
     for ((_, ts), v) in &readings {
         ensure!(*v == Some(value((ts - base) / 100)));
     }
-    let status = status_where(mosq.addr, &tls.ca_cert, "status with the counts", |s| {
-        s["online"] == true && s["sources"][0]["readings"] == 102 && s["readings_acked"] == 102
-    })
+    let status = status_where(
+        mosq.addr,
+        &tls.ca_cert,
+        "gw-test",
+        "status with the counts",
+        |s| s["online"] == true && s["sources"][0]["readings"] == 102 && s["readings_acked"] == 102,
+    )
     .await?;
     ensure!(
         status["sources"][0]["errors"] == 3,
@@ -504,6 +412,7 @@ async fn publishes_over_tls_to_mosquitto_and_counts_bad_lines() -> Result<()> {
     let status = status_where(
         mosq.addr,
         &tls.ca_cert,
+        "gw-test",
         "command errors in the status",
         |s| s["command_errors"] == 2,
     )
@@ -577,9 +486,13 @@ async fn a_full_spool_drops_the_oldest_and_reports_the_count_after_reconnecting(
     );
     // The broker comes back: the status reports the dropped count.
     let mosq = Mosquitto::start_tls_on(&dir.path().join("mosquitto"), &tls, addr).await?;
-    let status = status_where(mosq.addr, &tls.ca_cert, "status after reconnecting", |s| {
-        s["readings_acked"] == kept && s["spool"]["readings"] == 0
-    })
+    let status = status_where(
+        mosq.addr,
+        &tls.ca_cert,
+        "gw-test",
+        "status after reconnecting",
+        |s| s["readings_acked"] == kept && s["spool"]["readings"] == 0,
+    )
     .await
     .with_context(|| agent.log_text())?;
     ensure!(status["spool"]["dropped"] == dropped, "{status}");

@@ -1,0 +1,108 @@
+//! Watching an agent through a third-party broker with Debian's
+//! `mosquitto_sub`/`mosquitto_pub` over TLS: its envelopes, and its retained
+//! status (asked for with a `status` command).
+
+use std::io::BufRead;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use serde_json::Value;
+
+use crate::{eventually, mosquitto_pub};
+
+/// Runs `mosquitto_sub` over TLS for up to `secs` seconds, returning the
+/// payloads of up to `count` messages.
+pub fn mosquitto_sub(
+    addr: SocketAddr,
+    ca: &Path,
+    topic: &str,
+    count: usize,
+    secs: u64,
+) -> Result<Vec<String>> {
+    let out = Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &addr.port().to_string()])
+        .arg("--cafile")
+        .arg(ca)
+        .args(["-q", "1", "-t", topic])
+        .args(["-C", &count.to_string(), "-W", &secs.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .context("run mosquitto_sub (install mosquitto-clients)")?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect())
+}
+
+/// Subscribes with `mosquitto_sub` over TLS and hands each JSON message to
+/// `more` until it returns false or `secs` pass; returns the messages.
+pub fn messages_while(
+    addr: SocketAddr,
+    ca: &Path,
+    topic: &str,
+    secs: u64,
+    mut more: impl FnMut(&Value) -> bool,
+) -> Result<Vec<Value>> {
+    let mut child = Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &addr.port().to_string()])
+        .arg("--cafile")
+        .arg(ca)
+        .args(["-q", "1", "-t", topic, "-W", &secs.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("run mosquitto_sub (install mosquitto-clients)")?;
+    let stdout = child.stdout.take().context("stdout")?;
+    let mut out = Vec::new();
+    for line in std::io::BufReader::new(stdout).lines() {
+        let Ok(v) = serde_json::from_str::<Value>(&line?) else {
+            continue;
+        };
+        let go_on = more(&v);
+        out.push(v);
+        if !go_on {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    Ok(out)
+}
+
+/// Asks gateway `gw` for a status report over the broker (a `status`
+/// command) until its retained status satisfies `check`.
+pub async fn status_where(
+    addr: SocketAddr,
+    ca: &Path,
+    gw: &str,
+    what: &str,
+    check: impl Fn(&Value) -> bool,
+) -> Result<Value> {
+    let ca = ca.to_owned();
+    let (cmd, status) = (
+        format!("pantau/v1/gw/{gw}/cmd"),
+        format!("pantau/v1/gw/{gw}/status"),
+    );
+    eventually(Duration::from_secs(30), what, || {
+        let asked = mosquitto_pub(
+            addr,
+            Some(&ca),
+            "test",
+            "unused",
+            &cmd,
+            r#"{"cmd":"status"}"#,
+        );
+        let got = asked
+            .ok()
+            .and_then(|_| mosquitto_sub(addr, &ca, &status, 1, 2).ok())
+            .and_then(|v| v.into_iter().next())
+            .and_then(|s| serde_json::from_str::<Value>(&s).ok())
+            .filter(&check);
+        std::future::ready(got)
+    })
+    .await
+}
