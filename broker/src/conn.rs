@@ -22,11 +22,12 @@ use futures::stream::FuturesOrdered;
 use futures::{FutureExt, StreamExt};
 use governor::{Quota, RateLimiter};
 use pantau_model::topic::{topic, GatewayTopic, TopicKind};
-use pantau_model::GatewayId;
+use pantau_model::{GatewayId, Timestamp};
 use rumqttd::local::LinkRx;
 use rumqttd::protocol::{
     ConnAck, ConnectReturnCode, LastWill, Packet, PingResp, PubAck, PubAckReason, PubComp,
-    PubCompReason, PubRec, PubRecReason, SubAck, SubscribeReasonCode, UnsubAck, UnsubAckReason,
+    PubCompReason, PubRec, PubRecReason, Publish, SubAck, SubscribeReasonCode, UnsubAck,
+    UnsubAckReason,
 };
 use rumqttd::Notification;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -589,6 +590,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                         },
                         None,
                     ))
+                    .await?;
+                // The platform's clock, so the gateway can report its own
+                // offset (its readings carry its clock's timestamps).
+                let time = format!(
+                    r#"{{"cmd":"time","now":"{}"}}"#,
+                    Timestamp::now().to_rfc3339()
+                );
+                self.wire
+                    .send(Packet::Publish(Publish::new(own_cmd, time, false), None))
                     .await?;
                 Ok(None)
             }

@@ -315,6 +315,38 @@ async fn publishing_as_another_gateway_closes_and_stores_nothing() {
 }
 
 #[tokio::test]
+async fn subscribing_to_its_commands_gets_the_platform_time() {
+    let h = start(BrokerConfig::default()).await;
+    let mut c = Client::login(&h, "gw-a", 30).await;
+    c.send(Packet::Subscribe(
+        rumqttd::protocol::Subscribe {
+            pkid: 7,
+            filters: vec![rumqttd::protocol::Filter {
+                path: "pantau/v1/gw/gw-a/cmd".into(),
+                qos: rumqttd::protocol::QoS::AtLeastOnce,
+                nolocal: false,
+                preserve_retain: false,
+                retain_forward_rule: rumqttd::protocol::RetainForwardRule::Never,
+            }],
+        },
+        None,
+    ))
+    .await;
+    match c.recv().await {
+        Some(Packet::SubAck(ack, _)) => assert_eq!(ack.pkid, 7),
+        other => panic!("expected SUBACK, got {other:?}"),
+    }
+    let Some(Packet::Publish(p, _)) = c.recv().await else {
+        panic!("expected the time command");
+    };
+    assert_eq!(&p.topic[..], b"pantau/v1/gw/gw-a/cmd");
+    let v: serde_json::Value = serde_json::from_slice(&p.payload).unwrap();
+    assert_eq!(v["cmd"], "time");
+    let now = pantau_model::Timestamp::parse_rfc3339(v["now"].as_str().unwrap()).unwrap();
+    assert!((pantau_model::Timestamp::now().millis() - now.millis()).abs() < 5_000);
+}
+
+#[tokio::test]
 async fn a_silent_client_is_closed_after_one_and_a_half_keep_alives() {
     let h = start(BrokerConfig {
         min_keep_alive: Duration::from_secs(1),

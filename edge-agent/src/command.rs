@@ -3,6 +3,7 @@
 //!
 //! ```json
 //! {"cmd": "status"}
+//! {"cmd": "time", "now": "2026-11-28T10:00:00.000Z"}
 //! {"cmd": "set_interval", "sensor": "fl-sungai-dumai-hilir", "interval": "10s"}
 //! ```
 //!
@@ -41,6 +42,12 @@ pub enum CommandError {
 pub enum Command {
     /// Publish a status report now.
     Status {},
+    /// The platform's clock (Pantau's broker sends it when the gateway
+    /// subscribes to its commands).
+    Time {
+        /// RFC 3339.
+        now: String,
+    },
     /// Change one sensor's sampling interval.
     SetInterval {
         /// The sensor.

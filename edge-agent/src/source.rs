@@ -237,6 +237,39 @@ mod tests {
         (out, stats)
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn a_command_changes_one_simulated_sensors_interval() {
+        let intervals = Arc::new(Intervals::default());
+        let sensors: Vec<SimSensor> = ["a", "b"]
+            .iter()
+            .map(|id| {
+                intervals.register(id, Duration::from_secs(10));
+                SimSensor::new(id.to_string(), crate::Model::Tide { mean_m: 1.7 })
+            })
+            .collect();
+        let (tx, mut rx) = mpsc::channel(10_000);
+        let sd = CancellationToken::new();
+        let stats = Arc::new(SourceStats::default());
+        tokio::spawn(simulate(sensors, intervals.clone(), tx, stats.clone(), sd.clone()));
+        let mut count = |rx: &mut mpsc::Receiver<Reading>| {
+            let mut n = std::collections::HashMap::<String, u32>::new();
+            while let Ok(r) = rx.try_recv() {
+                *n.entry(r.sensor).or_default() += 1;
+            }
+            (n.get("a").copied().unwrap_or(0), n.get("b").copied().unwrap_or(0))
+        };
+        // Virtual time: samples at 0, 10, 20, 30 s.
+        tokio::time::sleep(Duration::from_secs(35)).await;
+        assert_eq!(count(&mut rx), (4, 4));
+        intervals.set("a", Duration::from_secs(1)).unwrap();
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let (a, b) = count(&mut rx);
+        assert!((9..=11).contains(&a), "a sampled {a} times in 10 s at 1 s");
+        assert_eq!(b, 1, "b keeps its 10 s interval");
+        assert!(intervals.set("c", Duration::from_secs(1)).is_err());
+        sd.cancel();
+    }
+
     #[tokio::test]
     async fn good_lines_pass_and_each_bad_line_is_counted() {
         let long = format!("{{\"sensor\":\"a\",\"x\":\"{}\"}}\n", "y".repeat(MAX_LINE));

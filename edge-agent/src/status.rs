@@ -1,7 +1,7 @@
 //! The agent's counters and the status message it publishes (retained) on
 //! `pantau/v1/gw/{gw}/status`.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use pantau_model::Timestamp;
@@ -50,6 +50,11 @@ pub struct Stats {
     pub command_errors: AtomicU64,
     /// The latest command error.
     pub last_command_error: Mutex<Option<String>>,
+    /// This clock minus the platform's, from the last `time` command
+    /// (positive: the gateway is ahead).
+    pub clock_offset_ms: AtomicI64,
+    /// Whether a `time` command has arrived.
+    pub clock_known: AtomicBool,
 }
 
 impl Stats {
@@ -96,7 +101,10 @@ pub struct Status {
     pub readings_acked: u64,
     /// Readings sent again after a reconnect since start.
     pub readings_replayed: u64,
-    /// Commands received and failed, with the latest failure.
+    /// Gateway clock minus platform clock, when the platform told its time.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub clock_offset_ms: Option<i64>,
+    /// Commands received.
     pub commands: u64,
     /// Commands that failed.
     pub command_errors: u64,
@@ -144,6 +152,10 @@ impl Status {
                 .collect(),
             readings_acked: get(&stats.readings_acked),
             readings_replayed: get(&stats.readings_replayed),
+            clock_offset_ms: stats
+                .clock_known
+                .load(Ordering::Relaxed)
+                .then(|| stats.clock_offset_ms.load(Ordering::Relaxed)),
             commands: get(&stats.commands),
             command_errors: get(&stats.command_errors),
             last_command_error: stats

@@ -47,7 +47,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::command::{Command, Intervals};
+use crate::command::{Command, CommandError, Intervals};
 use crate::spool::{self, Spool, Spooled};
 use crate::status::{Stats, Status};
 
@@ -541,6 +541,18 @@ impl Uplink {
         self.stats.commands.fetch_add(1, Ordering::Relaxed);
         let outcome = Command::parse(payload).and_then(|c| match c {
             Command::Status {} => Ok(()),
+            Command::Time { now } => match Timestamp::parse_rfc3339(&now) {
+                Some(platform) => {
+                    let offset = Timestamp::now().millis() - platform.millis();
+                    self.stats.clock_offset_ms.store(offset, Ordering::Relaxed);
+                    self.stats.clock_known.store(true, Ordering::Relaxed);
+                    if offset.abs() > 5_000 {
+                        tracing::warn!(gateway = %self.cfg.gateway, offset_ms = offset, "The gateway clock is off from the platform's.");
+                    }
+                    Ok(())
+                }
+                None => Err(CommandError::Malformed(format!("time: now {now:?} is not RFC 3339"))),
+            },
             Command::SetInterval { sensor, interval } => {
                 self.intervals.set(&sensor, interval).map(|()| {
                     tracing::info!(gateway = %self.cfg.gateway, sensor = %sensor, interval_ms = interval.as_millis() as u64, "Sampling interval changed by command.");

@@ -424,6 +424,23 @@ async fn publishes_over_tls_to_mosquitto_and_counts_bad_lines() -> Result<()> {
             .contains("fl-zz"),
         "{status}"
     );
+    // The platform's time (Pantau's broker sends it on subscribe; here the
+    // test plays the platform, 10 s behind): the offset shows in the status.
+    let behind = Timestamp(Timestamp::now().millis() - 10_000).to_rfc3339();
+    mosquitto_pub(
+        mosq.addr,
+        Some(&tls.ca_cert),
+        "test",
+        "unused",
+        "pantau/v1/gw/gw-test/cmd",
+        &format!(r#"{{"cmd":"time","now":"{behind}"}}"#),
+    )?;
+    let status = status_where(mosq.addr, &tls.ca_cert, "gw-test", "clock offset", |s| {
+        s["clock_offset_ms"].is_i64()
+    })
+    .await?;
+    let offset = status["clock_offset_ms"].as_i64().unwrap_or_default();
+    ensure!((9_000..15_000).contains(&offset), "offset {offset} ms");
     Ok(())
 }
 
