@@ -103,8 +103,12 @@ pub struct Agent {
 impl Agent {
     /// Builds an agent from its checked configuration file (reads the CA).
     pub fn from_config(cfg: AgentConfig) -> Result<Self, UplinkError> {
+        let identity = match (&cfg.broker.cert_file, &cfg.broker.key_file) {
+            (Some(c), Some(k)) => Some((c.as_path(), k.as_path())),
+            _ => None,
+        };
         let tls = match &cfg.broker.ca_file {
-            Some(ca) => Some(uplink::client_tls(ca)?),
+            Some(ca) => Some(uplink::client_tls_with(ca, identity)?),
             None => None,
         };
         let mut endpoints = Vec::new();
@@ -167,7 +171,7 @@ impl Agent {
             uplink: UplinkConfig {
                 gateway: cfg.gateway.clone(),
                 endpoints,
-                password: cfg.broker.password.clone().unwrap_or_default(),
+                password: cfg.broker.password.clone(),
                 keep_alive: cfg.broker.keep_alive,
                 max_readings: cfg.batch.max_readings,
                 max_bytes: cfg.batch.max_bytes,

@@ -55,8 +55,14 @@ pub struct BrokerSection {
     pub ca_file: Option<PathBuf>,
     /// Username; must equal the gateway id on Pantau's broker.
     pub username: Option<String>,
-    /// Token; `PANTAU_AGENT_PASSWORD` overrides it.
+    /// Token; `PANTAU_AGENT_PASSWORD` overrides it. Not needed with a
+    /// client certificate.
     pub password: Option<String>,
+    /// Client certificate (PEM) issued by the platform CA (`pantau gateway
+    /// add --cert`): the gateway's identity instead of a token.
+    pub cert_file: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    pub key_file: Option<PathBuf>,
     /// MQTT keep-alive, e.g. `"30s"`.
     #[serde(default = "default_keep_alive", with = "humantime_serde")]
     pub keep_alive: Duration,
@@ -287,8 +293,16 @@ impl AgentConfig {
         };
         let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
         let mut cfg: AgentConfig = toml::from_str(&text).map_err(|e| err(e.to_string()))?;
+        // Environment overrides, for secrets and per-device settings kept
+        // out of a shared file.
         if let Ok(p) = std::env::var("PANTAU_AGENT_PASSWORD") {
             cfg.broker.password = Some(p);
+        }
+        if let Ok(url) = std::env::var("PANTAU_AGENT_BROKER_URL") {
+            cfg.broker.url = url;
+        }
+        if let Ok(path) = std::env::var("PANTAU_AGENT_SPOOL_PATH") {
+            cfg.spool.path = path.into();
         }
         cfg.check().map_err(err)?;
         Ok(cfg)
@@ -301,8 +315,19 @@ impl AgentConfig {
         if tls && self.broker.ca_file.is_none() {
             return Err("broker.ca_file: required for mqtts://".into());
         }
-        if self.broker.password.is_none() {
-            return Err("broker.password: required (or set PANTAU_AGENT_PASSWORD)".into());
+        match (&self.broker.cert_file, &self.broker.key_file) {
+            (Some(_), None) => return Err("broker.key_file: required with broker.cert_file".into()),
+            (None, Some(_)) => return Err("broker.cert_file: required with broker.key_file".into()),
+            (Some(_), Some(_)) if !tls => {
+                return Err("broker.cert_file: a client certificate needs mqtts://".into())
+            }
+            (None, None) if self.broker.password.is_none() => {
+                return Err(
+                    "broker.password: required without a client certificate (or set PANTAU_AGENT_PASSWORD)"
+                        .into(),
+                )
+            }
+            _ => {}
         }
         if let Some(u) = &self.broker.username {
             if u != &self.gateway {

@@ -250,13 +250,22 @@ mod tests {
         let (tx, mut rx) = mpsc::channel(10_000);
         let sd = CancellationToken::new();
         let stats = Arc::new(SourceStats::default());
-        tokio::spawn(simulate(sensors, intervals.clone(), tx, stats.clone(), sd.clone()));
-        let mut count = |rx: &mut mpsc::Receiver<Reading>| {
+        tokio::spawn(simulate(
+            sensors,
+            intervals.clone(),
+            tx,
+            stats.clone(),
+            sd.clone(),
+        ));
+        let count = |rx: &mut mpsc::Receiver<Reading>| {
             let mut n = std::collections::HashMap::<String, u32>::new();
             while let Ok(r) = rx.try_recv() {
                 *n.entry(r.sensor).or_default() += 1;
             }
-            (n.get("a").copied().unwrap_or(0), n.get("b").copied().unwrap_or(0))
+            (
+                n.get("a").copied().unwrap_or(0),
+                n.get("b").copied().unwrap_or(0),
+            )
         };
         // Virtual time: samples at 0, 10, 20, 30 s.
         tokio::time::sleep(Duration::from_secs(35)).await;

@@ -42,7 +42,7 @@ use rumqttc::{
     Transport,
 };
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::CertificateDer;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -57,8 +57,8 @@ pub enum UplinkError {
     /// The broker URL is not `mqtts://HOST:PORT` or `mqtt://HOST:PORT`.
     #[error("broker url {0:?} is not mqtts://HOST:PORT or mqtt://HOST:PORT")]
     BadUrl(String),
-    /// The CA file could not be read.
-    #[error("CA file {path}: {message}")]
+    /// A CA, certificate or key file could not be read.
+    #[error("{path}: {message}")]
     Ca {
         /// The file.
         path: String,
@@ -94,8 +94,8 @@ pub struct UplinkConfig {
     pub gateway: String,
     /// Brokers, tried in order (failover).
     pub endpoints: Vec<Endpoint>,
-    /// Secret token.
-    pub password: String,
+    /// Secret token; `None` when the TLS client certificate is the identity.
+    pub password: Option<String>,
     /// MQTT keep-alive.
     pub keep_alive: Duration,
     /// Most readings per envelope.
@@ -133,23 +133,42 @@ pub fn parse_url(url: &str) -> Result<(bool, String, u16), UplinkError> {
 
 /// A rustls client configuration (ring provider) trusting the CA in `ca_file`.
 pub fn client_tls(ca_file: &Path) -> Result<Arc<rustls::ClientConfig>, UplinkError> {
-    let ca_err = |message: String| UplinkError::Ca {
-        path: ca_file.display().to_string(),
+    client_tls_with(ca_file, None)
+}
+
+/// Like `client_tls`, presenting a client certificate (`cert`, `key`: PEM
+/// files) when one is given: the gateway's identity on Pantau's broker.
+pub fn client_tls_with(
+    ca_file: &Path,
+    identity: Option<(&Path, &Path)>,
+) -> Result<Arc<rustls::ClientConfig>, UplinkError> {
+    let pem_err = |path: &Path, message: String| UplinkError::Ca {
+        path: path.display().to_string(),
         message,
     };
     let certs = CertificateDer::pem_file_iter(ca_file)
         .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| ca_err(e.to_string()))?;
+        .map_err(|e| pem_err(ca_file, e.to_string()))?;
     let mut roots = rustls::RootCertStore::empty();
     let (added, _) = roots.add_parsable_certificates(certs);
     if added == 0 {
-        return Err(ca_err("no CA certificate in the file".into()));
+        return Err(pem_err(ca_file, "no CA certificate in the file".into()));
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .with_root_certificates(roots);
+    let config = match identity {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => {
+            let chain = CertificateDer::pem_file_iter(cert)
+                .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| pem_err(cert, e.to_string()))?;
+            let key_der =
+                PrivateKeyDer::from_pem_file(key).map_err(|e| pem_err(key, e.to_string()))?;
+            builder.with_client_auth_cert(chain, key_der)?
+        }
+    };
     Ok(Arc::new(config))
 }
 
@@ -585,7 +604,9 @@ impl Uplink {
     /// A client and a fresh event loop for one connection attempt.
     fn client(&self, ep: &Endpoint) -> (AsyncClient, EventLoop) {
         let mut opts = MqttOptions::new(self.cfg.gateway.clone(), ep.host.clone(), ep.port);
-        opts.set_credentials(self.cfg.gateway.clone(), self.cfg.password.clone());
+        if let Some(password) = &self.cfg.password {
+            opts.set_credentials(self.cfg.gateway.clone(), password.clone());
+        }
         opts.set_keep_alive(self.cfg.keep_alive);
         opts.set_max_packet_size(256 * 1024, 256 * 1024);
         opts.set_clean_session(true);

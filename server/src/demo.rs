@@ -78,7 +78,7 @@ pub fn start(
                     port: mqtt.port(),
                     tls: Some(tls.clone()),
                 }],
-                password: token,
+                password: Some(token),
                 keep_alive: Duration::from_secs(30),
                 max_readings: 500,
                 max_bytes: 128 * 1024,

@@ -31,6 +31,11 @@ fn registry() -> String {
 }
 
 async fn platform(dir: &Path) -> Result<(Pantau, GatewayCreds, Vec<String>)> {
+    platform_with(dir, &[]).await
+}
+
+/// `platform`, with extra `pantau gateway add` flags (`--cert`).
+async fn platform_with(dir: &Path, add: &[&str]) -> Result<(Pantau, GatewayCreds, Vec<String>)> {
     let data = dir.join("data");
     std::fs::create_dir_all(&data)?;
     let reg = dir.join("registry.toml");
@@ -38,7 +43,7 @@ async fn platform(dir: &Path) -> Result<(Pantau, GatewayCreds, Vec<String>)> {
     let args = vec!["--registry".to_string(), reg.display().to_string()];
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
     let p = Pantau::start(&data, &argv).await?;
-    let creds = gateway_add(&data, "gw-test")?;
+    let creds = gateway_add_with(&data, "gw-test", add)?;
     Ok((p, creds, args))
 }
 
@@ -565,4 +570,28 @@ async fn bad_input_is_counted_and_a_flood_of_10000_readings_per_second_is_absorb
     );
     ensure!(rss_kib(agent.pid()).is_some(), "the agent survived");
     Ok(())
+}
+
+#[tokio::test]
+async fn a_client_certificate_is_the_identity_without_a_token() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (p, creds, _) = platform_with(dir.path(), &["--cert"]).await?;
+    let (cert, key) = (
+        creds.cert_file.clone().context("cert_file")?,
+        creds.key_file.clone().context("key_file")?,
+    );
+    let cfg = format!(
+        "gateway = \"gw-test\"\n[broker]\nurl = \"mqtts://127.0.0.1:{}\"\nca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n[batch]\nmax_delay = \"20ms\"\n[[source]]\ntype = \"stdin\"\n",
+        p.mqtt.port(),
+        creds.ca_file.display(),
+        cert.display(),
+        key.display()
+    );
+    let mut agent = Agent::start(dir.path(), "agent", &cfg)?;
+    let base = Timestamp::now().millis() - 3_600_000;
+    agent.send(&lines(base, 0, 20))?;
+    let all: BTreeSet<i64> = (0..20).collect();
+    stored_exactly(&p.data_dir, base, &all, Duration::from_secs(30))
+        .await
+        .with_context(|| agent.log_text())
 }
