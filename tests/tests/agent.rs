@@ -513,7 +513,8 @@ async fn a_full_spool_drops_the_oldest_and_reports_the_count_after_reconnecting(
         &tls.ca_cert,
         "gw-test",
         "status after reconnecting",
-        |s| s["readings_acked"] == kept && s["spool"]["readings"] == 0,
+        // Replayed in full: caught up, now online.
+        |s| s["readings_acked"] == kept && s["spool"]["readings"] == 0 && s["state"] == "online",
     )
     .await
     .with_context(|| agent.log_text())?;
