@@ -19,6 +19,24 @@ pub enum ApiError {
     /// The resource does not exist (or is not visible to the caller).
     #[error("{0} not found")]
     NotFound(String),
+    /// No usable bearer token (missing, malformed, unknown or revoked).
+    #[error("unauthorized: {0}")]
+    Unauthorized(&'static str),
+    /// The token is valid but its scopes do not allow this.
+    #[error("forbidden: {0}")]
+    Forbidden(String),
+    /// The resource exists already.
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// The request body is over the limit.
+    #[error("request body over {0} bytes")]
+    TooLarge(usize),
+    /// Too many requests from this client.
+    #[error("rate limited; retry after {retry_after_s} s")]
+    RateLimited {
+        /// Seconds until a request would be allowed.
+        retry_after_s: u64,
+    },
     /// Something failed inside; details go to the log only.
     #[error("internal error: {0}")]
     Internal(String),
@@ -35,6 +53,41 @@ impl IntoResponse for ApiError {
             ApiError::NotFound(what) => (
                 StatusCode::NOT_FOUND,
                 Json(serde_json::json!({"error": "not_found", "message": format!("{what} not found")})),
+            )
+                .into_response(),
+            ApiError::Unauthorized(message) => (
+                StatusCode::UNAUTHORIZED,
+                [(axum::http::header::WWW_AUTHENTICATE, "Bearer")],
+                Json(serde_json::json!({"error": "unauthorized", "message": message})),
+            )
+                .into_response(),
+            ApiError::Forbidden(message) => (
+                StatusCode::FORBIDDEN,
+                Json(serde_json::json!({"error": "forbidden", "message": message})),
+            )
+                .into_response(),
+            ApiError::Conflict(message) => (
+                StatusCode::CONFLICT,
+                Json(serde_json::json!({"error": "conflict", "message": message})),
+            )
+                .into_response(),
+            ApiError::TooLarge(limit) => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                Json(serde_json::json!({
+                    "error": "payload_too_large",
+                    "param": "body",
+                    "message": format!("request body over {limit} bytes"),
+                })),
+            )
+                .into_response(),
+            ApiError::RateLimited { retry_after_s } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                [(axum::http::header::RETRY_AFTER, retry_after_s.to_string())],
+                Json(serde_json::json!({
+                    "error": "rate_limited",
+                    "message": format!("too many requests; retry after {retry_after_s} s"),
+                    "retry_after_s": retry_after_s,
+                })),
             )
                 .into_response(),
             ApiError::Internal(detail) => {

@@ -1,19 +1,53 @@
-//! Public history: `/api/v1/public/sensors/{id}/history`. Coarse on
-//! purpose — windows of at least 5 minutes over at most 7 days — and only
-//! for public sensors.
+//! History: `/api/v1/public/sensors/{id}/history` (coarse on purpose —
+//! windows of at least 5 minutes over at most 7 days, public sensors only)
+//! and `/api/v1/sensors/{id}/readings` for agencies (raw samples over up to a
+//! day, windows from 1 s, at most 10 000 windows per answer).
 
 use axum::extract::{Path, Query, State};
 use axum::Json;
 use pantau_ingest::history::{Agg, HistoryError, HistoryQuery, Series};
-use pantau_model::{FieldType, Timestamp};
+use pantau_model::{FieldType, Sensor, Timestamp};
 use serde::{Deserialize, Serialize};
 
 use crate::{ApiError, AppState};
 
-/// Smallest public window.
-const MIN_EVERY_MS: i64 = 5 * 60 * 1000;
-/// Longest public range.
-const MAX_RANGE_MS: i64 = 7 * 86_400_000;
+/// What a caller may ask for.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    /// Smallest window.
+    min_every_ms: i64,
+    /// Default window when none is given (`None`: raw samples).
+    default_every_ms: Option<i64>,
+    /// Longest range.
+    max_range_ms: i64,
+    /// Longest range of raw samples.
+    max_raw_range_ms: i64,
+    /// Most windows in one answer.
+    max_windows: i64,
+    /// How the limits are described in errors.
+    who: &'static str,
+}
+
+impl Limits {
+    /// The public view.
+    pub(crate) const PUBLIC: Limits = Limits {
+        min_every_ms: 5 * 60 * 1000,
+        default_every_ms: Some(5 * 60 * 1000),
+        max_range_ms: 7 * 86_400_000,
+        max_raw_range_ms: 0,
+        max_windows: 7 * 24 * 12,
+        who: "public",
+    };
+    /// Agencies.
+    pub(crate) const AGENCY: Limits = Limits {
+        min_every_ms: 1000,
+        default_every_ms: None,
+        max_range_ms: 366 * 86_400_000,
+        max_raw_range_ms: 86_400_000,
+        max_windows: 10_000,
+        who: "agency",
+    };
+}
 
 /// Query parameters.
 #[derive(Debug, Deserialize)]
@@ -23,7 +57,8 @@ pub(crate) struct Params {
     from: Option<String>,
     /// End, RFC 3339, exclusive (default: now).
     to: Option<String>,
-    /// Window, e.g. `5m`, `1h` (default `5m`, minimum `5m`).
+    /// Window, e.g. `5m`, `1h` (public: default and minimum `5m`; agencies:
+    /// raw samples by default, minimum `1s`).
     every: Option<String>,
     /// `mean`, `min`, `max`, `last` or `count` (default `mean`).
     #[serde(rename = "fn")]
@@ -38,7 +73,8 @@ pub(crate) struct History {
     sensor: String,
     from: Timestamp,
     to: Timestamp,
-    every_ms: i64,
+    /// Window length; `null` for raw samples.
+    every_ms: Option<i64>,
     #[serde(rename = "fn")]
     agg: Agg,
     series: Vec<Series>,
@@ -59,12 +95,8 @@ fn time_param(
 }
 
 /// Builds the store query from the parameters, or names the bad one.
-pub(crate) fn parse(state: &AppState, id: &str, p: &Params) -> Result<HistoryQuery, ApiError> {
-    let registry = state.ingestor.registry();
-    let sensor = registry
-        .get(id)
-        .filter(|s| s.public)
-        .ok_or_else(|| ApiError::NotFound(format!("public sensor {id:?}")))?;
+pub(crate) fn parse(sensor: &Sensor, p: &Params, limits: Limits) -> Result<HistoryQuery, ApiError> {
+    let id = sensor.id.as_str();
     let to = time_param(&p.to, "to", Timestamp::now())?;
     let from = time_param(&p.from, "from", to.add_millis(-86_400_000))?;
     if from >= to {
@@ -73,28 +105,61 @@ pub(crate) fn parse(state: &AppState, id: &str, p: &Params) -> Result<HistoryQue
             message: "must be before to".into(),
         });
     }
-    if to.0 - from.0 > MAX_RANGE_MS {
+    let range = to.0.saturating_sub(from.0);
+    if range > limits.max_range_ms {
         return Err(ApiError::BadParam {
             param: "from",
-            message: "the public range is at most 7 days".into(),
+            message: format!(
+                "the {} range is at most {} days",
+                limits.who,
+                limits.max_range_ms / 86_400_000
+            ),
         });
     }
     let every_ms = match &p.every {
-        None => MIN_EVERY_MS,
-        Some(s) => humantime::parse_duration(s)
-            .map_err(|e| ApiError::BadParam {
-                param: "every",
-                message: format!("{s:?}: {e}"),
-            })?
-            .as_millis()
-            .try_into()
-            .unwrap_or(i64::MAX),
+        None => limits.default_every_ms,
+        Some(s) => Some(
+            humantime::parse_duration(s)
+                .map_err(|e| ApiError::BadParam {
+                    param: "every",
+                    message: format!("{s:?}: {e}"),
+                })?
+                .as_millis()
+                .try_into()
+                .unwrap_or(i64::MAX),
+        ),
     };
-    if every_ms < MIN_EVERY_MS {
-        return Err(ApiError::BadParam {
-            param: "every",
-            message: "the public window is at least 5m".into(),
-        });
+    match every_ms {
+        Some(every) if every < limits.min_every_ms => {
+            return Err(ApiError::BadParam {
+                param: "every",
+                message: format!(
+                    "the {} window is at least {}",
+                    limits.who,
+                    humantime::format_duration(std::time::Duration::from_millis(
+                        limits.min_every_ms as u64
+                    ))
+                ),
+            })
+        }
+        Some(every) if range / every > limits.max_windows => {
+            return Err(ApiError::BadParam {
+                param: "every",
+                message: format!(
+                    "{} windows asked (range / every); at most {}: widen every or narrow the range",
+                    range / every,
+                    limits.max_windows
+                ),
+            })
+        }
+        None if range > limits.max_raw_range_ms => {
+            return Err(ApiError::BadParam {
+                param: "every",
+                message: "raw samples cover at most 1 day: give every (e.g. 1m) for a longer range"
+                    .into(),
+            })
+        }
+        _ => {}
     }
     let agg = match &p.agg {
         None => Agg::Mean,
@@ -127,7 +192,7 @@ pub(crate) fn parse(state: &AppState, id: &str, p: &Params) -> Result<HistoryQue
         fields,
         from,
         to,
-        every_ms: Some(every_ms),
+        every_ms,
         agg,
     };
     q.validate().map_err(|e| ApiError::BadParam {
@@ -137,12 +202,14 @@ pub(crate) fn parse(state: &AppState, id: &str, p: &Params) -> Result<HistoryQue
     Ok(q)
 }
 
-pub(crate) async fn history(
-    State(state): State<AppState>,
-    Path(id): Path<String>,
-    Query(p): Query<Params>,
+/// Runs a history query for `sensor` within `limits`.
+pub(crate) async fn answer(
+    state: &AppState,
+    sensor: &Sensor,
+    p: &Params,
+    limits: Limits,
 ) -> Result<Json<History>, ApiError> {
-    let q = parse(&state, &id, &p)?;
+    let q = parse(sensor, p, limits)?;
     let series = state.history.history(&q).await.map_err(|e| match e {
         HistoryError::Invalid(m) => ApiError::BadParam {
             param: "field",
@@ -151,11 +218,28 @@ pub(crate) async fn history(
         HistoryError::Backend(m) => ApiError::Internal(m),
     })?;
     Ok(Json(History {
-        sensor: id,
+        sensor: sensor.id.to_string(),
         from: q.from,
         to: q.to,
-        every_ms: q.every_ms.unwrap_or_default(),
+        every_ms: q.every_ms,
         agg: q.agg,
         series,
     }))
+}
+
+pub(crate) async fn history(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(p): Query<Params>,
+) -> Result<axum::response::Response, ApiError> {
+    let registry = state.ingestor.registry();
+    let sensor = registry
+        .get(&id)
+        .filter(|s| s.public)
+        .ok_or_else(|| ApiError::NotFound(format!("public sensor {id:?}")))?;
+    let Json(mut h) = answer(&state, sensor, &p, Limits::PUBLIC).await?;
+    // No restricted field leaves through the public history.
+    h.series
+        .retain(|s| sensor.kind.field(&s.field).is_some_and(|f| !f.restricted));
+    Ok(crate::public::cached(&h, 60))
 }

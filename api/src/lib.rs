@@ -1,26 +1,45 @@
-//! Pantau's HTTP API (axum): the public live-conditions view, its live
-//! feed (Server-Sent Events), coarse public history, health and Prometheus
-//! metrics. Agency
-//! (token-scoped) routes, history and OpenAPI are the API issue's work.
+//! Pantau's HTTP API (axum): the public view (conditions, sensors, coarse
+//! history, live feed; cached and rate limited per client), the agency
+//! routes behind scoped bearer tokens (sensors, readings, latest values,
+//! gateways, live feed, gateway registration), health, readiness and
+//! Prometheus metrics.
 
 #![forbid(unsafe_code)]
 
+mod agency;
+mod auth;
 mod error;
 mod history;
+mod live;
 mod public;
+mod ratelimit;
 
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use axum::extract::State;
-use axum::http::header;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 use pantau_ingest::{Ingestor, Sink};
+use pantau_state::presence::Presence;
+use pantau_state::StateDb;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use error::ApiError;
+pub use ratelimit::PublicLimiter;
+
+/// What `/readyz` reports: each part sets its flag when it can serve.
+#[derive(Debug, Default)]
+pub struct Readiness {
+    /// Storage answered (embedded store open, or InfluxDB checked).
+    pub storage: AtomicBool,
+    /// The broker listens (or, for an ingest worker, its consumer is connected).
+    pub broker: AtomicBool,
+}
 
 /// State shared by every handler.
 #[derive(Debug, Clone)]
@@ -31,17 +50,68 @@ pub struct AppState {
     pub history: Sink,
     /// Every component's counters, rendered on `/metrics`.
     pub metrics: Arc<prometheus_client::registry::Registry>,
+    /// API tokens and registered gateways.
+    pub state: Arc<StateDb>,
+    /// Gateway presence (empty in a process without the broker).
+    pub presence: Arc<Presence>,
+    /// Per-client limiter of the public routes.
+    pub public_limit: Arc<PublicLimiter>,
+    /// Most live events per second and connection (the rest coalesce).
+    pub live_max_per_s: u32,
+    /// Readiness flags.
+    pub ready: Arc<Readiness>,
 }
+
+/// Largest request body accepted (admin JSON bodies are small).
+pub(crate) const MAX_BODY: usize = 16 * 1024;
 
 /// The API's routes.
 pub fn router(state: AppState) -> Router {
+    let cached = Router::new()
+        .route("/api/v1/public/conditions", get(public::conditions))
+        .route("/api/v1/public/sensors", get(public::sensors))
+        .route("/api/v1/public/sensors/{id}/history", get(history::history))
+        .route_layer(axum::middleware::from_fn(public::etag));
+    let public = cached
+        .route("/api/v1/public/live", get(public::live))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            ratelimit::limit,
+        ));
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .route("/api/v1/public/conditions", get(public::conditions))
-        .route("/api/v1/public/live", get(public::live))
-        .route("/api/v1/public/sensors/{id}/history", get(history::history))
+        .merge(public)
+        .route("/api/v1/sensors", get(agency::sensors))
+        .route("/api/v1/sensors/{id}", get(agency::sensor))
+        .route("/api/v1/sensors/{id}/readings", get(agency::readings))
+        .route("/api/v1/latest", get(agency::latest))
+        .route("/api/v1/gateways", get(agency::gateways))
+        .route("/api/v1/live", get(agency::live))
+        .route("/api/v1/admin/gateways", post(agency::add_gateway))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::NotFound("route".into())
+}
+
+async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+    let storage = state.ready.storage.load(Ordering::Acquire);
+    let broker = state.ready.broker.load(Ordering::Acquire);
+    let body = axum::Json(serde_json::json!({
+        "ready": storage && broker,
+        "storage": storage,
+        "broker": broker,
+    }));
+    if storage && broker {
+        (StatusCode::OK, body)
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, body)
+    }
 }
 
 /// Serves the API on `listener` until `shutdown` fires.
@@ -50,9 +120,12 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
+    axum::serve(
+        listener,
+        router(state).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move { shutdown.cancelled().await })
+    .await
 }
 
 async fn healthz() -> impl IntoResponse {

@@ -1,22 +1,25 @@
-//! Anonymous, curated public view: only sensors marked public, with their
+//! Anonymous, curated public view: only sensors marked public, without
+//! restricted fields (vessel identifiers) or gateway internals, with their
 //! latest values and the status derived from the registry's thresholds.
+//! Answers carry `Cache-Control` and an `ETag` (`If-None-Match` → 304), and
+//! every public route is rate limited per client address.
 
 use std::collections::HashMap;
-use std::convert::Infallible;
-use std::time::Duration;
+use std::hash::{Hash, Hasher};
 
-use axum::extract::State;
-use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::body::Body;
+use axum::extract::{Query, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use axum::Json;
-use futures::{Stream, StreamExt};
 use pantau_ingest::LatestReading;
 use pantau_model::derive::{rain_class, siaga_level};
 use pantau_model::{Sensor, SensorKind};
 use serde::Serialize;
 use serde_json::{json, Value as JsonValue};
-use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
-use tokio_stream::wrappers::BroadcastStream;
 
+use crate::live::{self, Filter};
 use crate::{ApiError, AppState};
 
 /// One public sensor in `/api/v1/public/conditions`.
@@ -53,7 +56,7 @@ fn level_of_service(vc: f64) -> &'static str {
     }
 }
 
-fn status(sensor: &Sensor, latest: &LatestReading) -> Option<JsonValue> {
+pub(crate) fn status(sensor: &Sensor, latest: &LatestReading) -> Option<JsonValue> {
     let num = |f: &str| latest.values.get(f).and_then(JsonValue::as_f64);
     match sensor.kind {
         SensorKind::FloodGauge => {
@@ -92,9 +95,31 @@ fn status(sensor: &Sensor, latest: &LatestReading) -> Option<JsonValue> {
     }
 }
 
-pub(crate) async fn conditions(
-    State(state): State<AppState>,
-) -> Result<Json<Vec<Condition>>, ApiError> {
+/// Only the fields the public may see.
+fn public_values(
+    sensor: &Sensor,
+    values: serde_json::Map<String, JsonValue>,
+) -> serde_json::Map<String, JsonValue> {
+    values
+        .into_iter()
+        .filter(|(f, _)| sensor.kind.field(f).is_some_and(|spec| !spec.restricted))
+        .collect()
+}
+
+/// A JSON answer that caches for `max_age_s` (the `etag` layer adds the
+/// validator).
+pub(crate) fn cached<T: Serialize>(body: &T, max_age_s: u32) -> Response {
+    (
+        [(
+            header::CACHE_CONTROL,
+            format!("public, max-age={max_age_s}"),
+        )],
+        Json(body),
+    )
+        .into_response()
+}
+
+pub(crate) async fn conditions(State(state): State<AppState>) -> Result<Response, ApiError> {
     let log = state.ingestor.log().clone();
     let latest = tokio::task::spawn_blocking(move || log.latest_all())
         .await
@@ -103,7 +128,7 @@ pub(crate) async fn conditions(
     let mut by_sensor: HashMap<String, LatestReading> =
         latest.into_iter().map(|l| (l.sensor.clone(), l)).collect();
     let registry = state.ingestor.registry();
-    let out = registry
+    let out: Vec<Condition> = registry
         .sensors()
         .filter(|s| s.public)
         .map(|s| {
@@ -118,48 +143,119 @@ pub(crate) async fn conditions(
                 status: l.as_ref().and_then(|l| status(s, l)),
                 latest: l.map(|l| Latest {
                     ts: l.ts.to_rfc3339(),
-                    values: l.values,
+                    values: public_values(s, l.values),
                 }),
             }
         })
         .collect();
-    Ok(Json(out))
+    Ok(cached(&out, 5))
+}
+
+/// One public sensor in `/api/v1/public/sensors`.
+#[derive(Debug, Serialize)]
+pub(crate) struct PublicSensor {
+    id: String,
+    name: String,
+    kind: SensorKind,
+    district: String,
+    owner: String,
+    lat: f64,
+    lon: f64,
+    /// The fields the public view shows, with units.
+    fields: Vec<JsonValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    thresholds: Option<pantau_model::Thresholds>,
+}
+
+pub(crate) async fn sensors(State(state): State<AppState>) -> Response {
+    let registry = state.ingestor.registry();
+    let out: Vec<PublicSensor> = registry
+        .sensors()
+        .filter(|s| s.public)
+        .map(|s| PublicSensor {
+            id: s.id.to_string(),
+            name: s.name.clone(),
+            kind: s.kind,
+            district: s.district.clone(),
+            owner: s.owner.clone(),
+            lat: s.lat,
+            lon: s.lon,
+            fields: s
+                .kind
+                .fields()
+                .iter()
+                .filter(|f| !f.restricted)
+                .map(|f| json!({"name": f.name, "unit": f.unit}))
+                .collect(),
+            thresholds: s.thresholds,
+        })
+        .collect();
+    cached(&out, 60)
 }
 
 pub(crate) async fn live(
     State(state): State<AppState>,
-) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
-    let ingestor = state.ingestor.clone();
-    let stream = BroadcastStream::new(state.ingestor.subscribe_live()).filter_map(move |item| {
-        let ingestor = ingestor.clone();
-        async move {
-            match item {
-                Ok(r) => {
-                    let registry = ingestor.registry();
-                    let public = registry.get(&r.sensor).is_some_and(|s| s.public);
-                    public.then(|| {
-                        let data = json!({
-                            "sensor": r.sensor,
-                            "kind": r.kind,
-                            "ts": r.ts.to_rfc3339(),
-                            "values": r.values,
-                        });
-                        Ok(Event::default().event("reading").data(data.to_string()))
-                    })
-                }
-                // A slow client skips ahead rather than buffering without bound.
-                Err(BroadcastStreamRecvError::Lagged(n)) => {
-                    ingestor.metrics().live_lagged.inc_by(n);
-                    Some(Ok(Event::default()
-                        .event("lagged")
-                        .data(json!({"skipped": n}).to_string())))
-                }
-            }
-        }
-    });
-    Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+    Query(p): Query<live::Params>,
+) -> Result<Response, ApiError> {
+    let filter = Filter::parse(&p)?;
+    Ok(live::feed(&state, filter, |s, r| {
+        s.public.then(|| {
+            let values: serde_json::Map<String, JsonValue> = r
+                .values
+                .iter()
+                .filter(|(f, _)| s.kind.field(f).is_some_and(|spec| !spec.restricted))
+                .map(|(f, v)| {
+                    (
+                        f.clone(),
+                        serde_json::to_value(v).unwrap_or(JsonValue::Null),
+                    )
+                })
+                .collect();
+            json!({
+                "sensor": r.sensor,
+                "kind": r.kind,
+                "district": s.district,
+                "ts": r.ts.to_rfc3339(),
+                "values": values,
+            })
+        })
+    })
+    .into_response())
 }
 
+/// Adds a weak `ETag` (a hash of the body) to successful JSON answers and
+/// answers `304 Not Modified` when the client already has it.
+pub(crate) async fn etag(req: Request, next: Next) -> Response {
+    let known = req
+        .headers()
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let resp = next.run(req).await;
+    if resp.status() != StatusCode::OK {
+        return resp;
+    }
+    let (mut parts, body) = resp.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, 64 << 20).await else {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    };
+    let mut h = std::hash::DefaultHasher::new();
+    bytes.hash(&mut h);
+    let tag = format!("W/\"{:016x}\"", h.finish());
+    let matches = known.is_some_and(|k| k.split(',').any(|t| t.trim() == tag || t.trim() == "*"));
+    if let Ok(v) = HeaderValue::from_str(&tag) {
+        parts.headers.insert(header::ETAG, v);
+    }
+    if matches {
+        parts.status = StatusCode::NOT_MODIFIED;
+        parts.headers.remove(header::CONTENT_TYPE);
+        parts.headers.remove(header::CONTENT_LENGTH);
+        return Response::from_parts(parts, Body::empty());
+    }
+    Response::from_parts(parts, Body::from(bytes))
+}
+
+#[cfg(test)]
 #[cfg(test)]
 mod tests {
     use super::*;

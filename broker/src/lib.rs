@@ -14,7 +14,6 @@
 mod admission;
 mod conn;
 pub mod metrics;
-pub mod presence;
 pub mod router;
 mod sessions;
 pub mod tls;
@@ -31,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use metrics::BrokerMetrics;
-pub use presence::{GatewayPresence, Presence};
+pub use pantau_state::presence::{GatewayPresence, Presence};
 pub use router::{RouterHandle, RouterLimits};
 
 /// Gatekeeper settings.

@@ -170,6 +170,12 @@ impl SimSensor {
                 let hours = t / 3600.0 + (self.seed % 30) as f64;
                 let occupied = hours.rem_euclid(30.0) < 20.0;
                 v.insert("occupied".into(), Value::Bool(occupied));
+                if occupied {
+                    // The vessel of this call: an IMO-like number per call.
+                    let call = ((hours / 30.0).floor() as u64).wrapping_mul(2_654_435_761);
+                    let imo = 9_000_000 + (call ^ self.seed) % 999_999;
+                    v.insert("vessel_imo".into(), Value::Num(imo as f64));
+                }
                 let day = (t / 86_400.0) as u64;
                 let waiting = (noise(self.seed ^ 7, day) + 1.0) * 1.6;
                 v.insert(

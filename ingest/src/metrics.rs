@@ -25,6 +25,9 @@ pub struct IngestMetrics {
     pub readings_rejected: Family<ReasonLabels, Counter>,
     /// Live events dropped because a live subscriber lagged.
     pub live_lagged: Counter,
+    /// Live events replaced by a newer one of the same sensor before a slow
+    /// client took them.
+    pub live_coalesced: Counter,
     /// Readings offered to the ingest log.
     pub log_accepted: Counter,
     /// Readings committed to the ingest log.
@@ -53,6 +56,7 @@ impl Default for IngestMetrics {
             readings_accepted: Counter::default(),
             readings_rejected: Family::default(),
             live_lagged: Counter::default(),
+            live_coalesced: Counter::default(),
             log_accepted: Counter::default(),
             log_persisted: Counter::default(),
             log_delivered: Counter::default(),
@@ -94,6 +98,11 @@ impl IngestMetrics {
             "live_lagged",
             "Live events skipped by lagging live subscribers",
             self.live_lagged.clone(),
+        );
+        r.register(
+            "live_coalesced",
+            "Live events replaced by a newer reading of the same sensor for a slow client",
+            self.live_coalesced.clone(),
         );
         r.register(
             "log_accepted",

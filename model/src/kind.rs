@@ -35,6 +35,9 @@ pub struct FieldSpec {
     pub min: f64,
     /// Largest physically plausible value (inclusive).
     pub max: f64,
+    /// Kept from the public view (identifiers such as a vessel's IMO
+    /// number); agencies with the kind's read scope see it.
+    pub restricted: bool,
 }
 
 const fn float(name: &'static str, unit: &'static str, min: f64, max: f64) -> FieldSpec {
@@ -44,6 +47,7 @@ const fn float(name: &'static str, unit: &'static str, min: f64, max: f64) -> Fi
         ty: FieldType::Float,
         min,
         max,
+        restricted: false,
     }
 }
 
@@ -54,6 +58,7 @@ const fn int(name: &'static str, unit: &'static str, min: f64, max: f64) -> Fiel
         ty: FieldType::Integer,
         min,
         max,
+        restricted: false,
     }
 }
 
@@ -64,6 +69,15 @@ const fn boolean(name: &'static str) -> FieldSpec {
         ty: FieldType::Bool,
         min: 0.0,
         max: 1.0,
+        restricted: false,
+    }
+}
+
+/// The same field, kept from the public view.
+const fn restricted(f: FieldSpec) -> FieldSpec {
+    FieldSpec {
+        restricted: true,
+        ..f
     }
 }
 
@@ -95,6 +109,8 @@ const METOCEAN: &[FieldSpec] = &[
 const BERTH: &[FieldSpec] = &[
     boolean("occupied"),
     int("vessels_waiting", "", 0.0, 1_000.0),
+    // The IMO number of the vessel at the berth: port agencies only.
+    restricted(int("vessel_imo", "", 1_000_000.0, 9_999_999.0)),
 ];
 const HEALTH: &[FieldSpec] = &[
     float("battery_v", "V", 0.0, 60.0),

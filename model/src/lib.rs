@@ -13,6 +13,7 @@ pub mod envelope;
 pub mod id;
 pub mod kind;
 pub mod registry;
+pub mod scope;
 pub mod time;
 pub mod topic;
 pub mod validate;

@@ -7,11 +7,12 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use pantau_broker::tls::{ensure_ca, issue_gateway_cert, TlsFiles};
+use pantau_model::scope::Scopes;
 use pantau_model::GatewayId;
 use pantau_state::StateDb;
 
 use crate::config::{
-    FileConfig, GatekeeperArgs, UpConfig, DEFAULT_DATA_DIR, DEFAULT_HTTP, DEFAULT_MQTT,
+    ApiArgs, FileConfig, GatekeeperArgs, UpConfig, DEFAULT_DATA_DIR, DEFAULT_HTTP, DEFAULT_MQTT,
 };
 use crate::storage::StorageArgs;
 
@@ -33,6 +34,35 @@ enum Command {
     Gateway {
         #[command(subcommand)]
         command: GatewayCommand,
+    },
+    /// Manage agency API tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Create a token; prints {"name", "token", "scopes"} once, as JSON.
+    Create {
+        /// A name for the token (the agency or application), unique.
+        #[arg(long)]
+        name: String,
+        /// Comma-separated: read:flood, read:traffic, read:port, ack:<kind>, admin.
+        #[arg(long)]
+        scopes: String,
+        /// Data directory [default: ./pantau-data].
+        #[arg(long, env = "PANTAU_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+    },
+    /// Revoke a token by name; a running server refuses it from the next request.
+    Revoke {
+        /// The token's name.
+        name: String,
+        /// Data directory [default: ./pantau-data].
+        #[arg(long, env = "PANTAU_DATA_DIR")]
+        data_dir: Option<PathBuf>,
     },
 }
 
@@ -64,6 +94,8 @@ struct UpArgs {
     storage: StorageArgs,
     #[command(flatten)]
     broker: GatekeeperArgs,
+    #[command(flatten)]
+    api: ApiArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -88,6 +120,8 @@ struct IngestArgs {
     http_listen: Option<SocketAddr>,
     #[command(flatten)]
     storage: StorageArgs,
+    #[command(flatten)]
+    api: ApiArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -134,6 +168,7 @@ pub fn main() -> ExitCode {
                 registry: args.registry,
                 http_listen: args.http_listen,
                 storage: args.storage,
+                api: args.api,
             };
             tokio::runtime::Runtime::new()
                 .map_err(anyhow::Error::from)
@@ -146,6 +181,21 @@ pub fn main() -> ExitCode {
             cert,
             data_dir.unwrap_or_else(|| DEFAULT_DATA_DIR.into()),
         ),
+        Command::Token {
+            command:
+                TokenCommand::Create {
+                    name,
+                    scopes,
+                    data_dir,
+                },
+        } => token_create(
+            &name,
+            &scopes,
+            data_dir.unwrap_or_else(|| DEFAULT_DATA_DIR.into()),
+        ),
+        Command::Token {
+            command: TokenCommand::Revoke { name, data_dir },
+        } => token_revoke(&name, data_dir.unwrap_or_else(|| DEFAULT_DATA_DIR.into())),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -180,7 +230,30 @@ fn resolve(args: UpArgs) -> anyhow::Result<UpConfig> {
         tls_names: file.tls_names,
         storage: args.storage,
         broker: args.broker,
+        api: args.api,
     })
+}
+
+fn token_create(name: &str, scopes: &str, data_dir: PathBuf) -> anyhow::Result<()> {
+    if name.trim().is_empty() || name.len() > 128 {
+        anyhow::bail!("invalid token name {name:?}: 1 to 128 characters");
+    }
+    let parsed = Scopes::parse(scopes).map_err(|e| anyhow::anyhow!("--scopes: {e}"))?;
+    std::fs::create_dir_all(&data_dir)
+        .map_err(|e| anyhow::anyhow!("cannot create data dir {}: {e}", data_dir.display()))?;
+    let names = parsed.names();
+    let token = StateDb::open(&data_dir)?.create_token(name, &names.join(","))?;
+    println!(
+        "{}",
+        serde_json::json!({"name": name, "token": token, "scopes": names})
+    );
+    Ok(())
+}
+
+fn token_revoke(name: &str, data_dir: PathBuf) -> anyhow::Result<()> {
+    StateDb::open(&data_dir)?.revoke_token(name)?;
+    println!("{}", serde_json::json!({"name": name, "revoked": true}));
+    Ok(())
 }
 
 fn gateway_add(id: &str, cert: bool, data_dir: PathBuf) -> anyhow::Result<()> {

@@ -53,6 +53,52 @@ pub struct UpConfig {
     pub storage: crate::storage::StorageArgs,
     /// Gatekeeper limits.
     pub broker: GatekeeperArgs,
+    /// API limits.
+    pub api: ApiArgs,
+}
+
+/// API limits (each flag with a `PANTAU_*` env twin).
+#[derive(Debug, Clone, clap::Args)]
+pub struct ApiArgs {
+    /// Public routes: sustained requests per second per client address.
+    #[arg(long, env = "PANTAU_PUBLIC_RATE_PER_S", default_value = "20")]
+    pub public_rate_per_s: std::num::NonZeroU32,
+    /// Public routes: burst per client address.
+    #[arg(long, env = "PANTAU_PUBLIC_BURST", default_value = "60")]
+    pub public_burst: std::num::NonZeroU32,
+    /// Live feeds: most events per second per connection; beyond it events
+    /// coalesce to the latest per sensor.
+    #[arg(long, env = "PANTAU_LIVE_MAX_PER_S", default_value = "50")]
+    pub live_max_per_s: std::num::NonZeroU32,
+}
+
+impl ApiArgs {
+    /// The API's state; registers the API's counters.
+    pub fn app_state(
+        &self,
+        ingestor: std::sync::Arc<pantau_ingest::Ingestor>,
+        history: pantau_ingest::Sink,
+        mut metrics: prometheus_client::registry::Registry,
+        state: std::sync::Arc<pantau_state::StateDb>,
+        presence: std::sync::Arc<pantau_state::presence::Presence>,
+    ) -> pantau_api::AppState {
+        let limiter = pantau_api::PublicLimiter::new(self.public_rate_per_s, self.public_burst);
+        metrics.register(
+            "pantau_api_public_rate_limited",
+            "Public requests refused by the per-client rate limit",
+            limiter.refused.clone(),
+        );
+        pantau_api::AppState {
+            ingestor,
+            history,
+            metrics: std::sync::Arc::new(metrics),
+            state,
+            presence,
+            public_limit: std::sync::Arc::new(limiter),
+            live_max_per_s: self.live_max_per_s.get(),
+            ready: std::sync::Arc::default(),
+        }
+    }
 }
 
 /// Gatekeeper limits (each flag with a `PANTAU_*` env twin).

@@ -111,7 +111,7 @@ mod tests {
     fn the_demo_registry_is_complete_and_simulates_valid_readings() {
         let r = Registry::parse(crate::DEMO_REGISTRY).unwrap();
         assert_eq!(r.len(), 21);
-        assert_eq!(r.sensors().filter(|s| !s.public).count(), 4);
+        assert_eq!(r.sensors().filter(|s| !s.public).count(), 3);
         assert!(r.gateways().len() >= 5);
         let now = Timestamp::now();
         for s in r.sensors() {

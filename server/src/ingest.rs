@@ -33,6 +33,8 @@ pub struct IngestConfig {
     pub http_listen: Option<SocketAddr>,
     /// Storage selection.
     pub storage: StorageArgs,
+    /// API limits.
+    pub api: crate::config::ApiArgs,
 }
 
 /// Runs the worker until SIGINT/SIGTERM.
@@ -90,14 +92,28 @@ pub async fn run(cfg: IngestConfig) -> anyhow::Result<()> {
         metrics.clone(),
         stop_drain.clone(),
     ));
+    // Agency tokens of this worker's API live in its own data directory.
+    let state = Arc::new(pantau_state::StateDb::open(&cfg.data_dir)?);
     let api = http.map(|listener| {
         let mut registry = prometheus_client::registry::Registry::default();
         metrics.register(&mut registry);
         tokio::spawn(pantau_api::run(
-            pantau_api::AppState {
-                ingestor: ingestor.clone(),
-                history: storage.sink.clone(),
-                metrics: Arc::new(registry),
+            {
+                let app = cfg.api.app_state(
+                    ingestor.clone(),
+                    storage.sink.clone(),
+                    registry,
+                    state.clone(),
+                    Arc::default(),
+                );
+                // Storage was checked at start-up; the consumer runs.
+                app.ready
+                    .storage
+                    .store(true, std::sync::atomic::Ordering::Release);
+                app.ready
+                    .broker
+                    .store(true, std::sync::atomic::Ordering::Release);
+                app
             },
             listener,
             stop_api.clone(),

@@ -105,15 +105,21 @@ pub async fn up(cfg: UpConfig) -> anyhow::Result<()> {
         mqtt,
         stop_broker.clone(),
     ));
-    let api = tokio::spawn(pantau_api::run(
-        pantau_api::AppState {
-            ingestor: ingestor.clone(),
-            history: storage.sink.clone(),
-            metrics: Arc::new(metrics),
-        },
-        http,
-        stop_api.clone(),
-    ));
+    let app = cfg.api.app_state(
+        ingestor.clone(),
+        storage.sink.clone(),
+        metrics,
+        state.clone(),
+        presence.clone(),
+    );
+    // Storage was opened (and InfluxDB checked) and both listeners are bound.
+    app.ready
+        .storage
+        .store(true, std::sync::atomic::Ordering::Release);
+    app.ready
+        .broker
+        .store(true, std::sync::atomic::Ordering::Release);
+    let api = tokio::spawn(pantau_api::run(app, http, stop_api.clone()));
 
     tracing::info!(
         http = %http_addr,

@@ -9,6 +9,8 @@
 
 #![forbid(unsafe_code)]
 
+pub mod presence;
+
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -33,6 +35,13 @@ pub enum Error {
     /// The gateway is already registered.
     #[error("gateway {0} is already registered")]
     DuplicateGateway(String),
+    /// An API token of that name exists (revoked names stay taken, so an
+    /// audit trail never shows two tokens under one name).
+    #[error("an API token named {0:?} exists")]
+    DuplicateToken(String),
+    /// No API token of that name.
+    #[error("no API token named {0:?}")]
+    UnknownToken(String),
     /// The system random generator failed.
     #[error("the system random number generator failed")]
     Random,
@@ -76,7 +85,14 @@ impl StateDb {
                  id TEXT PRIMARY KEY,
                  token_sha256 TEXT NOT NULL,
                  created_ms INTEGER NOT NULL
-             ) WITHOUT ROWID;",
+             ) WITHOUT ROWID;
+             CREATE TABLE IF NOT EXISTS api_tokens (
+                 name TEXT PRIMARY KEY,
+                 token_sha256 TEXT NOT NULL UNIQUE,
+                 scopes TEXT NOT NULL,
+                 created_ms INTEGER NOT NULL,
+                 revoked_ms INTEGER
+             );",
         )
         .map_err(sql)?;
         Ok(Self {
@@ -196,6 +212,74 @@ impl StateDb {
     }
 }
 
+/// An API token as stored (no secret).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiToken {
+    /// Its name.
+    pub name: String,
+    /// Its scopes, as given at creation (checked by the caller).
+    pub scopes: String,
+    /// When it was created.
+    pub created: Timestamp,
+    /// When it was revoked, if it was.
+    pub revoked: Option<Timestamp>,
+}
+
+impl StateDb {
+    /// Creates an API token; returns the secret (shown only once).
+    pub fn create_token(&self, name: &str, scopes: &str) -> Result<String> {
+        let token = new_token()?;
+        let n = self
+            .conn()
+            .execute(
+                "INSERT INTO api_tokens (name, token_sha256, scopes, created_ms) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (name) DO NOTHING",
+                params![name, hash(&token), scopes, Timestamp::now().millis()],
+            )
+            .map_err(|e| self.sql(e))?;
+        if n == 0 {
+            return Err(Error::DuplicateToken(name.to_owned()));
+        }
+        Ok(token)
+    }
+
+    /// Revokes a token by name; effective for the next request (the API
+    /// looks tokens up on every request).
+    pub fn revoke_token(&self, name: &str) -> Result<()> {
+        let n = self
+            .conn()
+            .execute(
+                "UPDATE api_tokens SET revoked_ms = coalesce(revoked_ms, ?2) WHERE name = ?1",
+                params![name, Timestamp::now().millis()],
+            )
+            .map_err(|e| self.sql(e))?;
+        if n == 0 {
+            return Err(Error::UnknownToken(name.to_owned()));
+        }
+        Ok(())
+    }
+
+    /// The live (not revoked) token with this secret, if any.
+    pub fn verify_token(&self, token: &str) -> Result<Option<ApiToken>> {
+        self.conn()
+            .query_row(
+                "SELECT name, scopes, created_ms FROM api_tokens
+                 WHERE token_sha256 = ?1 AND revoked_ms IS NULL",
+                [hash(token)],
+                |r| {
+                    Ok(ApiToken {
+                        name: r.get(0)?,
+                        scopes: r.get(1)?,
+                        created: Timestamp(r.get(2)?),
+                        revoked: None,
+                    })
+                },
+            )
+            .optional()
+            .map_err(|e| self.sql(e))
+    }
+}
+
 /// A new random token: 256 bits, hex.
 fn new_token() -> Result<String> {
     let mut bytes = [0u8; 32];
@@ -221,6 +305,30 @@ fn equal(a: &[u8], b: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn api_tokens_verify_hashed_and_revocation_is_immediate() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = StateDb::open(dir.path()).unwrap();
+        let token = db.create_token("bpbd", "read:flood").unwrap();
+        let t = db.verify_token(&token).unwrap().unwrap();
+        assert_eq!((t.name.as_str(), t.scopes.as_str()), ("bpbd", "read:flood"));
+        assert!(db.verify_token("nope").unwrap().is_none());
+        assert!(matches!(
+            db.create_token("bpbd", "admin"),
+            Err(Error::DuplicateToken(_))
+        ));
+        // Another process (the CLI) revokes; this one sees it at once.
+        StateDb::open(dir.path())
+            .unwrap()
+            .revoke_token("bpbd")
+            .unwrap();
+        assert!(db.verify_token(&token).unwrap().is_none());
+        assert!(matches!(db.revoke_token("x"), Err(Error::UnknownToken(_))));
+        drop(db);
+        let raw = std::fs::read(dir.path().join("state.db")).unwrap();
+        assert!(!String::from_utf8_lossy(&raw).contains(&token));
+    }
 
     #[test]
     fn gateway_tokens_verify_and_are_stored_hashed() {

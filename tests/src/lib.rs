@@ -214,6 +214,50 @@ pub struct GatewayCreds {
     pub key_file: Option<PathBuf>,
 }
 
+/// Runs `pantau token create --name NAME --scopes SCOPES --data-dir DIR`
+/// and returns its one JSON object.
+pub fn token_create(data_dir: &Path, name: &str, scopes: &str) -> Result<Value> {
+    let out = Command::new(binary("pantau"))
+        .args([
+            "token",
+            "create",
+            "--name",
+            name,
+            "--scopes",
+            scopes,
+            "--data-dir",
+        ])
+        .arg(data_dir)
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "token create failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    serde_json::from_slice(&out.stdout).with_context(|| {
+        format!(
+            "stdout is not one JSON object: {:?}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
+/// Runs `pantau token revoke NAME --data-dir DIR`.
+pub fn token_revoke(data_dir: &Path, name: &str) -> Result<()> {
+    let out = Command::new(binary("pantau"))
+        .args(["token", "revoke", name, "--data-dir"])
+        .arg(data_dir)
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "token revoke failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
 /// Runs `pantau gateway add ID --data-dir DIR`.
 pub fn gateway_add(data_dir: &Path, id: &str) -> Result<GatewayCreds> {
     gateway_add_with(data_dir, id, &[])

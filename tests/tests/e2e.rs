@@ -34,7 +34,7 @@ async fn demo_serves_every_public_site_within_15s() -> anyhow::Result<()> {
             })
         })
         .collect();
-    assert_eq!(public.len(), 17);
+    assert_eq!(public.len(), 18);
     let remaining = Duration::from_secs(15).saturating_sub(started.elapsed());
     let conds = eventually(
         remaining,
@@ -59,9 +59,13 @@ async fn demo_serves_every_public_site_within_15s() -> anyhow::Result<()> {
     let h = tide["latest"]["values"]["tide_height_m"].as_f64().unwrap();
     assert!((-1.0..5.0).contains(&h), "tide {h}");
     assert!(
-        condition(&conds, "br-dermaga-a").is_none(),
+        condition(&conds, "br-dermaga-b").is_none(),
         "non-public berth exposed"
     );
+    // A public berth shows occupancy, never the vessel's identifier.
+    let berth = condition(&conds, "br-dermaga-a").expect("public berth");
+    assert!(berth["latest"]["values"]["occupied"].is_boolean());
+    assert!(!conds.to_string().contains("vessel_imo"));
     Ok(())
 }
 

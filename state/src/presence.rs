@@ -42,7 +42,8 @@ impl Presence {
         f(map.entry(gateway.to_owned()).or_default())
     }
 
-    pub(crate) fn connected(&self, gateway: &str, peer: &str) {
+    /// A connection was accepted.
+    pub fn connected(&self, gateway: &str, peer: &str) {
         let now = Some(Timestamp::now());
         self.with(gateway, |p| {
             p.connected = true;
@@ -52,16 +53,19 @@ impl Presence {
         });
     }
 
-    pub(crate) fn seen(&self, gateway: &str) {
+    /// The gateway sent something.
+    pub fn seen(&self, gateway: &str) {
         self.with(gateway, |p| p.last_seen = Some(Timestamp::now()));
     }
 
-    pub(crate) fn status(&self, gateway: &str, payload: &[u8]) {
+    /// A message on its status topic.
+    pub fn status(&self, gateway: &str, payload: &[u8]) {
         let text = String::from_utf8_lossy(&payload[..payload.len().min(MAX_STATUS)]).into_owned();
         self.with(gateway, |p| p.last_status = Some(text));
     }
 
-    pub(crate) fn disconnected(&self, gateway: &str, reason: &str) {
+    /// The connection ended.
+    pub fn disconnected(&self, gateway: &str, reason: &str) {
         self.with(gateway, |p| {
             p.connected = false;
             p.last_disconnect = Some(Timestamp::now());

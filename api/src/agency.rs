@@ -1,0 +1,325 @@
+//! Agency (OPD) routes under `/api/v1/`, behind bearer tokens: sensors,
+//! readings history, latest values, gateways, the agency live feed, and
+//! gateway registration for admins. Every answer holds only what the
+//! token's scopes allow: lists leave other kinds out, a named sensor of
+//! another kind is a 403.
+
+use std::collections::{BTreeSet, HashMap};
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::Json;
+use pantau_ingest::LatestReading;
+use pantau_model::{GatewayId, Sensor, SensorKind};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value as JsonValue};
+
+use crate::auth::Agency;
+use crate::history::{self, Limits};
+use crate::live::{self, Filter};
+use crate::public::status;
+use crate::{ApiError, AppState};
+
+/// A sensor as agencies see it.
+#[derive(Debug, Serialize)]
+pub(crate) struct SensorView {
+    id: String,
+    name: String,
+    kind: SensorKind,
+    district: String,
+    owner: String,
+    gateway: String,
+    public: bool,
+    lat: f64,
+    lon: f64,
+    fields: Vec<JsonValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    thresholds: Option<pantau_model::Thresholds>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    capacity_pcu_h: Option<f64>,
+}
+
+impl SensorView {
+    fn of(s: &Sensor) -> Self {
+        Self {
+            id: s.id.to_string(),
+            name: s.name.clone(),
+            kind: s.kind,
+            district: s.district.clone(),
+            owner: s.owner.clone(),
+            gateway: s.gateway.to_string(),
+            public: s.public,
+            lat: s.lat,
+            lon: s.lon,
+            fields: s
+                .kind
+                .fields()
+                .iter()
+                .map(|f| json!({"name": f.name, "unit": f.unit, "min": f.min, "max": f.max}))
+                .collect(),
+            thresholds: s.thresholds,
+            capacity_pcu_h: s.capacity_pcu_h,
+        }
+    }
+}
+
+/// `GET /api/v1/sensors` filters.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SensorFilter {
+    kind: Option<String>,
+    district: Option<String>,
+    owner: Option<String>,
+}
+
+fn parse_kind(s: &str) -> Result<SensorKind, ApiError> {
+    SensorKind::ALL
+        .into_iter()
+        .find(|k| k.as_str() == s)
+        .ok_or_else(|| ApiError::BadParam {
+            param: "kind",
+            message: format!("{s:?} is not a sensor kind"),
+        })
+}
+
+pub(crate) async fn sensors(
+    agency: Agency,
+    State(state): State<AppState>,
+    Query(f): Query<SensorFilter>,
+) -> Result<Json<Vec<SensorView>>, ApiError> {
+    let kind = f.kind.as_deref().map(parse_kind).transpose()?;
+    let registry = state.ingestor.registry();
+    Ok(Json(
+        registry
+            .sensors()
+            .filter(|s| agency.reads(s.kind))
+            .filter(|s| kind.is_none_or(|k| s.kind == k))
+            .filter(|s| f.district.as_ref().is_none_or(|d| &s.district == d))
+            .filter(|s| f.owner.as_ref().is_none_or(|o| &s.owner == o))
+            .map(SensorView::of)
+            .collect(),
+    ))
+}
+
+async fn latest_map(state: &AppState) -> Result<HashMap<String, LatestReading>, ApiError> {
+    let log = state.ingestor.log().clone();
+    let latest = tokio::task::spawn_blocking(move || log.latest_all())
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok(latest.into_iter().map(|l| (l.sensor.clone(), l)).collect())
+}
+
+fn latest_json(s: &Sensor, l: Option<&LatestReading>) -> JsonValue {
+    match l {
+        Some(l) => json!({
+            "sensor": s.id.as_str(),
+            "ts": l.ts.to_rfc3339(),
+            "values": l.values,
+            "status": status(s, l),
+        }),
+        None => json!({"sensor": s.id.as_str(), "ts": null, "values": null, "status": null}),
+    }
+}
+
+pub(crate) async fn sensor(
+    agency: Agency,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<JsonValue>, ApiError> {
+    let registry = state.ingestor.registry();
+    let s = registry
+        .get(&id)
+        .ok_or_else(|| ApiError::NotFound(format!("sensor {id:?}")))?;
+    agency.require_read(s)?;
+    let latest = latest_map(&state).await?;
+    let mut v =
+        serde_json::to_value(SensorView::of(s)).map_err(|e| ApiError::Internal(e.to_string()))?;
+    v["latest"] = latest_json(s, latest.get(s.id.as_str()));
+    Ok(Json(v))
+}
+
+/// `GET /api/v1/latest?sensors=a,b,c`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct LatestParams {
+    sensors: Option<String>,
+    kind: Option<String>,
+}
+
+/// Most sensors one `latest` call may name.
+const MAX_LATEST: usize = 1000;
+
+pub(crate) async fn latest(
+    agency: Agency,
+    State(state): State<AppState>,
+    Query(p): Query<LatestParams>,
+) -> Result<Json<Vec<JsonValue>>, ApiError> {
+    let registry = state.ingestor.registry();
+    let kind = p.kind.as_deref().map(parse_kind).transpose()?;
+    let chosen: Vec<&Sensor> = match &p.sensors {
+        Some(list) => {
+            let ids: BTreeSet<&str> = list
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .collect();
+            if ids.is_empty() || ids.len() > MAX_LATEST {
+                return Err(ApiError::BadParam {
+                    param: "sensors",
+                    message: format!("1 to {MAX_LATEST} comma-separated sensor ids"),
+                });
+            }
+            let mut out = Vec::new();
+            for id in ids {
+                let s = registry
+                    .get(id)
+                    .ok_or_else(|| ApiError::NotFound(format!("sensor {id:?}")))?;
+                agency.require_read(s)?;
+                out.push(s);
+            }
+            out
+        }
+        None => registry
+            .sensors()
+            .filter(|s| agency.reads(s.kind))
+            .collect(),
+    };
+    let latest = latest_map(&state).await?;
+    Ok(Json(
+        chosen
+            .into_iter()
+            .filter(|s| kind.is_none_or(|k| s.kind == k))
+            .map(|s| latest_json(s, latest.get(s.id.as_str())))
+            .collect(),
+    ))
+}
+
+pub(crate) async fn readings(
+    agency: Agency,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(p): Query<history::Params>,
+) -> Result<Json<history::History>, ApiError> {
+    let registry = state.ingestor.registry();
+    let s = registry
+        .get(&id)
+        .ok_or_else(|| ApiError::NotFound(format!("sensor {id:?}")))?;
+    agency.require_read(s)?;
+    history::answer(&state, s, &p, Limits::AGENCY).await
+}
+
+pub(crate) async fn gateways(
+    agency: Agency,
+    State(state): State<AppState>,
+) -> Result<Json<Vec<JsonValue>>, ApiError> {
+    let registry = state.ingestor.registry();
+    // A gateway is visible when the token reads one of its sensors (admins
+    // see every registered gateway).
+    let visible: BTreeSet<String> = registry
+        .sensors()
+        .filter(|s| agency.reads(s.kind))
+        .map(|s| s.gateway.to_string())
+        .collect();
+    let db = state.state.clone();
+    let registered = tokio::task::spawn_blocking(move || db.gateways())
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let mut ids: BTreeSet<String> = registered.into_iter().map(|g| g.id).collect();
+    ids.extend(registry.gateways().into_iter().map(|g| g.to_string()));
+    Ok(Json(
+        ids.into_iter()
+            .filter(|id| agency.scopes.is_admin() || visible.contains(id))
+            .map(|id| {
+                let p = state.presence.get(&id).unwrap_or_default();
+                let status = p
+                    .last_status
+                    .as_deref()
+                    .and_then(|s| serde_json::from_str::<JsonValue>(s).ok());
+                json!({
+                    "id": id,
+                    "sensors": registry
+                        .sensors()
+                        .filter(|s| s.gateway.as_str() == id && agency.reads(s.kind))
+                        .count(),
+                    "connected": p.connected,
+                    "last_connect": p.last_connect,
+                    "last_seen": p.last_seen,
+                    "last_disconnect": p.last_disconnect,
+                    "last_disconnect_reason": p.last_disconnect_reason,
+                    "spool": status.as_ref().map(|s| s["spool"].clone()),
+                    "sources": status.as_ref().map(|s| s["sources"].clone()),
+                    "clock_offset_ms": status.as_ref().map(|s| s["clock_offset_ms"].clone()),
+                    "status": status,
+                })
+            })
+            .collect(),
+    ))
+}
+
+/// `POST /api/v1/admin/gateways` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct NewGateway {
+    id: String,
+}
+
+pub(crate) async fn add_gateway(
+    agency: Agency,
+    State(state): State<AppState>,
+    body: Result<Json<NewGateway>, axum::extract::rejection::JsonRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    agency.require_admin()?;
+    let Json(body) = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::TooLarge(crate::MAX_BODY)
+        } else {
+            ApiError::BadParam {
+                param: "body",
+                message: e.body_text(),
+            }
+        }
+    })?;
+    let id = GatewayId::new(&body.id).map_err(|e| ApiError::BadParam {
+        param: "id",
+        message: e.to_string(),
+    })?;
+    let db = state.state.clone();
+    let gw = id.clone();
+    let token = tokio::task::spawn_blocking(move || db.add_gateway(&gw))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .map_err(|e| match e {
+            pantau_state::Error::DuplicateGateway(g) => {
+                ApiError::Conflict(format!("gateway {g} is already registered"))
+            }
+            e => ApiError::Internal(e.to_string()),
+        })?;
+    tracing::info!(gateway = %id, by = %agency.name, "Gateway registered through the API.");
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"gateway": id.as_str(), "username": id.as_str(), "password": token})),
+    ))
+}
+
+pub(crate) async fn live(
+    agency: Agency,
+    State(state): State<AppState>,
+    Query(p): Query<live::Params>,
+) -> Result<impl IntoResponse, ApiError> {
+    let filter = Filter::parse(&p)?;
+    Ok(live::feed(&state, filter, move |s, r| {
+        agency.reads(s.kind).then(|| {
+            json!({
+                "sensor": r.sensor,
+                "kind": r.kind,
+                "district": s.district,
+                "gateway": r.gateway,
+                "ts": r.ts.to_rfc3339(),
+                "values": r.values,
+            })
+        })
+    }))
+}

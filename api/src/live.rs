@@ -1,0 +1,243 @@
+//! Live feeds over Server-Sent Events, public and agency.
+//!
+//! Each connection gets a small task that reads the platform's broadcast of
+//! stored readings and keeps those the caller may see and asked for (kinds,
+//! sensors, districts) in a short queue; the stream sends them in order, at
+//! most `max_per_s` a second. When the queue is full (the client is slow or
+//! over its rate), a new reading replaces the queued one of its sensor —
+//! it coalesces to the latest value per sensor — so a stalled client holds
+//! at most `QUEUE` + one event per sensor, never an unbounded buffer, and
+//! cannot slow ingest or other clients. Readings the connection's task itself missed (the broadcast
+//! outran it) are reported as a `lagged` event and counted.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::response::sse::{Event, KeepAlive, Sse};
+use futures::Stream;
+use pantau_ingest::LiveReading;
+use pantau_model::{Sensor, SensorKind};
+use serde::Deserialize;
+use serde_json::{json, Value as JsonValue};
+use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::Notify;
+use tokio_util::sync::{CancellationToken, DropGuard};
+
+use crate::{ApiError, AppState};
+
+/// Filters of a live feed, each a comma-separated list.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Params {
+    /// Sensor kinds, e.g. `flood_gauge,tide_gauge`.
+    kind: Option<String>,
+    /// Sensor ids.
+    sensor: Option<String>,
+    /// Districts (kecamatan), e.g. `Dumai Kota`.
+    district: Option<String>,
+}
+
+/// Parsed filters.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Filter {
+    kinds: Option<BTreeSet<SensorKind>>,
+    sensors: Option<BTreeSet<String>>,
+    districts: Option<BTreeSet<String>>,
+}
+
+fn list(v: &Option<String>) -> Option<BTreeSet<String>> {
+    v.as_ref().map(|s| {
+        s.split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(str::to_owned)
+            .collect()
+    })
+}
+
+impl Filter {
+    /// Parses the filters, naming a bad one.
+    pub(crate) fn parse(p: &Params) -> Result<Self, ApiError> {
+        let kinds = match list(&p.kind) {
+            None => None,
+            Some(names) => Some(
+                names
+                    .iter()
+                    .map(|n| {
+                        SensorKind::ALL
+                            .into_iter()
+                            .find(|k| k.as_str() == n)
+                            .ok_or_else(|| ApiError::BadParam {
+                                param: "kind",
+                                message: format!("{n:?} is not a sensor kind"),
+                            })
+                    })
+                    .collect::<Result<_, _>>()?,
+            ),
+        };
+        Ok(Self {
+            kinds,
+            sensors: list(&p.sensor),
+            districts: list(&p.district),
+        })
+    }
+
+    fn matches(&self, s: &Sensor) -> bool {
+        self.kinds.as_ref().is_none_or(|k| k.contains(&s.kind))
+            && self
+                .sensors
+                .as_ref()
+                .is_none_or(|ids| ids.contains(s.id.as_str()))
+            && self
+                .districts
+                .as_ref()
+                .is_none_or(|d| d.contains(&s.district))
+    }
+}
+
+/// Events a connection queues before it starts coalescing.
+const QUEUE: usize = 256;
+
+/// What a connection has not sent yet.
+#[derive(Debug, Default)]
+struct Pending {
+    queue: VecDeque<(String, JsonValue)>,
+    /// Readings the connection's task missed since the last report.
+    lagged: u64,
+}
+
+impl Pending {
+    /// Queues an event; when the queue is full, replaces the queued event
+    /// of the same sensor instead (returns true when it coalesced).
+    fn push(&mut self, sensor: &str, event: JsonValue) -> bool {
+        if self.queue.len() >= QUEUE {
+            if let Some(slot) = self.queue.iter_mut().rev().find(|(s, _)| s == sensor) {
+                slot.1 = event;
+                return true;
+            }
+        }
+        self.queue.push_back((sensor.to_owned(), event));
+        false
+    }
+}
+
+struct Feed {
+    pending: Arc<(Mutex<Pending>, Notify)>,
+    tick: tokio::time::Interval,
+    /// Stops the connection's task when the client goes away.
+    _stop: DropGuard,
+}
+
+/// A live feed of the readings `project` lets through (it returns the
+/// event's JSON, or `None` for a reading the caller may not see).
+pub(crate) fn feed<P>(
+    state: &AppState,
+    filter: Filter,
+    project: P,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>>
+where
+    P: Fn(&Sensor, &LiveReading) -> Option<JsonValue> + Send + 'static,
+{
+    let pending: Arc<(Mutex<Pending>, Notify)> = Arc::default();
+    let stop = CancellationToken::new();
+    let mut rx = state.ingestor.subscribe_live();
+    let ingestor = state.ingestor.clone();
+    let (task_pending, task_stop) = (pending.clone(), stop.clone());
+    tokio::spawn(async move {
+        loop {
+            let received = tokio::select! {
+                r = rx.recv() => r,
+                _ = task_stop.cancelled() => return,
+            };
+            let (lock, notify) = &*task_pending;
+            match received {
+                Ok(r) => {
+                    let registry = ingestor.registry();
+                    let Some(sensor) = registry.get(&r.sensor) else {
+                        continue;
+                    };
+                    if !filter.matches(sensor) {
+                        continue;
+                    }
+                    let Some(event) = project(sensor, &r) else {
+                        continue;
+                    };
+                    let mut p = lock.lock().unwrap_or_else(|e| e.into_inner());
+                    if p.push(&r.sensor, event) {
+                        ingestor.metrics().live_coalesced.inc();
+                    }
+                }
+                Err(RecvError::Lagged(n)) => {
+                    ingestor.metrics().live_lagged.inc_by(n);
+                    lock.lock().unwrap_or_else(|e| e.into_inner()).lagged += n;
+                }
+                Err(RecvError::Closed) => return,
+            }
+            notify.notify_one();
+        }
+    });
+    let mut tick = tokio::time::interval(Duration::from_secs(1) / state.live_max_per_s.max(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let start = Feed {
+        pending,
+        tick,
+        _stop: stop.drop_guard(),
+    };
+    let stream = futures::stream::unfold(start, |mut f| async move {
+        loop {
+            let next = {
+                let mut p = f.pending.0.lock().unwrap_or_else(|e| e.into_inner());
+                if p.lagged > 0 {
+                    let n = std::mem::take(&mut p.lagged);
+                    Some(
+                        Event::default()
+                            .event("lagged")
+                            .data(json!({"skipped": n}).to_string()),
+                    )
+                } else {
+                    p.queue
+                        .pop_front()
+                        .map(|(_, v)| Event::default().event("reading").data(v.to_string()))
+                }
+            };
+            match next {
+                Some(event) => {
+                    f.tick.tick().await;
+                    return Some((Ok(event), f));
+                }
+                None => f.pending.1.notified().await,
+            }
+        }
+    });
+    Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_queue_coalesces_per_sensor_and_stays_bounded() {
+        let mut p = Pending::default();
+        for i in 0..QUEUE {
+            assert!(!p.push(&format!("s{}", i % 8), json!(i)));
+        }
+        // Full: a sensor already queued is replaced in place...
+        assert!(p.push("s3", json!("new")));
+        assert_eq!(p.queue.len(), QUEUE);
+        assert_eq!(
+            p.queue.iter().filter(|(_, v)| *v == json!("new")).count(),
+            1
+        );
+        // ...a sensor not queued still gets one place; then it coalesces too.
+        assert!(!p.push("other", json!(1)));
+        for i in 0..10_000 {
+            p.push(&format!("s{}", i % 8), json!(i));
+            p.push("other", json!(i));
+        }
+        assert_eq!(p.queue.len(), QUEUE + 1);
+        assert_eq!(p.queue.back().unwrap().1, json!(9_999));
+    }
+}
