@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs Pantau's whole test suite on a fresh machine: installs the
 # third-party services the end-to-end tests drive (Debian packages:
-# mosquitto, mosquitto-clients, influxdb, victoria-metrics) when missing,
+# mosquitto, mosquitto-clients, influxdb, victoria-metrics) and the API
+# checkers (PyPI: schemathesis, openapi-spec-validator) when missing,
 # builds the binaries, then runs every test in the workspace. The tests start
 # their own instances on loopback ports; no system service is used (Debian's
 # install scripts may start one; the tests never talk to it).
@@ -18,6 +19,14 @@ if [ ${#need[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+# The OpenAPI validator and fuzzer (pinned) for tests/tests/openapi.rs.
+if ! command -v schemathesis >/dev/null 2>&1 \
+  || ! python3 -c 'import openapi_spec_validator' >/dev/null 2>&1; then
+  echo "tests/run.sh: installing schemathesis, openapi-spec-validator (PyPI)"
+  python3 -m pip install -q --disable-pip-version-check \
+    schemathesis==4.32.5 openapi-spec-validator==0.9.0 >/dev/null
 fi
 
 cargo build --workspace --bins --locked

@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::Json;
@@ -15,17 +15,22 @@ use pantau_model::{GatewayId, Sensor, SensorKind};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value as JsonValue};
 
+use utoipa::{IntoParams, ToSchema};
+
 use crate::auth::Agency;
+use crate::extract::Q;
 use crate::history::{self, Limits};
 use crate::live::{self, Filter};
+use crate::openapi::ErrorBody;
 use crate::public::status;
 use crate::{ApiError, AppState};
 
 /// A sensor as agencies see it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct SensorView {
     id: String,
     name: String,
+    #[schema(value_type = String, example = "flood_gauge")]
     kind: SensorKind,
     district: String,
     owner: String,
@@ -33,9 +38,14 @@ pub(crate) struct SensorView {
     public: bool,
     lat: f64,
     lon: f64,
+    /// Fields with unit and plausible range.
+    #[schema(value_type = Vec<Object>)]
     fields: Vec<JsonValue>,
+    /// Flood thresholds (Siaga 3, 2, 1).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
     thresholds: Option<pantau_model::Thresholds>,
+    /// Road capacity (traffic counters).
     #[serde(skip_serializing_if = "Option::is_none")]
     capacity_pcu_h: Option<f64>,
 }
@@ -65,11 +75,15 @@ impl SensorView {
 }
 
 /// `GET /api/v1/sensors` filters.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct SensorFilter {
+    /// Only this kind.
+    #[param(value_type = Option<crate::openapi::KindDoc>)]
     kind: Option<String>,
+    /// Only this district (kecamatan).
     district: Option<String>,
+    /// Only this owning agency.
     owner: Option<String>,
 }
 
@@ -83,10 +97,18 @@ fn parse_kind(s: &str) -> Result<SensorKind, ApiError> {
         })
 }
 
+/// Sensors the token may read, filtered by kind, district and owner.
+#[utoipa::path(get, path = "/api/v1/sensors", tag = "agency", params(SensorFilter),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Sensors", body = Vec<SensorView>),
+        (status = 400, description = "A bad parameter", body = ErrorBody),
+        (status = 401, description = "No usable token", body = ErrorBody),
+    ))]
 pub(crate) async fn sensors(
     agency: Agency,
     State(state): State<AppState>,
-    Query(f): Query<SensorFilter>,
+    Q(f): Q<SensorFilter>,
 ) -> Result<Json<Vec<SensorView>>, ApiError> {
     let kind = f.kind.as_deref().map(parse_kind).transpose()?;
     let registry = state.ingestor.registry();
@@ -123,6 +145,16 @@ fn latest_json(s: &Sensor, l: Option<&LatestReading>) -> JsonValue {
     }
 }
 
+/// One sensor with thresholds, latest values and derived status.
+#[utoipa::path(get, path = "/api/v1/sensors/{id}", tag = "agency",
+    params(("id" = String, Path, description = "Sensor id")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The sensor and its latest reading", body = Object),
+        (status = 401, description = "No usable token", body = ErrorBody),
+        (status = 403, description = "The token may not read this kind", body = ErrorBody),
+        (status = 404, description = "No such sensor", body = ErrorBody),
+    ))]
 pub(crate) async fn sensor(
     agency: Agency,
     State(state): State<AppState>,
@@ -141,20 +173,34 @@ pub(crate) async fn sensor(
 }
 
 /// `GET /api/v1/latest?sensors=a,b,c`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct LatestParams {
+    /// Comma-separated sensor ids, at most 1000 (default: every readable sensor).
+    #[param(pattern = r"^[a-z0-9-]{1,64}(,[a-z0-9-]{1,64})*$")]
     sensors: Option<String>,
+    /// Only this kind.
+    #[param(value_type = Option<crate::openapi::KindDoc>)]
     kind: Option<String>,
 }
 
 /// Most sensors one `latest` call may name.
 const MAX_LATEST: usize = 1000;
 
+/// Latest values (and derived status) of many sensors in one call.
+#[utoipa::path(get, path = "/api/v1/latest", tag = "agency", params(LatestParams),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "One entry per sensor", body = Vec<Object>),
+        (status = 400, description = "A bad parameter", body = ErrorBody),
+        (status = 401, description = "No usable token", body = ErrorBody),
+        (status = 403, description = "A named sensor of a kind the token may not read", body = ErrorBody),
+        (status = 404, description = "A named sensor does not exist", body = ErrorBody),
+    ))]
 pub(crate) async fn latest(
     agency: Agency,
     State(state): State<AppState>,
-    Query(p): Query<LatestParams>,
+    Q(p): Q<LatestParams>,
 ) -> Result<Json<Vec<JsonValue>>, ApiError> {
     let registry = state.ingestor.registry();
     let kind = p.kind.as_deref().map(parse_kind).transpose()?;
@@ -196,11 +242,23 @@ pub(crate) async fn latest(
     ))
 }
 
+/// Readings history: raw samples (up to 1 day) or windows from 1 s, at
+/// most 10 000 windows per answer.
+#[utoipa::path(get, path = "/api/v1/sensors/{id}/readings", tag = "agency",
+    params(("id" = String, Path, description = "Sensor id"), history::Params),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Series", body = history::History),
+        (status = 400, description = "A bad parameter, named in `param`", body = ErrorBody),
+        (status = 401, description = "No usable token", body = ErrorBody),
+        (status = 403, description = "The token may not read this kind", body = ErrorBody),
+        (status = 404, description = "No such sensor", body = ErrorBody),
+    ))]
 pub(crate) async fn readings(
     agency: Agency,
     State(state): State<AppState>,
     Path(id): Path<String>,
-    Query(p): Query<history::Params>,
+    Q(p): Q<history::Params>,
 ) -> Result<Json<history::History>, ApiError> {
     let registry = state.ingestor.registry();
     let s = registry
@@ -210,6 +268,14 @@ pub(crate) async fn readings(
     history::answer(&state, s, &p, Limits::AGENCY).await
 }
 
+/// Gateways carrying sensors the token reads (admins: all), with
+/// presence and their last status (spool depth, dropped, source errors).
+#[utoipa::path(get, path = "/api/v1/gateways", tag = "agency",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Gateways", body = Vec<Object>),
+        (status = 401, description = "No usable token", body = ErrorBody),
+    ))]
 pub(crate) async fn gateways(
     agency: Agency,
     State(state): State<AppState>,
@@ -260,12 +326,34 @@ pub(crate) async fn gateways(
 }
 
 /// `POST /api/v1/admin/gateways` body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct NewGateway {
+    /// Gateway id: lowercase letters, digits and '-', at most 64.
+    #[schema(pattern = r"^[a-z0-9-]{1,64}$")]
     id: String,
 }
 
+/// A registered gateway's credentials (shown once).
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct GatewayCredentials {
+    gateway: String,
+    username: String,
+    /// The token (the MQTT password); only its hash is kept.
+    password: String,
+}
+
+/// Registers a gateway (admin); answers its token once.
+#[utoipa::path(post, path = "/api/v1/admin/gateways", tag = "admin", request_body = NewGateway,
+    security(("bearer" = [])),
+    responses(
+        (status = 201, description = "Registered", body = GatewayCredentials),
+        (status = 400, description = "A bad body or id", body = ErrorBody),
+        (status = 401, description = "No usable token", body = ErrorBody),
+        (status = 403, description = "Not an admin token", body = ErrorBody),
+        (status = 409, description = "Already registered", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+    ))]
 pub(crate) async fn add_gateway(
     agency: Agency,
     State(state): State<AppState>,
@@ -300,14 +388,26 @@ pub(crate) async fn add_gateway(
     tracing::info!(gateway = %id, by = %agency.name, "Gateway registered through the API.");
     Ok((
         StatusCode::CREATED,
-        Json(json!({"gateway": id.as_str(), "username": id.as_str(), "password": token})),
+        Json(GatewayCredentials {
+            gateway: id.to_string(),
+            username: id.to_string(),
+            password: token,
+        }),
     ))
 }
 
+/// Live feed (Server-Sent Events) of readings the token may read.
+#[utoipa::path(get, path = "/api/v1/live", tag = "agency", params(live::Params),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "An event stream", content_type = "text/event-stream", body = String),
+        (status = 400, description = "A bad filter", body = ErrorBody),
+        (status = 401, description = "No usable token", body = ErrorBody),
+    ))]
 pub(crate) async fn live(
     agency: Agency,
     State(state): State<AppState>,
-    Query(p): Query<live::Params>,
+    Q(p): Q<live::Params>,
 ) -> Result<impl IntoResponse, ApiError> {
     let filter = Filter::parse(&p)?;
     Ok(live::feed(&state, filter, move |s, r| {

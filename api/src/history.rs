@@ -3,12 +3,13 @@
 //! and `/api/v1/sensors/{id}/readings` for agencies (raw samples over up to a
 //! day, windows from 1 s, at most 10 000 windows per answer).
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::Json;
 use pantau_ingest::history::{Agg, HistoryError, HistoryQuery, Series};
 use pantau_model::{FieldType, Sensor, Timestamp};
 use serde::{Deserialize, Serialize};
 
+use crate::extract::Q;
 use crate::{ApiError, AppState};
 
 /// What a caller may ask for.
@@ -50,33 +51,46 @@ impl Limits {
 }
 
 /// Query parameters.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct Params {
     /// Start, RFC 3339 (default: 24 h before `to`).
+    #[param(format = DateTime)]
     from: Option<String>,
     /// End, RFC 3339, exclusive (default: now).
+    #[param(format = DateTime)]
     to: Option<String>,
     /// Window, e.g. `5m`, `1h` (public: default and minimum `5m`; agencies:
     /// raw samples by default, minimum `1s`).
+    #[param(pattern = r"^[0-9]+ ?(ms|s|m|h|d)$", example = "5m")]
     every: Option<String>,
-    /// `mean`, `min`, `max`, `last` or `count` (default `mean`).
+    /// The aggregate per window (default `mean`).
     #[serde(rename = "fn")]
+    #[param(value_type = Option<crate::openapi::AggDoc>)]
     agg: Option<String>,
     /// One field (default: every numeric field of the kind).
+    #[param(pattern = r"^[a-z0-9_]+$", example = "water_level_cm")]
     field: Option<String>,
 }
 
 /// The answer.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(crate) struct History {
     sensor: String,
+    /// Range start, ms since the Unix epoch.
+    #[schema(value_type = i64)]
     from: Timestamp,
+    /// Range end (exclusive), ms since the Unix epoch.
+    #[schema(value_type = i64)]
     to: Timestamp,
     /// Window length; `null` for raw samples.
     every_ms: Option<i64>,
+    /// The aggregate: mean, min, max, last or count.
     #[serde(rename = "fn")]
+    #[schema(value_type = String)]
     agg: Agg,
+    /// One series per field.
+    #[schema(value_type = Vec<crate::openapi::SeriesDoc>)]
     series: Vec<Series>,
 }
 
@@ -227,10 +241,21 @@ pub(crate) async fn answer(
     }))
 }
 
+/// Coarse history of a public sensor (windows ≥ 5 min over ≤ 7 days).
+#[utoipa::path(get, path = "/api/v1/public/sensors/{id}/history", tag = "public", operation_id = "public_history",
+    params(("id" = String, Path, description = "Public sensor id"), Params),
+    responses(
+        (status = 200, description = "Aggregated series", body = History,
+            headers(("ETag" = String), ("Cache-Control" = String))),
+        (status = 304, description = "Not modified (If-None-Match)"),
+        (status = 400, description = "A bad parameter, named in `param`", body = crate::openapi::ErrorBody),
+        (status = 404, description = "No public sensor of that id", body = crate::openapi::ErrorBody),
+        (status = 429, description = "Rate limited", body = crate::openapi::ErrorBody),
+    ))]
 pub(crate) async fn history(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    Query(p): Query<Params>,
+    Q(p): Q<Params>,
 ) -> Result<axum::response::Response, ApiError> {
     let registry = state.ingestor.registry();
     let sensor = registry

@@ -9,8 +9,10 @@
 mod agency;
 mod auth;
 mod error;
+mod extract;
 mod history;
 mod live;
+mod openapi;
 mod public;
 mod ratelimit;
 
@@ -90,6 +92,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/gateways", get(agency::gateways))
         .route("/api/v1/live", get(agency::live))
         .route("/api/v1/admin/gateways", post(agency::add_gateway))
+        .route("/api/v1/openapi.json", get(openapi::document))
+        .merge(openapi::docs_page())
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
@@ -99,6 +103,12 @@ async fn not_found() -> ApiError {
     ApiError::NotFound("route".into())
 }
 
+/// Ready when storage and the broker are.
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses(
+        (status = 200, description = "Ready", body = Object),
+        (status = 503, description = "Not ready; says which part", body = Object),
+    ))]
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     let storage = state.ready.storage.load(Ordering::Acquire);
     let broker = state.ready.broker.load(Ordering::Acquire);
@@ -128,10 +138,16 @@ pub async fn run(
     .await
 }
 
+/// The process is up.
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "Up", body = Object)))]
 async fn healthz() -> impl IntoResponse {
     axum::Json(serde_json::json!({"status": "ok"}))
 }
 
+/// Prometheus metrics (OpenMetrics text).
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Metrics", content_type = "application/openmetrics-text", body = String)))]
 async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
     let mut out = String::new();
     prometheus_client::encoding::text::encode(&mut out, &state.metrics)

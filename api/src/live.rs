@@ -28,12 +28,16 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use crate::{ApiError, AppState};
 
 /// Filters of a live feed, each a comma-separated list.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct Params {
     /// Sensor kinds, e.g. `flood_gauge,tide_gauge`.
+    #[param(
+        pattern = r"^(flood_gauge|tide_gauge|traffic_counter|metocean|berth|gateway_health)(,(flood_gauge|tide_gauge|traffic_counter|metocean|berth|gateway_health))*$"
+    )]
     kind: Option<String>,
     /// Sensor ids.
+    #[param(pattern = r"^[a-z0-9-]+(,[a-z0-9-]+)*$")]
     sensor: Option<String>,
     /// Districts (kecamatan), e.g. `Dumai Kota`.
     district: Option<String>,

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 
 use axum::body::Body;
-use axum::extract::{Query, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -19,27 +19,38 @@ use pantau_model::{Sensor, SensorKind};
 use serde::Serialize;
 use serde_json::{json, Value as JsonValue};
 
+use utoipa::ToSchema;
+
+use crate::extract::Q;
 use crate::live::{self, Filter};
+use crate::openapi::ErrorBody;
 use crate::{ApiError, AppState};
 
 /// One public sensor in `/api/v1/public/conditions`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct Condition {
     id: String,
     name: String,
+    #[schema(value_type = String, example = "flood_gauge")]
     kind: SensorKind,
     district: String,
     lat: f64,
     lon: f64,
     /// Newest reading, if any arrived.
     latest: Option<Latest>,
-    /// Derived status (flood Siaga level, traffic level of service, ...).
+    /// Derived status (flood Siaga level, traffic level of service, ...)
+    /// with the thresholds it was derived from.
+    #[schema(value_type = Option<Object>)]
     status: Option<JsonValue>,
 }
 
-#[derive(Debug, Serialize)]
-struct Latest {
+/// A sensor's newest reading.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct Latest {
+    /// Observation time, RFC 3339.
     ts: String,
+    /// Field values (numbers or booleans).
+    #[schema(value_type = Object)]
     values: serde_json::Map<String, JsonValue>,
 }
 
@@ -119,6 +130,14 @@ pub(crate) fn cached<T: Serialize>(body: &T, max_age_s: u32) -> Response {
         .into_response()
 }
 
+/// Live conditions of every public sensor: latest values and derived status.
+#[utoipa::path(get, path = "/api/v1/public/conditions", tag = "public", operation_id = "public_conditions",
+    responses(
+        (status = 200, description = "Public sensors with their latest values", body = Vec<Condition>,
+            headers(("ETag" = String), ("Cache-Control" = String))),
+        (status = 304, description = "Not modified (If-None-Match)"),
+        (status = 429, description = "Rate limited", body = ErrorBody),
+    ))]
 pub(crate) async fn conditions(State(state): State<AppState>) -> Result<Response, ApiError> {
     let log = state.ingestor.log().clone();
     let latest = tokio::task::spawn_blocking(move || log.latest_all())
@@ -152,21 +171,33 @@ pub(crate) async fn conditions(State(state): State<AppState>) -> Result<Response
 }
 
 /// One public sensor in `/api/v1/public/sensors`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct PublicSensor {
     id: String,
     name: String,
+    #[schema(value_type = String, example = "tide_gauge")]
     kind: SensorKind,
     district: String,
     owner: String,
     lat: f64,
     lon: f64,
     /// The fields the public view shows, with units.
+    #[schema(value_type = Vec<Object>)]
     fields: Vec<JsonValue>,
+    /// Flood thresholds (Siaga 3, 2, 1), flood gauges only.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
     thresholds: Option<pantau_model::Thresholds>,
 }
 
+/// The public sensors: where they are and what they report.
+#[utoipa::path(get, path = "/api/v1/public/sensors", tag = "public", operation_id = "public_sensors",
+    responses(
+        (status = 200, description = "Public sensors", body = Vec<PublicSensor>,
+            headers(("ETag" = String), ("Cache-Control" = String))),
+        (status = 304, description = "Not modified (If-None-Match)"),
+        (status = 429, description = "Rate limited", body = ErrorBody),
+    ))]
 pub(crate) async fn sensors(State(state): State<AppState>) -> Response {
     let registry = state.ingestor.registry();
     let out: Vec<PublicSensor> = registry
@@ -193,9 +224,17 @@ pub(crate) async fn sensors(State(state): State<AppState>) -> Response {
     cached(&out, 60)
 }
 
+/// Live feed (Server-Sent Events) of public readings: `reading` events,
+/// `lagged` when the connection missed some, heartbeats every 15 s.
+#[utoipa::path(get, path = "/api/v1/public/live", tag = "public", operation_id = "public_live", params(live::Params),
+    responses(
+        (status = 200, description = "An event stream", content_type = "text/event-stream", body = String),
+        (status = 400, description = "A bad filter", body = ErrorBody),
+        (status = 429, description = "Rate limited", body = ErrorBody),
+    ))]
 pub(crate) async fn live(
     State(state): State<AppState>,
-    Query(p): Query<live::Params>,
+    Q(p): Q<live::Params>,
 ) -> Result<Response, ApiError> {
     let filter = Filter::parse(&p)?;
     Ok(live::feed(&state, filter, |s, r| {
