@@ -410,7 +410,15 @@ pub(crate) async fn live(
     Q(p): Q<live::Params>,
 ) -> Result<impl IntoResponse, ApiError> {
     let filter = Filter::parse(&p)?;
-    Ok(live::feed(&state, filter, move |s, r| {
+    Ok(live::sse(&state, filter, agency_event(agency)))
+}
+
+/// An agency live event: sensors of the token's kinds, every field.
+fn agency_event(
+    agency: Agency,
+) -> impl Fn(&pantau_model::Sensor, &pantau_ingest::LiveReading) -> Option<JsonValue> + Send + 'static
+{
+    move |s, r| {
         agency.reads(s.kind).then(|| {
             json!({
                 "sensor": r.sensor,
@@ -421,5 +429,31 @@ pub(crate) async fn live(
                 "values": r.values,
             })
         })
-    }))
+    }
+}
+
+/// The agency live feed over a WebSocket (same filters and events as the
+/// SSE feed, one JSON text message each).
+#[utoipa::path(get, path = "/api/v1/live/ws", tag = "agency", params(live::Params),
+    security(("bearer" = [])),
+    responses(
+        (status = 101, description = "Switching to the WebSocket protocol"),
+        (status = 400, description = "A bad filter, or not a WebSocket upgrade", body = ErrorBody),
+        (status = 401, description = "No usable token", body = ErrorBody),
+    ))]
+pub(crate) async fn live_ws(
+    agency: Agency,
+    State(state): State<AppState>,
+    Q(p): Q<live::Params>,
+    ws: Result<
+        axum::extract::ws::WebSocketUpgrade,
+        axum::extract::ws::rejection::WebSocketUpgradeRejection,
+    >,
+) -> Result<axum::response::Response, ApiError> {
+    let filter = Filter::parse(&p)?;
+    let ws = ws.map_err(|e| ApiError::BadParam {
+        param: "upgrade",
+        message: e.body_text(),
+    })?;
+    Ok(live::websocket(ws, &state, filter, agency_event(agency)))
 }

@@ -76,6 +76,7 @@ pub fn router(state: AppState) -> Router {
         .route_layer(axum::middleware::from_fn(public::etag));
     let public = cached
         .route("/api/v1/public/live", get(public::live))
+        .route("/api/v1/public/live/ws", get(public::live_ws))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             ratelimit::limit,
@@ -91,6 +92,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/latest", get(agency::latest))
         .route("/api/v1/gateways", get(agency::gateways))
         .route("/api/v1/live", get(agency::live))
+        .route("/api/v1/live/ws", get(agency::live_ws))
         .route("/api/v1/admin/gateways", post(agency::add_gateway))
         .route("/api/v1/openapi.json", get(openapi::document))
         .merge(openapi::docs_page())

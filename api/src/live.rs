@@ -15,8 +15,10 @@ use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use axum::extract::ws::{Message, WebSocketUpgrade};
 use axum::response::sse::{Event, KeepAlive, Sse};
-use futures::Stream;
+use axum::response::Response;
+use futures::{SinkExt, Stream, StreamExt};
 use pantau_ingest::LiveReading;
 use pantau_model::{Sensor, SensorKind};
 use serde::Deserialize;
@@ -127,6 +129,15 @@ impl Pending {
     }
 }
 
+/// One item of a connection's feed.
+#[derive(Debug)]
+pub(crate) enum Item {
+    /// A reading, as the caller may see it.
+    Reading(JsonValue),
+    /// Readings this connection missed (the broadcast outran its task).
+    Lagged(u64),
+}
+
 struct Feed {
     pending: Arc<(Mutex<Pending>, Notify)>,
     tick: tokio::time::Interval,
@@ -134,13 +145,10 @@ struct Feed {
     _stop: DropGuard,
 }
 
-/// A live feed of the readings `project` lets through (it returns the
-/// event's JSON, or `None` for a reading the caller may not see).
-pub(crate) fn feed<P>(
-    state: &AppState,
-    filter: Filter,
-    project: P,
-) -> Sse<impl Stream<Item = Result<Event, Infallible>>>
+/// A connection's feed of the readings `project` lets through (it returns
+/// the event's JSON, or `None` for a reading the caller may not see), at
+/// most `live_max_per_s` items a second.
+pub(crate) fn subscribe<P>(state: &AppState, filter: Filter, project: P) -> impl Stream<Item = Item>
 where
     P: Fn(&Sensor, &LiveReading) -> Option<JsonValue> + Send + 'static,
 {
@@ -189,33 +197,93 @@ where
         tick,
         _stop: stop.drop_guard(),
     };
-    let stream = futures::stream::unfold(start, |mut f| async move {
+    futures::stream::unfold(start, |mut f| async move {
         loop {
             let next = {
                 let mut p = f.pending.0.lock().unwrap_or_else(|e| e.into_inner());
                 if p.lagged > 0 {
-                    let n = std::mem::take(&mut p.lagged);
-                    Some(
-                        Event::default()
-                            .event("lagged")
-                            .data(json!({"skipped": n}).to_string()),
-                    )
+                    Some(Item::Lagged(std::mem::take(&mut p.lagged)))
                 } else {
-                    p.queue
-                        .pop_front()
-                        .map(|(_, v)| Event::default().event("reading").data(v.to_string()))
+                    p.queue.pop_front().map(|(_, v)| Item::Reading(v))
                 }
             };
             match next {
-                Some(event) => {
+                Some(item) => {
                     f.tick.tick().await;
-                    return Some((Ok(event), f));
+                    return Some((item, f));
                 }
                 None => f.pending.1.notified().await,
             }
         }
+    })
+}
+
+/// The feed as Server-Sent Events: `reading` and `lagged` events, a
+/// heartbeat comment every 15 s.
+pub(crate) fn sse<P>(
+    state: &AppState,
+    filter: Filter,
+    project: P,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>>
+where
+    P: Fn(&Sensor, &LiveReading) -> Option<JsonValue> + Send + 'static,
+{
+    let stream = subscribe(state, filter, project).map(|item| {
+        Ok(match item {
+            Item::Reading(v) => Event::default().event("reading").data(v.to_string()),
+            Item::Lagged(n) => Event::default()
+                .event("lagged")
+                .data(json!({"skipped": n}).to_string()),
+        })
     });
     Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+}
+
+/// The feed over a WebSocket: one JSON text message per item
+/// (`{"event":"reading","data":{..}}` or `{"event":"lagged","data":{"skipped":n}}`),
+/// a ping every 15 s; the connection ends when the client closes it or
+/// stops answering.
+pub(crate) fn websocket<P>(
+    ws: WebSocketUpgrade,
+    state: &AppState,
+    filter: Filter,
+    project: P,
+) -> Response
+where
+    P: Fn(&Sensor, &LiveReading) -> Option<JsonValue> + Send + 'static,
+{
+    let items = subscribe(state, filter, project);
+    ws.on_upgrade(move |socket| async move {
+        let (mut tx, mut rx) = socket.split();
+        let mut items = std::pin::pin!(items);
+        let mut ping = tokio::time::interval(Duration::from_secs(15));
+        loop {
+            let msg = tokio::select! {
+                item = items.next() => match item {
+                    Some(Item::Reading(v)) => json!({"event": "reading", "data": v}),
+                    Some(Item::Lagged(n)) => json!({"event": "lagged", "data": {"skipped": n}}),
+                    None => return,
+                },
+                _ = ping.tick() => {
+                    if tx.send(Message::Ping(Default::default())).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+                incoming = rx.next() => match incoming {
+                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
+                    Some(Ok(_)) => continue,
+                },
+            };
+            if tx
+                .send(Message::Text(msg.to_string().into()))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    })
 }
 
 #[cfg(test)]

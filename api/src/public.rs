@@ -237,29 +237,56 @@ pub(crate) async fn live(
     Q(p): Q<live::Params>,
 ) -> Result<Response, ApiError> {
     let filter = Filter::parse(&p)?;
-    Ok(live::feed(&state, filter, |s, r| {
-        s.public.then(|| {
-            let values: serde_json::Map<String, JsonValue> = r
-                .values
-                .iter()
-                .filter(|(f, _)| s.kind.field(f).is_some_and(|spec| !spec.restricted))
-                .map(|(f, v)| {
-                    (
-                        f.clone(),
-                        serde_json::to_value(v).unwrap_or(JsonValue::Null),
-                    )
-                })
-                .collect();
-            json!({
-                "sensor": r.sensor,
-                "kind": r.kind,
-                "district": s.district,
-                "ts": r.ts.to_rfc3339(),
-                "values": values,
+    Ok(live::sse(&state, filter, public_event).into_response())
+}
+
+/// A public live event: public sensors only, no restricted field.
+fn public_event(s: &Sensor, r: &pantau_ingest::LiveReading) -> Option<JsonValue> {
+    s.public.then(|| {
+        let values: serde_json::Map<String, JsonValue> = r
+            .values
+            .iter()
+            .filter(|(f, _)| s.kind.field(f).is_some_and(|spec| !spec.restricted))
+            .map(|(f, v)| {
+                (
+                    f.clone(),
+                    serde_json::to_value(v).unwrap_or(JsonValue::Null),
+                )
             })
+            .collect();
+        json!({
+            "sensor": r.sensor,
+            "kind": r.kind,
+            "district": s.district,
+            "ts": r.ts.to_rfc3339(),
+            "values": values,
         })
     })
-    .into_response())
+}
+
+/// The public live feed over a WebSocket (same filters and events as the
+/// SSE feed, one JSON text message each).
+#[utoipa::path(get, path = "/api/v1/public/live/ws", tag = "public", operation_id = "public_live_ws",
+    params(live::Params),
+    responses(
+        (status = 101, description = "Switching to the WebSocket protocol"),
+        (status = 400, description = "A bad filter, or not a WebSocket upgrade", body = ErrorBody),
+        (status = 429, description = "Rate limited", body = ErrorBody),
+    ))]
+pub(crate) async fn live_ws(
+    State(state): State<AppState>,
+    Q(p): Q<live::Params>,
+    ws: Result<
+        axum::extract::ws::WebSocketUpgrade,
+        axum::extract::ws::rejection::WebSocketUpgradeRejection,
+    >,
+) -> Result<Response, ApiError> {
+    let filter = Filter::parse(&p)?;
+    let ws = ws.map_err(|e| ApiError::BadParam {
+        param: "upgrade",
+        message: e.body_text(),
+    })?;
+    Ok(live::websocket(ws, &state, filter, public_event))
 }
 
 /// Adds a weak `ETag` (a hash of the body) to successful JSON answers and

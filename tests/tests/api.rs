@@ -487,3 +487,66 @@ async fn caching_rate_limits_and_bad_input_get_clear_4xx() -> Result<()> {
     ensure!(s == StatusCode::OK && v["ready"] == true, "{v}");
     Ok(())
 }
+
+#[tokio::test]
+async fn websocket_feeds_follow_scopes_and_filters() -> Result<()> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let dir = tempfile::tempdir()?;
+    let d = demo(dir.path(), &["--demo-interval", "100ms"]).await?;
+    let ws_url = |path: &str| format!("ws://{}{path}", d.p.http);
+    let next_readings = |mut ws: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+                         n: usize| async move {
+        let mut out = Vec::new();
+        while out.len() < n {
+            let msg = tokio::time::timeout(Duration::from_secs(30), ws.next())
+                .await
+                .context("a WebSocket message within 30 s")?
+                .context("socket closed")??;
+            if let tokio_tungstenite::tungstenite::Message::Text(t) = msg {
+                let v: Value = serde_json::from_str(&t)?;
+                if v["event"] == "reading" {
+                    out.push(v["data"].clone());
+                }
+            }
+        }
+        anyhow::Ok(out)
+    };
+    // Public, filtered to one district: only public sensors of it.
+    let (ws, _) =
+        tokio_tungstenite::connect_async(ws_url("/api/v1/public/live/ws?district=Dumai%20Barat"))
+            .await?;
+    let public = d.ids_of_kinds(|_, p| p);
+    for e in next_readings(ws, 50).await? {
+        ensure!(e["district"] == "Dumai Barat", "{e}");
+        ensure!(
+            public.contains(e["sensor"].as_str().unwrap_or_default()),
+            "{e}"
+        );
+        ensure!(e["values"].get("vessel_imo").is_none(), "{e}");
+    }
+    // Agency: no token is refused before the upgrade; a flood token gets flood only.
+    ensure!(
+        tokio_tungstenite::connect_async(ws_url("/api/v1/live/ws"))
+            .await
+            .is_err(),
+        "an agency WebSocket without a token"
+    );
+    let mut req = ws_url("/api/v1/live/ws").into_client_request()?;
+    req.headers_mut()
+        .insert("authorization", format!("Bearer {}", d.flood).parse()?);
+    let (ws, _) = tokio_tungstenite::connect_async(req).await?;
+    for e in next_readings(ws, 50).await? {
+        ensure!(e["kind"] == "flood_gauge", "{e}");
+    }
+    // A plain GET on a WebSocket route is a JSON 400.
+    let (s, v) = d
+        .call(Method::GET, "/api/v1/public/live/ws", None, None)
+        .await?;
+    ensure!(
+        s == StatusCode::BAD_REQUEST && v["param"] == "upgrade",
+        "{s} {v}"
+    );
+    Ok(())
+}
