@@ -373,5 +373,24 @@ async fn public_history_equals_the_store_and_names_bad_parameters() -> anyhow::R
         .send()
         .await?;
     assert_eq!(r.status(), 404);
+    // The agency route's raw samples are exactly the stored ones.
+    let token = token_create(&p.data_dir, "bpbd", "read:flood")?;
+    let v: Value = client
+        .get(p.url(&format!(
+            "/api/v1/sensors/fl-test-01/readings?from={from_s}&to={to_s}&field=water_level_cm"
+        )))
+        .bearer_auth(token["token"].as_str().unwrap())
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let want: Vec<(i64, f64)> = raw
+        .iter()
+        .filter(|r| r.0 == "water_level_cm" && r.1 >= from && r.1 < to)
+        .map(|r| (r.1, r.2))
+        .collect();
+    assert_eq!(history_points(&v), want);
+    assert_eq!(want.len(), 60);
     Ok(())
 }

@@ -72,6 +72,9 @@ async fn influx_v1_demo_readings_arrive_and_history_api_equals_influxql() -> any
     let url = influx.url();
     let mut args = influx_flags(&url, "dumai");
     args.extend(["--demo", "--demo-interval", "1s"]);
+    std::fs::create_dir_all(dir.path().join("data"))?;
+    let analyst = token_create(&dir.path().join("data"), "analyst", "read:port")?;
+    let analyst = analyst["token"].as_str().unwrap().to_owned();
     let p = Pantau::start(&dir.path().join("data"), &args).await?;
     // Every demo sensor (public or not) reaches InfluxDB, tagged with its
     // registry gateway.
@@ -125,7 +128,57 @@ async fn influx_v1_demo_readings_arrive_and_history_api_equals_influxql() -> any
         .collect();
     assert!(!direct_points.is_empty());
     assert_eq!(api_points, direct_points);
+    // The agency route's raw samples equal a direct raw query (a closed
+    // range, polled until the drain has delivered it).
+    // A range that closes 5 s from now, compared once it has closed.
+    let raw_to = (pantau_model::Timestamp::now().millis() / 1000 + 5) * 1000;
+    let raw_from = raw_to - 600_000;
+    let path = format!(
+        "/api/v1/sensors/tide-pelabuhan/readings?from={}&to={}&field=tide_height_m",
+        pantau_model::Timestamp(raw_from).to_rfc3339(),
+        pantau_model::Timestamp(raw_to).to_rfc3339()
+    );
+    let client = reqwest::Client::new();
+    let (agency_points, raw_points) = eventually(Duration::from_secs(30), "agency raw readings = InfluxQL", || {
+        let (client, url, influx, analyst) = (client.clone(), p.url(&path), &influx, analyst.clone());
+        async move {
+            if pantau_model::Timestamp::now().millis() < raw_to + 2_000 {
+                return None;
+            }
+            let r = client.get(url).bearer_auth(analyst).send().await.ok()?;
+            let v: serde_json::Value = r.error_for_status().ok()?.json().await.ok()?;
+            let direct = influx
+                .query(
+                    Some("dumai"),
+                    &format!("SELECT \"tide_height_m\" FROM \"tide_gauge\" WHERE \"sensor\" = 'tide-pelabuhan' AND time >= {raw_from}ms AND time < {raw_to}ms"),
+                    None,
+                )
+                .await
+                .ok()?;
+            let a = history_points(&v);
+            let b: Vec<(i64, f64)> = rows(&direct)
+                .iter()
+                .map(|r| (r[0].as_i64().unwrap_or_default(), r[1].as_f64().unwrap_or_default()))
+                .collect();
+            (!a.is_empty() && a == b).then_some((a, b))
+        }
+    })
+    .await?;
+    assert_eq!(agency_points, raw_points);
+    assert!(v_is_null_every(&p, &path, &analyst).await?);
     Ok(())
+}
+
+/// The agency answer of raw samples says so (`every_ms` null).
+async fn v_is_null_every(p: &Pantau, path: &str, token: &str) -> anyhow::Result<bool> {
+    let v: serde_json::Value = reqwest::Client::new()
+        .get(p.url(path))
+        .bearer_auth(token)
+        .send()
+        .await?
+        .json()
+        .await?;
+    Ok(v["every_ms"].is_null() && v["series"][0]["field"] == "tide_height_m")
 }
 
 #[tokio::test]
