@@ -11,6 +11,7 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::Json;
 use pantau_ingest::LatestReading;
+use pantau_model::derive::LosBands;
 use pantau_model::{GatewayId, Sensor, SensorKind};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value as JsonValue};
@@ -133,13 +134,13 @@ async fn latest_map(state: &AppState) -> Result<HashMap<String, LatestReading>, 
     Ok(latest.into_iter().map(|l| (l.sensor.clone(), l)).collect())
 }
 
-fn latest_json(s: &Sensor, l: Option<&LatestReading>) -> JsonValue {
+fn latest_json(s: &Sensor, l: Option<&LatestReading>, los: &LosBands) -> JsonValue {
     match l {
         Some(l) => json!({
             "sensor": s.id.as_str(),
             "ts": l.ts.to_rfc3339(),
             "values": l.values,
-            "status": status(s, l),
+            "status": status(s, l, los),
         }),
         None => json!({"sensor": s.id.as_str(), "ts": null, "values": null, "status": null}),
     }
@@ -168,7 +169,7 @@ pub(crate) async fn sensor(
     let latest = latest_map(&state).await?;
     let mut v =
         serde_json::to_value(SensorView::of(s)).map_err(|e| ApiError::Internal(e.to_string()))?;
-    v["latest"] = latest_json(s, latest.get(s.id.as_str()));
+    v["latest"] = latest_json(s, latest.get(s.id.as_str()), &state.los);
     Ok(Json(v))
 }
 
@@ -237,7 +238,7 @@ pub(crate) async fn latest(
         chosen
             .into_iter()
             .filter(|s| kind.is_none_or(|k| s.kind == k))
-            .map(|s| latest_json(s, latest.get(s.id.as_str())))
+            .map(|s| latest_json(s, latest.get(s.id.as_str()), &state.los))
             .collect(),
     ))
 }

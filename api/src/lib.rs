@@ -62,6 +62,8 @@ pub struct AppState {
     pub live_max_per_s: u32,
     /// Readiness flags.
     pub ready: Arc<Readiness>,
+    /// Traffic level-of-service bands.
+    pub los: Arc<pantau_model::derive::LosBands>,
 }
 
 /// Largest request body accepted (admin JSON bodies are small).

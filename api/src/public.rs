@@ -14,7 +14,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use pantau_ingest::LatestReading;
-use pantau_model::derive::{rain_class, siaga_level};
+use pantau_model::derive::{rain_class, siaga_level, LosBands};
 use pantau_model::{Sensor, SensorKind};
 use serde::Serialize;
 use serde_json::{json, Value as JsonValue};
@@ -54,20 +54,9 @@ pub(crate) struct Latest {
     values: serde_json::Map<String, JsonValue>,
 }
 
-/// Level of service from volume/capacity (default bands after the
-/// transport ministry's KM 14/2006 table).
-fn level_of_service(vc: f64) -> &'static str {
-    match vc {
-        x if x <= 0.35 => "A",
-        x if x <= 0.54 => "B",
-        x if x <= 0.77 => "C",
-        x if x <= 0.90 => "D",
-        x if x <= 1.00 => "E",
-        _ => "F",
-    }
-}
-
-pub(crate) fn status(sensor: &Sensor, latest: &LatestReading) -> Option<JsonValue> {
+/// The derived status of a sensor's latest reading, with the thresholds
+/// or bands it was derived from.
+pub(crate) fn status(sensor: &Sensor, latest: &LatestReading, los: &LosBands) -> Option<JsonValue> {
     let num = |f: &str| latest.values.get(f).and_then(JsonValue::as_f64);
     match sensor.kind {
         SensorKind::FloodGauge => {
@@ -95,11 +84,16 @@ pub(crate) fn status(sensor: &Sensor, latest: &LatestReading) -> Option<JsonValu
             let window = num("window_s").filter(|w| *w > 0.0)?;
             let flow = count * 3600.0 / window;
             let vc = flow / cap;
+            let speed = num("mean_speed_kmh");
             Some(json!({
-                "level_of_service": level_of_service(vc),
+                "level_of_service": los.grade(vc, speed),
+                "by_volume_capacity": los.by_volume_capacity(vc),
+                "by_speed": speed.map(|s| los.by_speed(s)),
                 "flow_veh_h": flow.round(),
                 "volume_capacity_ratio": (vc * 100.0).round() / 100.0,
+                "mean_speed_kmh": speed,
                 "capacity_pcu_h": cap,
+                "bands": los,
             }))
         }
         _ => None,
@@ -159,7 +153,7 @@ pub(crate) async fn conditions(State(state): State<AppState>) -> Result<Response
                 district: s.district.clone(),
                 lat: s.lat,
                 lon: s.lon,
-                status: l.as_ref().and_then(|l| status(s, l)),
+                status: l.as_ref().and_then(|l| status(s, l, &state.los)),
                 latest: l.map(|l| Latest {
                     ts: l.ts.to_rfc3339(),
                     values: public_values(s, l.values),
@@ -319,17 +313,4 @@ pub(crate) async fn etag(req: Request, next: Next) -> Response {
         return Response::from_parts(parts, Body::empty());
     }
     Response::from_parts(parts, Body::from(bytes))
-}
-
-#[cfg(test)]
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn level_of_service_bands() {
-        assert_eq!(level_of_service(0.2), "A");
-        assert_eq!(level_of_service(0.6), "C");
-        assert_eq!(level_of_service(1.2), "F");
-    }
 }

@@ -231,6 +231,7 @@ fn resolve(args: UpArgs) -> anyhow::Result<UpConfig> {
         storage: args.storage,
         broker: args.broker,
         api: args.api,
+        los: file.level_of_service.unwrap_or_default(),
     })
 }
 

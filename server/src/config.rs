@@ -21,6 +21,8 @@ pub struct FileConfig {
     /// Extra DNS names or IPs for the generated server certificate.
     #[serde(default)]
     pub tls_names: Vec<String>,
+    /// Traffic level-of-service bands (default: PKJI 2023 / KM 14/2006).
+    pub level_of_service: Option<pantau_model::derive::LosBands>,
 }
 
 impl FileConfig {
@@ -28,7 +30,14 @@ impl FileConfig {
     pub fn load(path: &Path) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| anyhow::anyhow!("cannot read config {}: {e}", path.display()))?;
-        toml::from_str(&text).map_err(|e| anyhow::anyhow!("config {}: {e}", path.display()))
+        let cfg: Self =
+            toml::from_str(&text).map_err(|e| anyhow::anyhow!("config {}: {e}", path.display()))?;
+        if let Some(bands) = &cfg.level_of_service {
+            bands
+                .check()
+                .map_err(|e| anyhow::anyhow!("config {}: {e}", path.display()))?;
+        }
+        Ok(cfg)
     }
 }
 
@@ -55,6 +64,8 @@ pub struct UpConfig {
     pub broker: GatekeeperArgs,
     /// API limits.
     pub api: ApiArgs,
+    /// Traffic level-of-service bands.
+    pub los: pantau_model::derive::LosBands,
 }
 
 /// API limits (each flag with a `PANTAU_*` env twin).
@@ -81,6 +92,7 @@ impl ApiArgs {
         mut metrics: prometheus_client::registry::Registry,
         state: std::sync::Arc<pantau_state::StateDb>,
         presence: std::sync::Arc<pantau_state::presence::Presence>,
+        los: pantau_model::derive::LosBands,
     ) -> pantau_api::AppState {
         let limiter = pantau_api::PublicLimiter::new(self.public_rate_per_s, self.public_burst);
         metrics.register(
@@ -97,6 +109,7 @@ impl ApiArgs {
             public_limit: std::sync::Arc::new(limiter),
             live_max_per_s: self.live_max_per_s.get(),
             ready: std::sync::Arc::default(),
+            los: std::sync::Arc::new(los),
         }
     }
 }

@@ -105,6 +105,7 @@ pub async fn run(cfg: IngestConfig) -> anyhow::Result<()> {
                     registry,
                     state.clone(),
                     Arc::default(),
+                    pantau_model::derive::LosBands::default(),
                 );
                 // Storage was checked at start-up; the consumer runs.
                 app.ready

@@ -550,3 +550,57 @@ async fn websocket_feeds_follow_scopes_and_filters() -> Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn level_of_service_bands_come_from_the_config_file() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let cfg = dir.path().join("pantau.toml");
+    // Bands so tight that any traffic is F by volume/capacity.
+    std::fs::write(
+        &cfg,
+        "[level_of_service]\nvolume_capacity = [0.0001, 0.0002, 0.0003, 0.0004, 0.0005]\nspeed_kmh = [48, 40, 32, 24, 16]\n",
+    )?;
+    let cfg_s = cfg.display().to_string();
+    let d = demo(dir.path(), &["--config", &cfg_s]).await?;
+    let conds = eventually(Duration::from_secs(20), "traffic statuses", || async {
+        let (_, v) = d
+            .call(Method::GET, "/api/v1/public/conditions", None, None)
+            .await
+            .ok()?;
+        let all = v
+            .as_array()?
+            .iter()
+            .filter(|c| c["kind"] == "traffic_counter")
+            .all(|c| !c["status"].is_null());
+        all.then_some(v)
+    })
+    .await?;
+    let traffic: Vec<&Value> = conds
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["kind"] == "traffic_counter")
+        .collect();
+    ensure!(!traffic.is_empty());
+    for c in traffic {
+        let s = &c["status"];
+        ensure!(
+            s["level_of_service"] == "F" && s["by_volume_capacity"] == "F",
+            "{s}"
+        );
+        ensure!(
+            s["bands"]["volume_capacity"][0] == 0.0001,
+            "the bands used are shown: {s}"
+        );
+        ensure!(s["by_speed"].is_string(), "speed graded too: {s}");
+    }
+    // Bands out of order are refused at start, naming the list.
+    std::fs::write(&cfg, "[level_of_service]\nvolume_capacity = [0.9, 0.5, 0.6, 0.7, 1.0]\nspeed_kmh = [48, 40, 32, 24, 16]\n")?;
+    let out = std::process::Command::new(binary("pantau"))
+        .args(["up", "--config", &cfg_s, "--data-dir"])
+        .arg(dir.path().join("other"))
+        .output()?;
+    ensure!(!out.status.success());
+    ensure!(String::from_utf8_lossy(&out.stderr).contains("level_of_service.volume_capacity"));
+    Ok(())
+}
