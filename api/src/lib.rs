@@ -34,6 +34,24 @@ use tokio_util::sync::CancellationToken;
 pub use error::ApiError;
 pub use ratelimit::PublicLimiter;
 
+/// Answers reused while nothing they depend on changed.
+#[derive(Debug, Default)]
+pub struct Caches {
+    /// `/api/v1/public/conditions` and the log's append count it was built at.
+    conditions: std::sync::Mutex<Option<(u64, axum::body::Bytes)>>,
+}
+
+impl Caches {
+    fn conditions_if(&self, appended: u64) -> Option<axum::body::Bytes> {
+        let c = self.conditions.lock().unwrap_or_else(|p| p.into_inner());
+        c.as_ref().filter(|(at, _)| *at == appended).map(|(_, b)| b.clone())
+    }
+
+    fn set_conditions(&self, appended: u64, body: axum::body::Bytes) {
+        *self.conditions.lock().unwrap_or_else(|p| p.into_inner()) = Some((appended, body));
+    }
+}
+
 /// What `/readyz` reports: each part sets its flag when it can serve.
 #[derive(Debug, Default)]
 pub struct Readiness {
@@ -64,6 +82,8 @@ pub struct AppState {
     pub ready: Arc<Readiness>,
     /// Traffic level-of-service bands.
     pub los: Arc<pantau_model::derive::LosBands>,
+    /// Reused answers.
+    pub caches: Arc<Caches>,
 }
 
 /// Largest request body accepted (admin JSON bodies are small).

@@ -133,6 +133,32 @@ pub(crate) fn cached<T: Serialize>(body: &T, max_age_s: u32) -> Response {
         (status = 429, description = "Rate limited", body = ErrorBody),
     ))]
 pub(crate) async fn conditions(State(state): State<AppState>) -> Result<Response, ApiError> {
+    // The answer changes only when a reading is logged: reuse the last one
+    // built while the log's append counter stands still.
+    let appended = state.ingestor.log().appended();
+    if let Some(body) = state.caches.conditions_if(appended) {
+        return Ok(cached_bytes(body, 5));
+    }
+    let out = build_conditions(&state).await?;
+    let body = axum::body::Bytes::from(
+        serde_json::to_vec(&out).map_err(|e| ApiError::Internal(e.to_string()))?,
+    );
+    state.caches.set_conditions(appended, body.clone());
+    Ok(cached_bytes(body, 5))
+}
+
+fn cached_bytes(body: axum::body::Bytes, max_age_s: u32) -> Response {
+    (
+        [
+            (header::CACHE_CONTROL, format!("public, max-age={max_age_s}")),
+            (header::CONTENT_TYPE, "application/json".to_string()),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+async fn build_conditions(state: &AppState) -> Result<Vec<Condition>, ApiError> {
     let log = state.ingestor.log().clone();
     let latest = tokio::task::spawn_blocking(move || log.latest_all())
         .await
@@ -161,7 +187,7 @@ pub(crate) async fn conditions(State(state): State<AppState>) -> Result<Response
             }
         })
         .collect();
-    Ok(cached(&out, 5))
+    Ok(out)
 }
 
 /// One public sensor in `/api/v1/public/sensors`.

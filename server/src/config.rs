@@ -110,6 +110,7 @@ impl ApiArgs {
             live_max_per_s: self.live_max_per_s.get(),
             ready: std::sync::Arc::default(),
             los: std::sync::Arc::new(los),
+            caches: std::sync::Arc::default(),
         }
     }
 }

@@ -21,6 +21,7 @@
 //! target/release/pantau-bench all`.
 
 mod agent;
+mod api;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -695,6 +696,7 @@ async fn main() -> Result<()> {
         "history" => bench_history().await,
         "fanin" => bench_fanin().await,
         "connections" => bench_connections(10_000).await,
+        "api" => api::bench_conditions().await,
         "agent" => {
             agent::bench_agent_steady().await?;
             agent::bench_agent_replay(1_000_000).await
@@ -712,10 +714,11 @@ async fn main() -> Result<()> {
             bench_fanin().await?;
             agent::bench_agent_steady().await?;
             agent::bench_agent_replay(1_000_000).await?;
+            api::bench_conditions().await?;
             bench_connections(10_000).await
         }
         other => bail!(
-            "unknown benchmark {other:?}: history, influx, embedded, fanin, agent, connections or all"
+            "unknown benchmark {other:?}: history, influx, embedded, fanin, agent, api, connections or all"
         ),
     }
     .context(what)
