@@ -44,7 +44,9 @@ pub struct Caches {
 impl Caches {
     fn conditions_if(&self, appended: u64) -> Option<axum::body::Bytes> {
         let c = self.conditions.lock().unwrap_or_else(|p| p.into_inner());
-        c.as_ref().filter(|(at, _)| *at == appended).map(|(_, b)| b.clone())
+        c.as_ref()
+            .filter(|(at, _)| *at == appended)
+            .map(|(_, b)| b.clone())
     }
 
     fn set_conditions(&self, appended: u64, body: axum::body::Bytes) {

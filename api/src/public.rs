@@ -150,7 +150,10 @@ pub(crate) async fn conditions(State(state): State<AppState>) -> Result<Response
 fn cached_bytes(body: axum::body::Bytes, max_age_s: u32) -> Response {
     (
         [
-            (header::CACHE_CONTROL, format!("public, max-age={max_age_s}")),
+            (
+                header::CACHE_CONTROL,
+                format!("public, max-age={max_age_s}"),
+            ),
             (header::CONTENT_TYPE, "application/json".to_string()),
         ],
         body,

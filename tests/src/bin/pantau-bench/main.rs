@@ -696,7 +696,10 @@ async fn main() -> Result<()> {
         "history" => bench_history().await,
         "fanin" => bench_fanin().await,
         "connections" => bench_connections(10_000).await,
-        "api" => api::bench_conditions().await,
+        "api" => {
+            api::bench_conditions().await?;
+            api::bench_live_latency().await
+        }
         "agent" => {
             agent::bench_agent_steady().await?;
             agent::bench_agent_replay(1_000_000).await
@@ -715,6 +718,7 @@ async fn main() -> Result<()> {
             agent::bench_agent_steady().await?;
             agent::bench_agent_replay(1_000_000).await?;
             api::bench_conditions().await?;
+            api::bench_live_latency().await?;
             bench_connections(10_000).await
         }
         other => bail!(
