@@ -266,10 +266,9 @@ pub(crate) async fn live(
 /// A public live event: public sensors only, no restricted field.
 fn public_event(s: &Sensor, r: &pantau_ingest::LiveReading) -> Option<JsonValue> {
     s.public.then(|| {
-        let values: serde_json::Map<String, JsonValue> = r
+        let values = r
             .values
             .iter()
-            .filter(|(f, _)| s.kind.field(f).is_some_and(|spec| !spec.restricted))
             .map(|(f, v)| {
                 (
                     f.clone(),
@@ -277,6 +276,7 @@ fn public_event(s: &Sensor, r: &pantau_ingest::LiveReading) -> Option<JsonValue>
                 )
             })
             .collect();
+        let values = public_values(s, values);
         json!({
             "sensor": r.sensor,
             "kind": r.kind,

@@ -549,6 +549,19 @@ impl Drop for Agent {
     }
 }
 
+/// A live-feed client that asks for `path` with a 2 KiB receive window and
+/// never reads: a stalled subscriber.
+pub async fn stalled_client(http: SocketAddr, path: &str) -> Result<tokio::net::TcpStream> {
+    use tokio::io::AsyncWriteExt;
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.set_recv_buffer_size(2048)?;
+    let mut stream = socket.connect(http).await?;
+    stream
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: pantau\r\n\r\n").as_bytes())
+        .await?;
+    Ok(stream)
+}
+
 /// Resident memory of a process in KiB (Linux `/proc`).
 pub fn rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;

@@ -11,7 +11,6 @@ use std::time::Duration;
 use anyhow::{ensure, Context, Result};
 use futures::StreamExt;
 use pantau_tests::*;
-use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
 
 const CLIENTS: usize = 1000;
@@ -82,12 +81,7 @@ async fn a_thousand_sse_clients_keep_up_while_one_is_stalled() -> Result<()> {
     let url = p.url("/api/v1/public/live");
     // The stalled client: asks for the feed with a tiny receive window and
     // never reads.
-    let socket = tokio::net::TcpSocket::new_v4()?;
-    socket.set_recv_buffer_size(2048)?;
-    let mut stalled = socket.connect(p.http).await?;
-    stalled
-        .write_all(b"GET /api/v1/public/live HTTP/1.1\r\nHost: pantau\r\n\r\n")
-        .await?;
+    let stalled = stalled_client(p.http, "/api/v1/public/live").await?;
     let rss_before = rss_kib(p.pid()).context("server RSS")?;
     let started = Instant::now();
     let (connected_tx, mut connected_rx) = tokio::sync::mpsc::channel(CLIENTS);

@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use pantau_tests::*;
-use tokio::io::AsyncWriteExt;
 
 #[tokio::test]
 async fn a_stalled_client_is_coalesced_and_server_memory_stays_flat() -> Result<()> {
@@ -26,12 +25,7 @@ async fn a_stalled_client_is_coalesced_and_server_memory_stays_flat() -> Result<
         ],
     )
     .await?;
-    let socket = tokio::net::TcpSocket::new_v4()?;
-    socket.set_recv_buffer_size(2048)?;
-    let mut stalled = socket.connect(p.http).await?;
-    stalled
-        .write_all(b"GET /api/v1/public/live HTTP/1.1\r\nHost: pantau\r\n\r\n")
-        .await?;
+    let stalled = stalled_client(p.http, "/api/v1/public/live").await?;
     // Its socket and queue fill; from then on its events coalesce.
     eventually(
         Duration::from_secs(90),
