@@ -291,20 +291,36 @@ async fn kill_9_at_random_moments_loses_nothing_that_reached_the_spool() -> Resu
     .await?;
     stop.store(true, Ordering::Release);
     let seen = watcher.join().expect("watcher");
-    let mut stored_keys = BTreeSet::new();
-    for s in SENSORS {
-        for (_, ts, v) in stored(&data, s)? {
-            let i = (ts - base) / 100;
-            ensure!(v == value(i), "{s} step {i}: stored {v}");
-            ensure!((0..step).contains(&i), "{s}: a reading that was never sent");
-            stored_keys.insert((s.to_string(), ts));
+    // An empty spool means Pantau acknowledged everything, i.e. it is in its
+    // ingest log; the store is drained from there asynchronously.
+    let keys = || -> Result<BTreeSet<(String, i64)>> {
+        let mut stored_keys = BTreeSet::new();
+        for s in SENSORS {
+            for (_, ts, v) in stored(&data, s)? {
+                let i = (ts - base) / 100;
+                ensure!(v == value(i), "{s} step {i}: stored {v}");
+                ensure!((0..step).contains(&i), "{s}: a reading that was never sent");
+                stored_keys.insert((s.to_string(), ts));
+            }
         }
-    }
+        Ok(stored_keys)
+    };
+    let drained = eventually(
+        Duration::from_secs(60),
+        "the ingest log drained into the store",
+        || async {
+            let m = p.metrics().await.ok()?;
+            (metric(&m, "pantau_ingest_log_pending")? == 0.0).then_some(())
+        },
+    )
+    .await;
+    let stored_keys = keys()?;
     let lost: Vec<_> = seen.difference(&stored_keys).collect();
     ensure!(
         lost.is_empty(),
-        "{} readings seen in the spool are not stored, e.g. {:?}",
+        "{} readings seen in the spool are not stored (log drained: {}), e.g. {:?}",
         lost.len(),
+        drained.is_ok(),
         lost.first()
     );
     ensure!(
