@@ -196,6 +196,23 @@ fn connect_packet(
     )
 }
 
+/// A SUBSCRIBE to one filter at QoS 1.
+fn subscribe_packet(pkid: u16, path: &str) -> Packet {
+    Packet::Subscribe(
+        rumqttd::protocol::Subscribe {
+            pkid,
+            filters: vec![rumqttd::protocol::Filter {
+                path: path.into(),
+                qos: rumqttd::protocol::QoS::AtLeastOnce,
+                nolocal: false,
+                preserve_retain: false,
+                retain_forward_rule: rumqttd::protocol::RetainForwardRule::Never,
+            }],
+        },
+        None,
+    )
+}
+
 /// A QoS 1 PUBLISH frame built by hand (rumqttd keeps `Publish.qos` private).
 fn publish_qos1(topic: &str, pkid: u16, payload: &[u8]) -> Vec<u8> {
     let mut body = Vec::new();
@@ -290,20 +307,7 @@ async fn publishing_as_another_gateway_closes_and_stores_nothing() {
     );
     // A subscription to another gateway's commands is refused the same way.
     let mut c = Client::login(&h, "gw-a", 30).await;
-    c.send(Packet::Subscribe(
-        rumqttd::protocol::Subscribe {
-            pkid: 1,
-            filters: vec![rumqttd::protocol::Filter {
-                path: "#".into(),
-                qos: rumqttd::protocol::QoS::AtMostOnce,
-                nolocal: false,
-                preserve_retain: false,
-                retain_forward_rule: rumqttd::protocol::RetainForwardRule::Never,
-            }],
-        },
-        None,
-    ))
-    .await;
+    c.send(subscribe_packet(1, "#")).await;
     assert_eq!(c.recv().await, None);
     assert_eq!(
         h.metrics
@@ -318,20 +322,7 @@ async fn publishing_as_another_gateway_closes_and_stores_nothing() {
 async fn subscribing_to_its_commands_gets_the_platform_time() {
     let h = start(BrokerConfig::default()).await;
     let mut c = Client::login(&h, "gw-a", 30).await;
-    c.send(Packet::Subscribe(
-        rumqttd::protocol::Subscribe {
-            pkid: 7,
-            filters: vec![rumqttd::protocol::Filter {
-                path: "pantau/v1/gw/gw-a/cmd".into(),
-                qos: rumqttd::protocol::QoS::AtLeastOnce,
-                nolocal: false,
-                preserve_retain: false,
-                retain_forward_rule: rumqttd::protocol::RetainForwardRule::Never,
-            }],
-        },
-        None,
-    ))
-    .await;
+    c.send(subscribe_packet(7, "pantau/v1/gw/gw-a/cmd")).await;
     match c.recv().await {
         Some(Packet::SubAck(ack, _)) => assert_eq!(ack.pkid, 7),
         other => panic!("expected SUBACK, got {other:?}"),
