@@ -272,6 +272,8 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
                 .allow_burst(rate_of(shared.config.publish_burst)),
         ),
         inflight: FuturesOrdered::new(),
+        publishes_in_flight: 0,
+        batch: Vec::new(),
         taken_over,
     };
     // rumqttd links cost ~150 KiB each, so a gateway gets its own link only
@@ -339,7 +341,16 @@ struct Completed {
     forward: Option<(Bytes, Bytes, bool)>,
 }
 
-type Pending = BoxFuture<'static, Result<Completed, pantau_ingest::Error>>;
+/// Publishes committed together, completed in arrival order.
+type Pending = BoxFuture<'static, Result<Vec<Completed>, pantau_ingest::Error>>;
+
+/// A telemetry publish read but not yet handed to the ingest path.
+struct Telemetry {
+    qos: u8,
+    pkid: u16,
+    topic: Bytes,
+    payload: Bytes,
+}
 
 fn rate_of(n: u32) -> std::num::NonZeroU32 {
     std::num::NonZeroU32::new(n.max(1)).unwrap_or(std::num::NonZeroU32::MIN)
@@ -364,6 +375,11 @@ struct Conn<S> {
     >,
     /// Publishes being committed, in arrival order.
     inflight: FuturesOrdered<Pending>,
+    /// Publishes in `inflight` and `batch`.
+    publishes_in_flight: usize,
+    /// Telemetry publishes of the current read, committed as one request
+    /// (a pipelining gateway's envelopes share one trip to the log).
+    batch: Vec<Telemetry>,
 }
 
 /// The next notification of a link, or never when there is no link.
@@ -420,15 +436,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         let shutdown = self.shared.shutdown.clone();
         loop {
             tokio::select! {
-                read = tokio::time::timeout_at(last_read + idle, self.wire.read()), if self.inflight.len() < window => {
+                read = tokio::time::timeout_at(last_read + idle, self.wire.read()), if self.publishes_in_flight < window => {
                     let frame = match read {
                         Err(_) => return (End::Unclean("keepalive_timeout"), false),
-                        Ok(Err(WireError::Closed)) => return (End::Unclean("closed"), false),
-                        Ok(Err(e)) => {
-                            self.shared.metrics.violation(e.reason());
-                            tracing::warn!(peer = %self.peer, gateway = %self.gateway, error = %e, "Closing connection.");
-                            return (End::Unclean(e.reason()), false);
-                        }
+                        Ok(Err(e)) => return (self.read_failed(e), false),
                         Ok(Ok(f)) => f,
                     };
                     last_read = Instant::now();
@@ -436,11 +447,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                         self.shared.presence.seen(self.gateway.as_str());
                         last_presence = last_read;
                     }
-                    match self.handle(frame).await {
-                        Ok(None) => {}
-                        Ok(Some(end)) => return (end, false),
-                        Err(e) => return (End::Unclean(e.reason()), false),
+                    // Every packet already received in full is handled now,
+                    // so the telemetry of one read is committed together.
+                    let mut next = Some(frame);
+                    while let Some(frame) = next.take() {
+                        match self.handle(frame).await {
+                            Ok(None) => {}
+                            Ok(Some(end)) => return (end, false),
+                            Err(e) => return (End::Unclean(e.reason()), false),
+                        }
+                        if self.publishes_in_flight < window {
+                            next = match self.wire.read_buffered() {
+                                Some(Ok(f)) => Some(f),
+                                Some(Err(e)) => return (self.read_failed(e), false),
+                                None => None,
+                            };
+                        }
                     }
+                    self.submit_batch();
                 }
                 Some(done) = self.inflight.next(), if !self.inflight.is_empty() => {
                     // The client was waiting on us, not silent.
@@ -450,9 +474,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                     let mut next = Some(done);
                     while let Some(done) = next.take() {
                         match done {
-                            Ok(c) => {
-                                if self.complete(c).await.is_err() {
-                                    return (End::Unclean("write_failed"), false);
+                            Ok(completed) => {
+                                self.publishes_in_flight -= completed.len();
+                                for c in completed {
+                                    if self.complete(c).await.is_err() {
+                                        return (End::Unclean("write_failed"), false);
+                                    }
                                 }
                             }
                             Err(e) => {
@@ -505,7 +532,44 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         }
     }
 
-    /// Acknowledges a finished publish and forwards it for live fan-out.
+    /// Why reading failed, counted and logged.
+    fn read_failed(&self, e: WireError) -> End {
+        if matches!(e, WireError::Closed) {
+            return End::Unclean("closed");
+        }
+        self.shared.metrics.violation(e.reason());
+        tracing::warn!(peer = %self.peer, gateway = %self.gateway, error = %e, "Closing connection.");
+        End::Unclean(e.reason())
+    }
+
+    /// Hands the telemetry read so far to the ingest path as one request.
+    fn submit_batch(&mut self) {
+        if self.batch.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(&mut self.batch);
+        let ingestor = self.shared.ingestor.clone();
+        let gateway = self.gateway.to_string();
+        let fanout = self.shared.config.mqtt_fanout;
+        self.inflight.push_back(
+            async move {
+                let payloads: Vec<&[u8]> = batch.iter().map(|t| &t.payload[..]).collect();
+                let outcomes = ingestor.ingest_many(&gateway, &payloads).await?;
+                Ok(batch
+                    .into_iter()
+                    .zip(outcomes)
+                    .map(|(t, outcome)| Completed {
+                        qos: t.qos,
+                        pkid: t.pkid,
+                        forward: (fanout && outcome.envelope_error.is_none())
+                            .then_some((t.topic, t.payload, false)),
+                    })
+                    .collect())
+            }
+            .boxed(),
+        );
+    }
+
     /// Queues the acknowledgement of a finished publish (the caller
     /// flushes) and forwards it for live fan-out.
     async fn complete(&mut self, c: Completed) -> Result<(), WireError> {
@@ -659,36 +723,38 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             }
         };
         self.shared.metrics.bytes_in(payload.len());
-        let pending: Pending = match kind {
+        self.publishes_in_flight += 1;
+        match kind {
             TopicKind::Telemetry => {
                 if self.limiter.check().is_err() {
                     // Over the rate: slow this gateway down (no reads until
-                    // a token is free) rather than drop anything.
+                    // a token is free) rather than drop anything; what was
+                    // read already goes to the log meanwhile.
                     self.shared.metrics.throttled();
+                    self.submit_batch();
                     self.limiter.until_ready().await;
                 }
-                let ingestor = self.shared.ingestor.clone();
-                let gateway = self.gateway.to_string();
-                let fanout = self.shared.config.mqtt_fanout;
-                async move {
-                    let outcome = ingestor.ingest(&gateway, &payload).await?;
-                    let forward = (fanout && outcome.envelope_error.is_none())
-                        .then_some((topic_name, payload, false));
-                    Ok(Completed { qos, pkid, forward })
-                }
-                .boxed()
+                self.batch.push(Telemetry {
+                    qos,
+                    pkid,
+                    topic: topic_name,
+                    payload,
+                });
             }
             _ => {
                 self.shared.presence.status(self.gateway.as_str(), &payload);
-                futures::future::ready(Ok(Completed {
-                    qos,
-                    pkid,
-                    forward: Some((topic_name, payload, retain)),
-                }))
-                .boxed()
+                // Acknowledged in order after the telemetry before it.
+                self.submit_batch();
+                self.inflight.push_back(
+                    futures::future::ready(Ok(vec![Completed {
+                        qos,
+                        pkid,
+                        forward: Some((topic_name, payload, retain)),
+                    }]))
+                    .boxed(),
+                );
             }
-        };
-        self.inflight.push_back(pending);
+        }
         Ok(None)
     }
 }

@@ -121,22 +121,27 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
     /// Reads one packet. Cancel-safe: partial input stays buffered.
     pub(crate) async fn read(&mut self) -> Result<Frame, WireError> {
         loop {
-            match check(self.rbuf.iter(), self.max_packet) {
-                Ok(header) => {
-                    check_flags(header.byte1)?;
-                    let (qos, pkid) = publish_meta(&header, &self.rbuf);
-                    let packet = V4
-                        .read_mut(&mut self.rbuf, self.max_packet)
-                        .map_err(WireError::Protocol)?;
-                    return Ok(Frame { packet, qos, pkid });
-                }
-                Err(ProtoError::InsufficientBytes(_)) => {
-                    if self.io.read_buf(&mut self.rbuf).await? == 0 {
-                        return Err(WireError::Closed);
-                    }
-                }
-                Err(e) => return Err(WireError::Protocol(e)),
+            if let Some(frame) = self.read_buffered() {
+                return frame;
             }
+            if self.io.read_buf(&mut self.rbuf).await? == 0 {
+                return Err(WireError::Closed);
+            }
+        }
+    }
+
+    /// The next packet if it is already buffered in full, without I/O.
+    pub(crate) fn read_buffered(&mut self) -> Option<Result<Frame, WireError>> {
+        match check(self.rbuf.iter(), self.max_packet) {
+            Ok(header) => Some(check_flags(header.byte1).and_then(|()| {
+                let (qos, pkid) = publish_meta(&header, &self.rbuf);
+                let packet = V4
+                    .read_mut(&mut self.rbuf, self.max_packet)
+                    .map_err(WireError::Protocol)?;
+                Ok(Frame { packet, qos, pkid })
+            })),
+            Err(ProtoError::InsufficientBytes(_)) => None,
+            Err(e) => Some(Err(WireError::Protocol(e))),
         }
     }
 

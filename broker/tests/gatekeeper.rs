@@ -414,22 +414,52 @@ async fn a_foreign_last_will_is_refused_at_connect() {
 async fn many_publishes_in_flight_are_acked_in_arrival_order() {
     let h = start(BrokerConfig::default()).await;
     let mut c = Client::login(&h, "gw-a", 30).await;
+    // More than the in-flight window, written at once: the gatekeeper reads
+    // them in bursts and commits each burst's telemetry together. A status
+    // message and a malformed envelope sit in the middle.
+    let (status, malformed) = (50u16, 120u16);
     let mut frames = Vec::new();
-    for pkid in 1..=200u16 {
-        frames.extend(publish_qos1(
-            "pantau/v1/gw/gw-a/telemetry",
-            pkid,
-            &envelope("gw-a", "fl-a", f64::from(pkid)),
-        ));
+    let mut want_values = Vec::new();
+    for pkid in 1..=300u16 {
+        let (topic, payload) = match pkid {
+            p if p == status => ("pantau/v1/gw/gw-a/status", br#"{"online":true}"#.to_vec()),
+            p if p == malformed => ("pantau/v1/gw/gw-a/telemetry", b"not json".to_vec()),
+            _ => {
+                want_values.push(f64::from(pkid));
+                (
+                    "pantau/v1/gw/gw-a/telemetry",
+                    envelope("gw-a", "fl-a", f64::from(pkid)),
+                )
+            }
+        };
+        frames.extend(publish_qos1(topic, pkid, &payload));
     }
     c.send_raw(&frames).await;
-    for want in 1..=200u16 {
+    for want in 1..=300u16 {
         match c.recv().await {
             Some(Packet::PubAck(ack, _)) => assert_eq!(ack.pkid, want),
             other => panic!("expected PUBACK {want}, got {other:?}"),
         }
     }
-    assert_eq!(h.log.pending(), 200);
+    assert_eq!(h.log.pending(), 298);
+    // Every good reading is in the log, in arrival order.
+    let values: Vec<f64> = h
+        .log
+        .read_after(0, 10_000)
+        .unwrap()
+        .entries
+        .iter()
+        .flat_map(|e| {
+            e.readings
+                .iter()
+                .map(|r| r.values["water_level_cm"].as_f64())
+        })
+        .collect();
+    assert_eq!(values, want_values);
+    assert!(h
+        .presence
+        .get("gw-a")
+        .is_some_and(|p| p.last_status.as_deref() == Some(r#"{"online":true}"#)));
 }
 
 /// Raw frames that must never crash or stall the gatekeeper.

@@ -34,7 +34,17 @@
 //! One writer thread owns the write connection and folds every queued
 //! append and acknowledgement into one transaction (group commit: many
 //! gateways share one fsync). Readers use their own connection.
+//!
+//! ## The in-memory tail
+//! After a commit the writer also keeps the new entry's readings in memory
+//! (bounded by [`TAIL_READINGS`]), shared with the appenders (for live
+//! fan-out) behind one `Arc`. A drain that keeps up reads its batches from
+//! there instead of parsing them back from disk; one that fell behind (or
+//! a restart) reads the database. Either way the rows stay on disk until
+//! the sink acknowledges them: the tail is a cache, never the record.
 
+use std::collections::VecDeque;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
@@ -57,6 +67,8 @@ const MAX_GROUP: usize = 1024;
 /// Readings after which a group stops taking more (keeps entries, and so
 /// the drain's batches, a sensible size).
 const MAX_GROUP_READINGS: usize = 20_000;
+/// Most readings kept in the in-memory tail for the drain.
+const TAIL_READINGS: usize = 100_000;
 
 /// A validated reading as kept in the log.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -96,8 +108,23 @@ pub struct LogEntry {
     pub id: i64,
     /// The gateway that sent it.
     pub gateway: String,
-    /// Its readings.
-    pub readings: Vec<LoggedReading>,
+    /// Its readings (shared with the in-memory tail and the live feed).
+    pub readings: Arc<Vec<LoggedReading>>,
+}
+
+/// The readings of one append, as committed: a range of the commit
+/// group's shared entry.
+#[derive(Debug, Clone)]
+pub struct Committed {
+    entry: Arc<Vec<LoggedReading>>,
+    range: Range<usize>,
+}
+
+impl Committed {
+    /// The appended readings.
+    pub fn readings(&self) -> &[LoggedReading] {
+        &self.entry[self.range.clone()]
+    }
 }
 
 /// A run of consecutive entries handed to a sink.
@@ -129,9 +156,8 @@ impl Batch {
 enum Cmd {
     Append {
         readings: Vec<LoggedReading>,
-        /// Answered with the entry id and the readings, handed back so the
-        /// caller reuses (and frees) them on its own thread.
-        done: oneshot::Sender<Result<(i64, Vec<LoggedReading>)>>,
+        /// Answered with the committed readings.
+        done: oneshot::Sender<Result<Committed>>,
     },
     Ack {
         ids: Vec<i64>,
@@ -167,6 +193,8 @@ pub struct IngestLog {
     reader: Mutex<Connection>,
     /// Accounting shared with the writer thread, which alone updates it.
     shared: Arc<Shared>,
+    /// Recently committed entries, for a drain that keeps up.
+    tail: Arc<Mutex<Tail>>,
     /// Highest id present when the log was opened (≤ it = replay).
     replay_until: i64,
     /// Counters.
@@ -186,6 +214,36 @@ struct Shared {
     appended: AtomicU64,
     /// Woken on every commit that appended something.
     notify: Notify,
+}
+
+/// Entries committed by this process and not yet read, newest last.
+#[derive(Debug, Default)]
+struct Tail {
+    /// Every committed entry with an id above `floor` is in `entries`.
+    floor: i64,
+    entries: VecDeque<LogEntry>,
+    /// Readings in `entries`.
+    readings: usize,
+    /// Most readings kept.
+    max: usize,
+}
+
+impl Tail {
+    fn push(&mut self, entry: LogEntry) {
+        self.readings += entry.readings.len();
+        self.entries.push_back(entry);
+        // Over the bound, forget the oldest: the drain reads them from disk.
+        while self.readings > self.max && self.entries.len() > 1 {
+            self.pop();
+        }
+    }
+
+    fn pop(&mut self) -> Option<LogEntry> {
+        let e = self.entries.pop_front()?;
+        self.readings -= e.readings.len();
+        self.floor = e.id;
+        Some(e)
+    }
 }
 
 impl std::fmt::Debug for Cmd {
@@ -260,13 +318,22 @@ impl IngestLog {
             notify: Notify::new(),
         });
         metrics.log_pending.set(pending_now);
+        let tail = Arc::new(Mutex::new(Tail {
+            floor: max_id,
+            max: TAIL_READINGS,
+            ..Tail::default()
+        }));
         let (tx, rx) = sync_channel(QUEUE_DEPTH);
-        let thread_path = path.clone();
-        let thread_shared = shared.clone();
-        let thread_metrics = metrics.clone();
+        let writer = WriterThread {
+            conn: writer,
+            path: path.clone(),
+            shared: shared.clone(),
+            tail: tail.clone(),
+            metrics: metrics.clone(),
+        };
         std::thread::Builder::new()
             .name("ingest-log".into())
-            .spawn(move || writer_loop(writer, rx, thread_path, thread_shared, thread_metrics))
+            .spawn(move || writer.run(rx))
             .map_err(|source| Error::Io {
                 path: path.clone(),
                 source,
@@ -283,6 +350,7 @@ impl IngestLog {
             tx,
             reader: Mutex::new(reader),
             shared,
+            tail,
             replay_until: max_id,
             metrics,
         })
@@ -292,19 +360,20 @@ impl IngestLog {
         crate::queue::send(&self.tx, cmd).await
     }
 
-    /// Appends one envelope's readings and returns once they are committed.
+    /// Appends readings and returns once they are committed.
     /// Cancel-safe: once queued, the entry is committed and counted whether
     /// or not the caller still waits.
-    pub async fn append(&self, readings: Vec<LoggedReading>) -> Result<Vec<LoggedReading>> {
+    pub async fn append(&self, readings: Vec<LoggedReading>) -> Result<Committed> {
         if readings.is_empty() {
-            return Ok(readings);
+            return Ok(Committed {
+                entry: Arc::new(readings),
+                range: 0..0,
+            });
         }
         self.metrics.log_accepted.inc_by(readings.len() as u64);
         let (done, wait) = oneshot::channel();
         self.send(Cmd::Append { readings, done }).await?;
-        wait.await
-            .map_err(|_| Error::WriterGone)?
-            .map(|(_, readings)| readings)
+        wait.await.map_err(|_| Error::WriterGone)?
     }
 
     /// Deletes entries whose readings the sink has confirmed.
@@ -361,6 +430,12 @@ impl IngestLog {
         let _ = tokio::time::timeout(timeout, self.shared.notify.notified()).await;
     }
 
+    /// Bounds the in-memory tail to `max` readings (tests).
+    #[cfg(test)]
+    fn set_tail_max(&self, max: usize) {
+        self.tail.lock().unwrap_or_else(|p| p.into_inner()).max = max;
+    }
+
     fn reader(&self) -> std::sync::MutexGuard<'_, Connection> {
         self.reader.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -373,8 +448,27 @@ impl IngestLog {
     }
 
     /// Reads entries after `after_id`, up to about `max_readings` readings
-    /// (at least one entry). Blocking.
+    /// (at least one entry): from the in-memory tail when it holds every
+    /// entry after `after_id`, else from disk. Entries handed out from the
+    /// tail leave it (a second read of them goes to disk). Blocking.
     pub fn read_after(&self, after_id: i64, max_readings: usize) -> Result<Batch> {
+        {
+            let mut tail = self.tail.lock().unwrap_or_else(|p| p.into_inner());
+            if after_id >= tail.floor {
+                while tail.entries.front().is_some_and(|e| e.id <= after_id) {
+                    tail.pop();
+                }
+                let mut entries = Vec::new();
+                let mut total = 0;
+                while total < max_readings {
+                    let Some(e) = tail.pop() else { break };
+                    total += e.readings.len();
+                    entries.push(e);
+                }
+                let replayed = entries.first().is_some_and(|e| e.id <= self.replay_until);
+                return Ok(Batch { entries, replayed });
+            }
+        }
         let conn = self.reader();
         let mut stmt = conn
             .prepare_cached(
@@ -398,7 +492,7 @@ impl IngestLog {
             entries.push(LogEntry {
                 id,
                 gateway,
-                readings,
+                readings: Arc::new(readings),
             });
             if total >= max_readings {
                 break;
@@ -428,55 +522,90 @@ impl IngestLog {
     }
 }
 
-fn writer_loop(
-    mut conn: Connection,
-    rx: Receiver<Cmd>,
+/// The writer thread: owns the write connection.
+struct WriterThread {
+    conn: Connection,
     path: PathBuf,
     shared: Arc<Shared>,
+    tail: Arc<Mutex<Tail>>,
     metrics: IngestMetrics,
-) {
-    while let Ok(first) = rx.recv() {
-        let mut group = vec![first];
-        let size = |cmd: &Cmd| match cmd {
-            Cmd::Append { readings, .. } => readings.len(),
-            _ => 0,
-        };
-        let mut readings = size(&group[0]);
-        while group.len() < MAX_GROUP && readings < MAX_GROUP_READINGS {
-            match rx.try_recv() {
-                Ok(cmd) => {
-                    readings += size(&cmd);
-                    group.push(cmd);
+}
+
+impl WriterThread {
+    fn run(mut self, rx: Receiver<Cmd>) {
+        while let Ok(first) = rx.recv() {
+            let mut group = vec![first];
+            let size = |cmd: &Cmd| match cmd {
+                Cmd::Append { readings, .. } => readings.len(),
+                _ => 0,
+            };
+            let mut queued = size(&group[0]);
+            while group.len() < MAX_GROUP && queued < MAX_GROUP_READINGS {
+                match rx.try_recv() {
+                    Ok(cmd) => {
+                        queued += size(&cmd);
+                        group.push(cmd);
+                    }
+                    Err(_) => break,
                 }
-                Err(_) => break,
             }
+            self.commit_group(group);
         }
+    }
+
+    fn commit_group(&mut self, group: Vec<Cmd>) {
+        let (shared, metrics) = (&self.shared, &self.metrics);
         // Admission against the bound happens here, in arrival order, so
-        // concurrent appends can never overshoot it.
+        // concurrent appends can never overshoot it. Every admitted append
+        // of the group shares one entry: one row and one serialisation per
+        // commit instead of one per envelope.
         let mut room = shared
             .max_readings
             .saturating_sub(shared.pending.load(Ordering::Acquire));
-        let admitted: Vec<bool> = group
-            .iter()
-            .map(|cmd| match cmd {
-                Cmd::Append { readings, .. } => {
-                    let n = readings.len() as u64;
-                    let ok = n <= room;
-                    if ok {
-                        room -= n;
+        let mut readings: Vec<LoggedReading> = Vec::new();
+        let mut answers = Vec::new();
+        let mut others = Vec::new();
+        for cmd in group {
+            match cmd {
+                Cmd::Append { readings: r, done } => {
+                    let n = r.len();
+                    if n as u64 <= room {
+                        room -= n as u64;
+                        let at = readings.len();
+                        readings.extend(r);
+                        answers.push((done, Some(at..at + n)));
+                    } else {
+                        metrics.drop_readings("log_full", n as u64);
+                        let _ = done.send(Err(Error::LogFull {
+                            max_readings: shared.max_readings,
+                        }));
                     }
-                    ok
                 }
-                _ => true,
-            })
-            .collect();
+                other => others.push(other),
+            }
+        }
         let started = std::time::Instant::now();
-        let result = commit(&mut conn, &group, &admitted);
+        let result = commit(&mut self.conn, &readings, &others);
         metrics
             .log_commit_seconds
             .observe(started.elapsed().as_secs_f64());
         match result {
-            Ok((ids, added, acked)) => {
+            Ok((id, acked)) => {
+                let added = readings.len() as u64;
+                let entry = Arc::new(readings);
+                if let Some(id) = id {
+                    // In the tail before it is counted, so a drain woken by
+                    // the count finds it.
+                    let gateway = entry_gateway(&entry).to_owned();
+                    self.tail
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push(LogEntry {
+                            id,
+                            gateway,
+                            readings: entry.clone(),
+                        });
+                }
                 shared.pending.fetch_add(added, Ordering::AcqRel);
                 shared.pending.fetch_sub(acked, Ordering::AcqRel);
                 shared.appended.fetch_add(added, Ordering::AcqRel);
@@ -487,37 +616,35 @@ fn writer_loop(
                 if added > 0 {
                     shared.notify.notify_waiters();
                 }
-                let mut ids = ids.into_iter();
-                for (cmd, ok) in group.into_iter().zip(admitted) {
+                for (done, range) in answers {
+                    let _ = done.send(Ok(Committed {
+                        entry: entry.clone(),
+                        range: range.unwrap_or_default(),
+                    }));
+                }
+                for cmd in others {
                     match cmd {
-                        Cmd::Append { done, readings, .. } => {
-                            let answer = if ok {
-                                Ok((ids.next().unwrap_or_default(), readings))
-                            } else {
-                                metrics.drop_readings("log_full", readings.len() as u64);
-                                Err(Error::LogFull {
-                                    max_readings: shared.max_readings,
-                                })
-                            };
-                            let _ = done.send(answer);
-                        }
                         Cmd::Ack { done, .. } | Cmd::DeadLetter { done, .. } => {
                             let _ = done.send(Ok(()));
                         }
+                        Cmd::Append { .. } => {}
                     }
                 }
             }
             Err(e) => {
                 let message = e.to_string();
-                tracing::error!(path = %path.display(), error = %message, "Ingest log commit failed.");
-                for cmd in group {
-                    let err = Error::CommitFailed(message.clone());
+                tracing::error!(path = %self.path.display(), error = %message, "Ingest log commit failed.");
+                let err = || Error::CommitFailed(message.clone());
+                for (done, _) in answers {
+                    let _ = done.send(Err(err()));
+                }
+                for cmd in others {
                     match cmd {
-                        Cmd::Append { done, .. } => {
-                            let _ = done.send(Err(err));
-                        }
                         Cmd::Ack { done, .. } | Cmd::DeadLetter { done, .. } => {
-                            let _ = done.send(Err(err));
+                            let _ = done.send(Err(err()));
+                        }
+                        Cmd::Append { done, .. } => {
+                            let _ = done.send(Err(err()));
                         }
                     }
                 }
@@ -526,51 +653,36 @@ fn writer_loop(
     }
 }
 
-/// Commits a group; returns the ids of the admitted appends (in order), the
-/// readings they added and the readings the acknowledgements removed.
+/// The gateway of an entry, or `*` when its readings come from several.
+fn entry_gateway(readings: &[LoggedReading]) -> &str {
+    match readings.first() {
+        Some(first) if readings.iter().all(|r| r.gateway == first.gateway) => {
+            first.gateway.as_str()
+        }
+        _ => "*",
+    }
+}
+
+/// Commits a group: the admitted readings as one entry (returning its id,
+/// if there were any) and the acknowledgements and dead letters (returning
+/// the readings the acknowledgements removed).
 fn commit(
     conn: &mut Connection,
-    group: &[Cmd],
-    admitted: &[bool],
-) -> rusqlite::Result<(Vec<i64>, u64, u64)> {
+    readings: &[LoggedReading],
+    others: &[Cmd],
+) -> rusqlite::Result<(Option<i64>, u64)> {
     let tx = conn.transaction()?;
-    let mut ids = Vec::new();
-    let mut added = 0u64;
+    let mut id = None;
     let mut acked = 0u64;
-    let mut newest: std::collections::HashMap<&str, &LoggedReading> =
-        std::collections::HashMap::new();
-    let mut grouped: Vec<&LoggedReading> = Vec::new();
     {
-        let mut insert = tx.prepare_cached(
-            "INSERT INTO entries (gateway, readings, payload) VALUES (?1, ?2, ?3)",
-        )?;
-        let mut latest = tx.prepare_cached(
-            "INSERT INTO latest (sensor, ts, values_json) VALUES (?1, ?2, ?3)
-             ON CONFLICT (sensor) DO UPDATE SET ts = excluded.ts, values_json = excluded.values_json
-             WHERE excluded.ts >= latest.ts",
-        )?;
         let mut count = tx.prepare_cached("SELECT readings FROM entries WHERE id = ?1")?;
         let mut delete = tx.prepare_cached("DELETE FROM entries WHERE id = ?1")?;
         let mut dead = tx.prepare_cached(
             "INSERT INTO dead_letter (at_ms, sink, line, status, message) VALUES (?1, ?2, ?3, ?4, ?5)",
         )?;
-        for (cmd, ok) in group.iter().zip(admitted) {
+        for cmd in others {
             match cmd {
-                Cmd::Append { .. } if !ok => {}
-                Cmd::Append { readings, .. } => {
-                    added += readings.len() as u64;
-                    grouped.extend(readings.iter());
-                    // Only the newest reading per sensor of the whole group
-                    // reaches the `latest` table (one upsert per sensor).
-                    for r in readings {
-                        match newest.get(r.sensor.as_str()) {
-                            Some(seen) if seen.ts > r.ts => {}
-                            _ => {
-                                newest.insert(r.sensor.as_str(), r);
-                            }
-                        }
-                    }
-                }
+                Cmd::Append { .. } => {}
                 Cmd::DeadLetter { records, .. } => {
                     let now = Timestamp::now().millis();
                     for d in records {
@@ -594,34 +706,44 @@ fn commit(
                 }
             }
         }
-        // Every admitted append of the group shares one entry: one row and
-        // one serialisation per commit instead of one per envelope.
-        if !grouped.is_empty() {
-            let payload = serde_json::to_string(&grouped)
+        if !readings.is_empty() {
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO entries (gateway, readings, payload) VALUES (?1, ?2, ?3)",
+            )?;
+            let payload = serde_json::to_string(readings)
                 .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
-            let gateway = match grouped.first() {
-                Some(first) if grouped.iter().all(|r| r.gateway == first.gateway) => {
-                    first.gateway.as_str()
+            insert.execute(params![
+                entry_gateway(readings),
+                readings.len() as i64,
+                payload
+            ])?;
+            id = Some(tx.last_insert_rowid());
+            // Only the newest reading per sensor of the whole group
+            // reaches the `latest` table (one upsert per sensor).
+            let mut newest: std::collections::HashMap<&str, &LoggedReading> =
+                std::collections::HashMap::new();
+            for r in readings {
+                match newest.get(r.sensor.as_str()) {
+                    Some(seen) if seen.ts > r.ts => {}
+                    _ => {
+                        newest.insert(r.sensor.as_str(), r);
+                    }
                 }
-                _ => "*",
-            };
-            insert.execute(params![gateway, grouped.len() as i64, payload])?;
-            let id = tx.last_insert_rowid();
-            ids = admitted
-                .iter()
-                .zip(group)
-                .filter(|(ok, cmd)| **ok && matches!(cmd, Cmd::Append { .. }))
-                .map(|_| id)
-                .collect();
-        }
-        for r in newest.values() {
-            let json = serde_json::to_string(&r.values)
-                .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
-            latest.execute(params![r.sensor, r.ts.0, json])?;
+            }
+            let mut latest = tx.prepare_cached(
+                "INSERT INTO latest (sensor, ts, values_json) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (sensor) DO UPDATE SET ts = excluded.ts, values_json = excluded.values_json
+                 WHERE excluded.ts >= latest.ts",
+            )?;
+            for r in newest.values() {
+                let json = serde_json::to_string(&r.values)
+                    .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+                latest.execute(params![r.sensor, r.ts.0, json])?;
+            }
         }
     }
     tx.commit()?;
-    Ok((ids, added, acked))
+    Ok((id, acked))
 }
 
 #[cfg(test)]

@@ -98,50 +98,63 @@ impl Ingestor {
     /// by `gateway`. `Ok` means every good reading is committed and every bad
     /// one counted; `Err` means nothing may be acknowledged.
     pub async fn ingest(&self, gateway: &str, payload: &[u8]) -> Result<IngestOutcome> {
-        self.metrics.envelopes_received.inc();
+        let mut outcomes = self.ingest_many(gateway, &[payload]).await?;
+        Ok(outcomes.pop().unwrap_or_default())
+    }
+
+    /// [`Ingestor::ingest`] for several envelopes of one gateway, committed
+    /// together; one outcome per envelope, in order.
+    pub async fn ingest_many(
+        &self,
+        gateway: &str,
+        payloads: &[&[u8]],
+    ) -> Result<Vec<IngestOutcome>> {
         let registry = self.registry();
-        let checked = match check_envelope(
-            payload,
-            gateway,
-            registry.as_ref(),
-            Timestamp::now(),
-            &self.policy,
-        ) {
-            Ok(c) => c,
-            Err(e) => {
-                self.metrics.reject_envelope(e.reason());
-                tracing::warn!(gateway, reason = e.reason(), error = %e, "Envelope rejected.");
-                return Ok(IngestOutcome {
-                    envelope_error: Some(e.to_string()),
-                    ..IngestOutcome::default()
-                });
-            }
-        };
-        for r in &checked.rejected {
-            self.metrics.reject_reading(r.reason.code());
-        }
-        if !checked.rejected.is_empty() {
-            let shown: Vec<String> = checked
-                .rejected
-                .iter()
-                .take(5)
-                .map(|r| r.to_string())
-                .collect();
-            tracing::warn!(
+        let now = Timestamp::now();
+        let mut logged: Vec<LoggedReading> = Vec::new();
+        let mut outcomes = Vec::with_capacity(payloads.len());
+        for payload in payloads {
+            self.metrics.envelopes_received.inc();
+            let checked = match check_envelope(
+                payload,
                 gateway,
-                seq = checked.seq,
-                rejected = checked.rejected.len(),
-                accepted = checked.accepted.len(),
-                reasons = %shown.join("; "),
-                "Readings rejected."
-            );
-        }
-        let stored = checked.accepted.len();
-        self.metrics.readings_accepted.inc_by(stored as u64);
-        let logged: Vec<LoggedReading> = checked
-            .accepted
-            .into_iter()
-            .filter_map(|r| {
+                registry.as_ref(),
+                now,
+                &self.policy,
+            ) {
+                Ok(c) => c,
+                Err(e) => {
+                    self.metrics.reject_envelope(e.reason());
+                    tracing::warn!(gateway, reason = e.reason(), error = %e, "Envelope rejected.");
+                    outcomes.push(IngestOutcome {
+                        envelope_error: Some(e.to_string()),
+                        ..IngestOutcome::default()
+                    });
+                    continue;
+                }
+            };
+            for r in &checked.rejected {
+                self.metrics.reject_reading(r.reason.code());
+            }
+            if !checked.rejected.is_empty() {
+                let shown: Vec<String> = checked
+                    .rejected
+                    .iter()
+                    .take(5)
+                    .map(|r| r.to_string())
+                    .collect();
+                tracing::warn!(
+                    gateway,
+                    seq = checked.seq,
+                    rejected = checked.rejected.len(),
+                    accepted = checked.accepted.len(),
+                    reasons = %shown.join("; "),
+                    "Readings rejected."
+                );
+            }
+            let stored = checked.accepted.len();
+            self.metrics.readings_accepted.inc_by(stored as u64);
+            logged.extend(checked.accepted.into_iter().filter_map(|r| {
                 registry.get(&r.sensor).map(|s| LoggedReading {
                     sensor: r.sensor,
                     gateway: gateway.to_owned(),
@@ -149,25 +162,26 @@ impl Ingestor {
                     ts: r.ts,
                     values: r.values,
                 })
-            })
-            .collect();
-        let logged = self.log.append(logged).await?;
+            }));
+            outcomes.push(IngestOutcome {
+                stored,
+                rejected: checked.rejected.len(),
+                envelope_error: None,
+            });
+        }
+        let committed = self.log.append(logged).await?;
         if self.live.receiver_count() > 0 {
-            for r in logged {
+            for r in committed.readings() {
                 // No receiver left is fine: nobody is watching.
                 let _ = self.live.send(Arc::new(LiveReading {
-                    sensor: r.sensor,
+                    sensor: r.sensor.clone(),
                     kind: r.kind,
-                    gateway: r.gateway,
+                    gateway: r.gateway.clone(),
                     ts: r.ts,
-                    values: r.values,
+                    values: r.values.clone(),
                 }));
             }
         }
-        Ok(IngestOutcome {
-            stored,
-            rejected: checked.rejected.len(),
-            envelope_error: None,
-        })
+        Ok(outcomes)
     }
 }

@@ -47,16 +47,12 @@ impl Sink {
     ) -> Result<WriteReport, Fatal> {
         match self {
             Sink::Embedded(store) => {
-                let readings: Vec<_> = batch
-                    .entries
-                    .iter()
-                    .flat_map(|e| e.readings.iter().map(|r| r.to_reading()))
-                    .collect();
-                let n = readings.len() as u64;
+                let entries: Vec<_> = batch.entries.iter().map(|e| e.readings.clone()).collect();
+                let n = batch.len() as u64;
                 let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10))
                     .expect("valid backoff bounds");
                 loop {
-                    match store.write(readings.clone()).await {
+                    match store.write_logged(entries.clone()).await {
                         Ok(()) => {
                             return Ok(WriteReport {
                                 written: n,

@@ -250,6 +250,11 @@ impl Mosquitto {
         Self::start_with(dir, None, free_addr()).await
     }
 
+    /// The broker's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Starts mosquitto under `dir` with a TLS listener.
     pub async fn start_tls(dir: &Path, tls: &TlsFiles) -> Result<Self> {
         Self::start_with(dir, Some(tls), free_addr()).await

@@ -89,7 +89,7 @@ async fn sink(
 }
 
 fn batch(sensors: &[&str]) -> Batch {
-    let readings = sensors
+    let readings: Vec<LoggedReading> = sensors
         .iter()
         .enumerate()
         .map(|(i, s)| LoggedReading {
@@ -104,7 +104,7 @@ fn batch(sensors: &[&str]) -> Batch {
         entries: vec![LogEntry {
             id: 1,
             gateway: "gw".into(),
-            readings,
+            readings: readings.into(),
         }],
         replayed: false,
     }

@@ -36,7 +36,7 @@ async fn entries_stay_until_acknowledged_and_replay_after_reopen() {
     let again = log.read_after(0, 10).unwrap();
     assert!(again.replayed);
     assert_eq!(again.entries.len(), 1);
-    assert_eq!(again.entries[0].readings, vec![r(3)]);
+    assert_eq!(*again.entries[0].readings, vec![r(3)]);
     assert_eq!(again.entries[0].gateway, "gw-a");
     assert_eq!(again.entries[0].readings[0].gateway, "gw-a");
     // The latest table follows the newest reading.
@@ -137,4 +137,49 @@ async fn an_append_abandoned_after_queueing_is_still_counted() {
     }
     assert_eq!(log.pending(), 2);
     assert_eq!(log.read_after(0, 10).unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn a_drain_that_keeps_up_reads_the_tail_and_one_that_fell_behind_reads_the_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = IngestLog::open(dir.path(), 1_000, IngestMetrics::default()).unwrap();
+    // Kept up: the batch is the very entry just committed, not a copy.
+    let committed = log.append(vec![r(1), r(2)]).await.unwrap();
+    let batch = log.read_after(0, 10).unwrap();
+    assert!(Arc::ptr_eq(&batch.entries[0].readings, &committed.entry));
+    assert_eq!(committed.readings(), &[r(1), r(2)]);
+    let mut cursor = batch.entries[0].id;
+    // Fell behind: only the newest 5 readings stay in memory; the drain
+    // still gets every entry exactly once, in order.
+    log.set_tail_max(5);
+    let mut handles = Vec::new();
+    for i in 3..=20 {
+        handles.push(log.append(vec![r(i)]).await.unwrap());
+    }
+    let mut seen = Vec::new();
+    let mut from_memory = 0;
+    loop {
+        let batch = log.read_after(cursor, 1).unwrap();
+        let Some(last) = batch.entries.last() else {
+            break;
+        };
+        cursor = last.id;
+        from_memory += batch
+            .entries
+            .iter()
+            .filter(|e| handles.iter().any(|h| Arc::ptr_eq(&e.readings, &h.entry)))
+            .count();
+        seen.extend(
+            batch
+                .entries
+                .iter()
+                .flat_map(|e| e.readings.iter().cloned()),
+        );
+    }
+    assert_eq!(seen, (3..=20).map(r).collect::<Vec<_>>());
+    assert_eq!(log.pending(), 20);
+    // Reading again from the start goes to disk and finds everything.
+    assert_eq!(log.read_after(0, 100).unwrap().len(), 20);
+    // The newest five came from memory, the older ones from disk.
+    assert_eq!(from_memory, 5);
 }

@@ -27,15 +27,16 @@ mod tests;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use pantau_model::{Reading, Timestamp};
+use pantau_model::{Reading, Timestamp, Values};
 use rusqlite::{params, CachedStatement, Connection};
 use serde::Serialize;
 use tokio::sync::oneshot;
 
 use crate::history::Partial;
+use crate::log::LoggedReading;
 use crate::{Error, Result};
 use schema::{Level, Window, DAY_MS, HOUR_MS, MINUTE_MS};
 
@@ -47,13 +48,42 @@ const MAX_GROUP: usize = 256;
 const RETENTION_EVERY: Duration = Duration::from_secs(600);
 
 struct WriteJob {
-    readings: Vec<Reading>,
+    rows: Rows,
     done: oneshot::Sender<Result<()>>,
+}
+
+/// What a write carries: plain readings, or entries of the ingest log
+/// shared with it (no copy on the way from the log to the store).
+enum Rows {
+    Readings(Vec<Reading>),
+    Logged(Vec<Arc<Vec<LoggedReading>>>),
+}
+
+impl Rows {
+    fn len(&self) -> usize {
+        match self {
+            Rows::Readings(r) => r.len(),
+            Rows::Logged(entries) => entries.iter().map(|e| e.len()).sum(),
+        }
+    }
+
+    /// Each reading as (sensor, time, values).
+    fn each(&self) -> Box<dyn Iterator<Item = (&str, Timestamp, &Values)> + '_> {
+        match self {
+            Rows::Readings(r) => Box::new(r.iter().map(|r| (r.sensor.as_str(), r.ts, &r.values))),
+            Rows::Logged(entries) => Box::new(
+                entries
+                    .iter()
+                    .flat_map(|e| e.iter())
+                    .map(|r| (r.sensor.as_str(), r.ts, &r.values)),
+            ),
+        }
+    }
 }
 
 impl std::fmt::Debug for WriteJob {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "WriteJob({} readings)", self.readings.len())
+        write!(f, "WriteJob({} readings)", self.rows.len())
     }
 }
 
@@ -155,11 +185,21 @@ impl Store {
 
     /// Commits readings durably; returns once they are on disk.
     pub async fn write(&self, readings: Vec<Reading>) -> Result<()> {
-        if readings.is_empty() {
+        self.write_rows(Rows::Readings(readings)).await
+    }
+
+    /// Commits entries of the ingest log durably; returns once they are on
+    /// disk.
+    pub async fn write_logged(&self, entries: Vec<Arc<Vec<LoggedReading>>>) -> Result<()> {
+        self.write_rows(Rows::Logged(entries)).await
+    }
+
+    async fn write_rows(&self, rows: Rows) -> Result<()> {
+        if rows.len() == 0 {
             return Ok(());
         }
         let (done, wait) = oneshot::channel();
-        crate::queue::send(&self.tx, WriteJob { readings, done }).await?;
+        crate::queue::send(&self.tx, WriteJob { rows, done }).await?;
         wait.await.map_err(|_| Error::WriterGone)?
     }
 
@@ -241,12 +281,12 @@ impl Writer {
         // Readings of a group nearly always share a day: the partition's
         // statements are looked up once per run of readings, not per sample.
         let mut current: Option<(i64, CachedStatement<'_>, CachedStatement<'_>)> = None;
-        for r in group.iter().flat_map(|job| &job.readings) {
-            let day = r.ts.0.div_euclid(DAY_MS);
+        for (sensor, ts, values) in group.iter().flat_map(|job| job.rows.each()) {
+            let day = ts.0.div_euclid(DAY_MS);
             let (insert, update) = match &mut current {
                 Some((d, insert, update)) if *d == day => (insert, update),
                 slot => {
-                    let table = schema::ensure(&tx, &mut self.known, Level::Raw, r.ts.0)?;
+                    let table = schema::ensure(&tx, &mut self.known, Level::Raw, ts.0)?;
                     let insert = tx.prepare_cached(&format!(
                         "INSERT OR IGNORE INTO {table} (sensor, field, ts, value) VALUES (?1, ?2, ?3, ?4)"
                     ))?;
@@ -257,24 +297,24 @@ impl Writer {
                     (insert, update)
                 }
             };
-            let bucket = r.ts.0.div_euclid(MINUTE_MS) * MINUTE_MS;
-            for (field, value) in &r.values {
+            let bucket = ts.0.div_euclid(MINUTE_MS) * MINUTE_MS;
+            for (field, value) in values {
                 let v = value.as_f64();
-                let key = (r.sensor.as_str(), field.as_str(), bucket);
-                if insert.execute(params![r.sensor, field, r.ts.0, v])? == 1 {
+                let key = (sensor, field.as_str(), bucket);
+                if insert.execute(params![sensor, field, ts.0, v])? == 1 {
                     let p = Partial {
                         n: 1,
                         sum: v,
                         min: v,
                         max: v,
-                        last_ts: r.ts.0,
+                        last_ts: ts.0,
                         last: v,
                     };
                     minute_delta
                         .entry(key)
                         .and_modify(|w| w.merge(&p))
                         .or_insert(p);
-                } else if update.execute(params![r.sensor, field, r.ts.0, v])? == 1 {
+                } else if update.execute(params![sensor, field, ts.0, v])? == 1 {
                     dirty_minutes.insert(key);
                 }
             }

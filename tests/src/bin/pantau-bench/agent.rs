@@ -16,7 +16,7 @@ use pantau_tests::{Agent, Pantau};
 use crate::{publish_all, registry, start_platform, Load};
 
 /// CPU time (user + system) a process has used, from `/proc/PID/stat`.
-fn cpu_time(pid: u32) -> Option<Duration> {
+pub(crate) fn cpu_time(pid: u32) -> Option<Duration> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the command name (which may contain spaces).
     let rest = stat.rsplit_once(')')?.1;

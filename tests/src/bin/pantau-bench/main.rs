@@ -542,6 +542,7 @@ async fn bench_fanin() -> Result<()> {
         // Each round's readings get timestamps of their own (a client sends
         // far fewer than 10 million in a round), so none overwrites another.
         let base = day_ago + round as i64 * 10_000_000;
+        let cpu_from = agent::cpu_time(p.pid()).unwrap_or_default();
         let acked = fanin_load(p.mqtt.port(), clients, &creds, tls.clone(), duration, base).await?;
         acked_total += acked;
         let drained_from = Instant::now();
@@ -558,6 +559,9 @@ async fn bench_fanin() -> Result<()> {
         )
         .await?;
         let drained_after = drained_from.elapsed();
+        // CPU per acknowledgement, including the drain into the store.
+        let pantau_cpu = agent::cpu_time(p.pid()).unwrap_or_default() - cpu_from;
+        let cpu_from = agent::cpu_time(mosq.pid()).unwrap_or_default();
         let mosq_acked = fanin_load(
             mosq_addr.port(),
             clients,
@@ -571,9 +575,11 @@ async fn bench_fanin() -> Result<()> {
             acked as f64 / duration.as_secs_f64(),
             mosq_acked as f64 / duration.as_secs_f64(),
         );
+        let mosq_cpu = agent::cpu_time(mosq.pid()).unwrap_or_default() - cpu_from;
+        let per_k = |cpu: Duration, n: u64| cpu.as_secs_f64() * 1e6 / n.max(1) as f64;
         ratios.push(pantau_rate / mosq_rate);
         println!("  round {round}: Pantau (PUBACK after the durable ingest-log commit) {pantau_rate:>8.0} acks/s, Mosquitto 2.0 in memory {mosq_rate:>8.0} acks/s, ratio {:.2}", pantau_rate / mosq_rate);
-        println!("    {acked_total} acknowledged so far, {stored} in the store {:.1} s after the load stopped", drained_after.as_secs_f64());
+        println!("    {acked_total} acknowledged so far, {stored} in the store {:.1} s after the load stopped; CPU per 1 000 acks: Pantau {:.1} ms (with the drain into the store), Mosquitto {:.1} ms", drained_after.as_secs_f64(), per_k(pantau_cpu, acked), per_k(mosq_cpu, mosq_acked));
     }
     drop((p, mosq));
     ratios.sort_by(f64::total_cmp);
