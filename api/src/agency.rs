@@ -1,18 +1,17 @@
 //! Agency (OPD) routes under `/api/v1/`, behind bearer tokens: sensors,
-//! readings history, latest values, gateways, the agency live feed, and
-//! gateway registration for admins. Every answer holds only what the
+//! readings history, latest values, gateways and the agency live feed
+//! (admin routes are in `admin.rs`). Every answer holds only what the
 //! token's scopes allow: lists leave other kinds out, a named sensor of
 //! another kind is a 403.
 
 use std::collections::{BTreeSet, HashMap};
 
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::Json;
 use pantau_ingest::LatestReading;
 use pantau_model::derive::LosBands;
-use pantau_model::{GatewayId, Sensor, SensorKind};
+use pantau_model::{Sensor, SensorKind};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value as JsonValue};
 
@@ -52,7 +51,7 @@ pub(crate) struct SensorView {
 }
 
 impl SensorView {
-    fn of(s: &Sensor) -> Self {
+    pub(crate) fn of(s: &Sensor) -> Self {
         Self {
             id: s.id.to_string(),
             name: s.name.clone(),
@@ -323,77 +322,6 @@ pub(crate) async fn gateways(
                 })
             })
             .collect(),
-    ))
-}
-
-/// `POST /api/v1/admin/gateways` body.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct NewGateway {
-    /// Gateway id: lowercase letters, digits and '-', at most 64.
-    #[schema(pattern = r"^[a-z0-9-]{1,64}$")]
-    id: String,
-}
-
-/// A registered gateway's credentials (shown once).
-#[derive(Debug, Serialize, ToSchema)]
-pub(crate) struct GatewayCredentials {
-    gateway: String,
-    username: String,
-    /// The token (the MQTT password); only its hash is kept.
-    password: String,
-}
-
-/// Registers a gateway (admin); answers its token once.
-#[utoipa::path(post, path = "/api/v1/admin/gateways", tag = "admin", request_body = NewGateway,
-    security(("bearer" = [])),
-    responses(
-        (status = 201, description = "Registered", body = GatewayCredentials),
-        (status = 400, description = "A bad body or id", body = ErrorBody),
-        (status = 401, description = "No usable token", body = ErrorBody),
-        (status = 403, description = "Not an admin token", body = ErrorBody),
-        (status = 409, description = "Already registered", body = ErrorBody),
-        (status = 413, description = "Body too large", body = ErrorBody),
-    ))]
-pub(crate) async fn add_gateway(
-    agency: Agency,
-    State(state): State<AppState>,
-    body: Result<Json<NewGateway>, axum::extract::rejection::JsonRejection>,
-) -> Result<impl IntoResponse, ApiError> {
-    agency.require_admin()?;
-    let Json(body) = body.map_err(|e| {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::TooLarge(crate::MAX_BODY)
-        } else {
-            ApiError::BadParam {
-                param: "body",
-                message: e.body_text(),
-            }
-        }
-    })?;
-    let id = GatewayId::new(&body.id).map_err(|e| ApiError::BadParam {
-        param: "id",
-        message: e.to_string(),
-    })?;
-    let db = state.state.clone();
-    let gw = id.clone();
-    let token = tokio::task::spawn_blocking(move || db.add_gateway(&gw))
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?
-        .map_err(|e| match e {
-            pantau_state::Error::DuplicateGateway(g) => {
-                ApiError::Conflict(format!("gateway {g} is already registered"))
-            }
-            e => ApiError::Internal(e.to_string()),
-        })?;
-    tracing::info!(gateway = %id, by = %agency.name, "Gateway registered through the API.");
-    Ok((
-        StatusCode::CREATED,
-        Json(GatewayCredentials {
-            gateway: id.to_string(),
-            username: id.to_string(),
-            password: token,
-        }),
     ))
 }
 

@@ -1,11 +1,13 @@
 //! Pantau's HTTP API (axum): the public view (conditions, sensors, coarse
 //! history, live feed; cached and rate limited per client), the agency
 //! routes behind scoped bearer tokens (sensors, readings, latest values,
-//! gateways, live feed, gateway registration), health, readiness and
+//! gateways, live feed; registration of gateways and sensors and their
+//! thresholds for admins), health, readiness and
 //! Prometheus metrics.
 
 #![forbid(unsafe_code)]
 
+mod admin;
 mod agency;
 mod auth;
 mod error;
@@ -23,7 +25,7 @@ use std::sync::Arc;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::Router;
 use pantau_ingest::{Ingestor, Sink};
 use pantau_state::presence::Presence;
@@ -37,19 +39,23 @@ pub use ratelimit::PublicLimiter;
 /// Answers reused while nothing they depend on changed.
 #[derive(Debug, Default)]
 pub struct Caches {
-    /// `/api/v1/public/conditions` and the log's append count it was built at.
-    conditions: std::sync::Mutex<Option<(u64, axum::body::Bytes)>>,
+    /// `/api/v1/public/conditions` and the log's append count and the
+    /// registry version it was built at.
+    conditions: std::sync::Mutex<Option<(CacheKey, axum::body::Bytes)>>,
 }
 
+/// The log's append count and the registry's version.
+type CacheKey = (u64, u64);
+
 impl Caches {
-    fn conditions_if(&self, appended: u64) -> Option<axum::body::Bytes> {
+    fn conditions_if(&self, appended: CacheKey) -> Option<axum::body::Bytes> {
         let c = self.conditions.lock().unwrap_or_else(|p| p.into_inner());
         c.as_ref()
             .filter(|(at, _)| *at == appended)
             .map(|(_, b)| b.clone())
     }
 
-    fn set_conditions(&self, appended: u64, body: axum::body::Bytes) {
+    fn set_conditions(&self, appended: CacheKey, body: axum::body::Bytes) {
         *self.conditions.lock().unwrap_or_else(|p| p.into_inner()) = Some((appended, body));
     }
 }
@@ -117,12 +123,35 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/gateways", get(agency::gateways))
         .route("/api/v1/live", get(agency::live))
         .route("/api/v1/live/ws", get(agency::live_ws))
-        .route("/api/v1/admin/gateways", post(agency::add_gateway))
+        .route("/api/v1/admin/gateways", post(admin::add_gateway))
+        .route("/api/v1/admin/sensors", post(admin::add_sensor))
+        .route(
+            "/api/v1/admin/sensors/{id}/thresholds",
+            put(admin::set_thresholds),
+        )
         .route("/api/v1/openapi.json", get(openapi::document))
         .merge(openapi::docs_page())
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn(refuse_oversized))
         .with_state(state)
+}
+
+/// Refuses a body announced larger than [`MAX_BODY`] before reading any
+/// of it (a client that sent `Expect: 100-continue` never uploads it; the
+/// body limit still guards bodies without a length).
+async fn refuse_oversized(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let announced = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if announced.is_some_and(|n| n > MAX_BODY as u64) {
+        return ApiError::TooLarge(MAX_BODY).into_response();
+    }
+    next.run(req).await
 }
 
 async fn not_found() -> ApiError {

@@ -59,6 +59,19 @@ pub(crate) enum KindDoc {
     GatewayHealth,
 }
 
+/// A kind of sensor that can be registered (gateway health is reported by
+/// gateways themselves).
+#[derive(Debug, ToSchema)]
+#[schema(rename_all = "snake_case")]
+#[allow(dead_code)]
+pub(crate) enum RegisteredKindDoc {
+    FloodGauge,
+    TideGauge,
+    TrafficCounter,
+    Metocean,
+    Berth,
+}
+
 /// An aggregate per window.
 #[derive(Debug, ToSchema)]
 #[schema(rename_all = "lowercase")]
@@ -110,7 +123,9 @@ impl Modify for BearerAuth {
         crate::agency::gateways,
         crate::agency::live,
         crate::agency::live_ws,
-        crate::agency::add_gateway,
+        crate::admin::add_gateway,
+        crate::admin::add_sensor,
+        crate::admin::set_thresholds,
         crate::healthz,
         crate::readyz,
         crate::metrics,

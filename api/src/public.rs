@@ -133,9 +133,12 @@ pub(crate) fn cached<T: Serialize>(body: &T, max_age_s: u32) -> Response {
         (status = 429, description = "Rate limited", body = ErrorBody),
     ))]
 pub(crate) async fn conditions(State(state): State<AppState>) -> Result<Response, ApiError> {
-    // The answer changes only when a reading is logged: reuse the last one
-    // built while the log's append counter stands still.
-    let appended = state.ingestor.log().appended();
+    // The answer changes only when a reading is logged or the registry is
+    // edited: reuse the last one built while neither happened.
+    let appended = (
+        state.ingestor.log().appended(),
+        state.ingestor.shared_registry().version(),
+    );
     if let Some(body) = state.caches.conditions_if(appended) {
         return Ok(cached_bytes(body, 5));
     }

@@ -3,10 +3,10 @@
 //! acknowledges upstream only after [`Ingestor::ingest`] returns `Ok`; the
 //! sinks drain the log on their own pace (see [`crate::drain`]).
 
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use pantau_model::validate::check_envelope;
-use pantau_model::{Policy, Registry, SensorKind, Timestamp};
+use pantau_model::{Policy, Registry, SensorKind, SharedRegistry, Timestamp};
 use serde::Serialize;
 use tokio::sync::broadcast;
 
@@ -46,8 +46,8 @@ pub struct IngestOutcome {
 /// The ingest path shared by every connection.
 #[derive(Debug)]
 pub struct Ingestor {
-    /// Sensors and which gateway owns each.
-    registry: RwLock<Arc<Registry>>,
+    /// Sensors and which gateway owns each (edited by the admin API).
+    registry: Arc<SharedRegistry>,
     /// Where readings are committed before they are acknowledged.
     log: Arc<IngestLog>,
     /// Counters.
@@ -61,9 +61,19 @@ pub struct Ingestor {
 impl Ingestor {
     /// Builds the ingest path over a store.
     pub fn new(registry: Registry, log: Arc<IngestLog>, metrics: IngestMetrics) -> Self {
+        Self::with_registry(Arc::new(SharedRegistry::new(registry)), log, metrics)
+    }
+
+    /// Builds the ingest path over a registry shared with others (the API
+    /// edits it, sinks read it).
+    pub fn with_registry(
+        registry: Arc<SharedRegistry>,
+        log: Arc<IngestLog>,
+        metrics: IngestMetrics,
+    ) -> Self {
         let (live, _) = broadcast::channel(LIVE_BUFFER);
         Self {
-            registry: RwLock::new(Arc::new(registry)),
+            registry,
             log,
             metrics,
             policy: Policy::default(),
@@ -73,10 +83,12 @@ impl Ingestor {
 
     /// The current registry.
     pub fn registry(&self) -> Arc<Registry> {
-        self.registry
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.registry.get()
+    }
+
+    /// The shared registry, for edits.
+    pub fn shared_registry(&self) -> &Arc<SharedRegistry> {
+        &self.registry
     }
 
     /// The ingest log readings are committed to.

@@ -21,7 +21,7 @@ pub mod validate;
 pub use envelope::{Envelope, EnvelopeError, Reading, Value, Values};
 pub use id::{GatewayId, IdError, SensorId};
 pub use kind::{FieldSpec, FieldType, SensorKind};
-pub use registry::{Registry, RegistryError, Sensor, Thresholds};
+pub use registry::{Registry, RegistryError, Sensor, SensorSpec, SharedRegistry, Thresholds};
 pub use time::Timestamp;
 pub use topic::{GatewayTopic, TopicKind};
 pub use validate::{Checked, Policy, RejectReason, Rejection, SensorLookup};

@@ -18,6 +18,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 
 use serde::{Deserialize, Serialize};
 
@@ -101,28 +103,65 @@ pub enum RegistryError {
 #[serde(deny_unknown_fields)]
 struct WireRegistry {
     #[serde(default)]
-    sensor: Vec<WireSensor>,
+    sensor: Vec<SensorSpec>,
 }
 
-#[derive(Debug, Deserialize)]
+/// A sensor as written in the registry file or sent to the admin API,
+/// before validation ([`Sensor::from_spec`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct WireSensor {
-    id: String,
-    kind: String,
-    gateway: String,
-    name: String,
+pub struct SensorSpec {
+    /// Unique sensor id (`a-z`, `0-9`, `-`).
+    pub id: String,
+    /// `flood_gauge`, `tide_gauge`, `traffic_counter`, `metocean` or `berth`.
+    pub kind: String,
+    /// The only gateway allowed to report it.
+    pub gateway: String,
+    /// Display name.
+    pub name: String,
+    /// Kecamatan (district).
     #[serde(default)]
-    district: String,
-    lat: f64,
-    lon: f64,
+    pub district: String,
+    /// Latitude, WGS 84.
+    pub lat: f64,
+    /// Longitude, WGS 84.
+    pub lon: f64,
+    /// Owning agency.
     #[serde(default)]
-    owner: String,
+    pub owner: String,
+    /// Whether the public view may show it.
     #[serde(default)]
-    public: bool,
-    #[serde(default)]
-    thresholds: Option<Thresholds>,
-    #[serde(default)]
-    capacity_pcu_h: Option<f64>,
+    pub public: bool,
+    /// Flood thresholds (flood gauges only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thresholds: Option<Thresholds>,
+    /// Road capacity in PCU per hour (traffic counters only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity_pcu_h: Option<f64>,
+}
+
+impl Sensor {
+    /// Validates a spec; the error names the field.
+    pub fn from_spec(spec: SensorSpec) -> Result<Self, RegistryError> {
+        validate_sensor(spec)
+    }
+
+    /// The spec this sensor was made from.
+    pub fn spec(&self) -> SensorSpec {
+        SensorSpec {
+            id: self.id.to_string(),
+            kind: self.kind.as_str().to_owned(),
+            gateway: self.gateway.to_string(),
+            name: self.name.clone(),
+            district: self.district.clone(),
+            lat: self.lat,
+            lon: self.lon,
+            owner: self.owner.clone(),
+            public: self.public,
+            thresholds: self.thresholds,
+            capacity_pcu_h: self.capacity_pcu_h,
+        }
+    }
 }
 
 /// All registered sensors, by id.
@@ -200,9 +239,65 @@ impl Registry {
         self.sensors.is_empty()
     }
 
+    /// Adds a sensor, or replaces the one with its id.
+    pub fn upsert(&mut self, sensor: Sensor) {
+        self.sensors.insert(sensor.id.to_string(), sensor);
+    }
+
     /// The gateways that have at least one sensor.
     pub fn gateways(&self) -> BTreeSet<GatewayId> {
         self.sensors.values().map(|s| s.gateway.clone()).collect()
+    }
+}
+
+/// The registry in use, replaceable while the platform runs (sensors
+/// registered and thresholds set over the admin API). Readers take a
+/// snapshot (`Arc`) and never wait for an edit in progress; edits are
+/// serialised and each bumps [`SharedRegistry::version`], which caches key
+/// on.
+#[derive(Debug)]
+pub struct SharedRegistry {
+    current: RwLock<Arc<Registry>>,
+    version: AtomicU64,
+    edits: Mutex<()>,
+}
+
+impl SharedRegistry {
+    /// Starts with `registry`.
+    pub fn new(registry: Registry) -> Self {
+        Self {
+            current: RwLock::new(Arc::new(registry)),
+            version: AtomicU64::new(0),
+            edits: Mutex::new(()),
+        }
+    }
+
+    /// The registry now.
+    pub fn get(&self) -> Arc<Registry> {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Changes so far.
+    pub fn version(&self) -> u64 {
+        self.version.load(Ordering::Acquire)
+    }
+
+    /// Edits the registry: `edit` gets the current one and returns the next
+    /// (or an error, leaving it unchanged). Edits run one at a time, so
+    /// `edit` may also persist the change (blocking) before it takes
+    /// effect; readers keep the old snapshot meanwhile.
+    pub fn edit<T, E>(
+        &self,
+        edit: impl FnOnce(&Registry) -> Result<(Registry, T), E>,
+    ) -> Result<T, E> {
+        let _one_at_a_time = self.edits.lock().unwrap_or_else(|p| p.into_inner());
+        let (next, out) = edit(&self.get())?;
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(next);
+        self.version.fetch_add(1, Ordering::AcqRel);
+        Ok(out)
     }
 }
 
@@ -214,7 +309,7 @@ impl SensorLookup for Registry {
     }
 }
 
-fn validate_sensor(w: WireSensor) -> Result<Sensor, RegistryError> {
+fn validate_sensor(w: SensorSpec) -> Result<Sensor, RegistryError> {
     let invalid = |field: &'static str, message: String| RegistryError::Invalid {
         sensor: w.id.clone(),
         field,
@@ -365,6 +460,32 @@ thresholds = { siaga3 = 150, siaga2 = 200, siaga1 = 250 }
         assert!(e.contains("gateway"), "{e}");
         let e = err(&MINIMAL.replace("public = true", "public = true\ncolour = 1"));
         assert!(e.contains("colour"), "{e}");
+    }
+
+    #[test]
+    fn a_spec_round_trips_and_edits_bump_the_version() {
+        let r = Registry::parse(MINIMAL).unwrap();
+        let s = r.get("fl-test-01").unwrap().clone();
+        assert_eq!(Sensor::from_spec(s.spec()).unwrap(), s);
+        let shared = SharedRegistry::new(r);
+        let before = shared.get();
+        let mut moved = s.spec();
+        moved.id = "fl-test-02".into();
+        shared
+            .edit(|cur| {
+                let mut next = cur.clone();
+                next.upsert(Sensor::from_spec(moved)?);
+                Ok::<_, RegistryError>((next, ()))
+            })
+            .unwrap();
+        assert_eq!(
+            (before.len(), shared.get().len(), shared.version()),
+            (1, 2, 1)
+        );
+        // A failed edit changes nothing.
+        let failed: Result<(), &str> = shared.edit(|_| Err("no"));
+        assert!(failed.is_err());
+        assert_eq!((shared.get().len(), shared.version()), (2, 1));
     }
 
     #[test]

@@ -48,12 +48,16 @@ pub async fn run(cfg: IngestConfig) -> anyhow::Result<()> {
         (true, None) => anyhow::bail!("--broker mqtts:// needs --broker-ca FILE"),
         (false, _) => None,
     };
-    let registry = Arc::new(match &cfg.registry {
+    let file = match &cfg.registry {
         Some(p) => Registry::load(p)?,
         None => Registry::empty(),
-    });
+    };
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("cannot create data dir {}", cfg.data_dir.display()))?;
+    // Agency tokens and API-registered sensors of this worker live in its
+    // own data directory.
+    let state = Arc::new(pantau_state::StateDb::open(&cfg.data_dir)?);
+    let registry = Arc::new(crate::registry::effective(file, &state)?);
     let metrics = IngestMetrics::default();
     let storage =
         crate::storage::open(&cfg.data_dir, registry.clone(), &cfg.storage, &metrics).await?;
@@ -65,8 +69,8 @@ pub async fn run(cfg: IngestConfig) -> anyhow::Result<()> {
         ),
         None => None,
     };
-    let ingestor = Arc::new(Ingestor::new(
-        registry.as_ref().clone(),
+    let ingestor = Arc::new(Ingestor::with_registry(
+        registry.clone(),
         storage.log.clone(),
         metrics.clone(),
     ));
@@ -92,8 +96,6 @@ pub async fn run(cfg: IngestConfig) -> anyhow::Result<()> {
         metrics.clone(),
         stop_drain.clone(),
     ));
-    // Agency tokens of this worker's API live in its own data directory.
-    let state = Arc::new(pantau_state::StateDb::open(&cfg.data_dir)?);
     let api = http.map(|listener| {
         let mut registry = prometheus_client::registry::Registry::default();
         metrics.register(&mut registry);

@@ -12,7 +12,7 @@ use clap::ValueEnum;
 use pantau_ingest::influx::{InfluxApi, InfluxConfig, InfluxSink};
 use pantau_ingest::store::Retention;
 use pantau_ingest::{IngestLog, IngestMetrics, Sink, Store};
-use pantau_model::Registry;
+use pantau_model::SharedRegistry;
 
 /// Which store readings end up in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -119,7 +119,7 @@ pub struct Storage {
 /// Opens the ingest log and the sink, checking an InfluxDB at start-up.
 pub async fn open(
     data_dir: &Path,
-    registry: Arc<Registry>,
+    registry: Arc<SharedRegistry>,
     args: &StorageArgs,
     metrics: &IngestMetrics,
 ) -> anyhow::Result<Storage> {

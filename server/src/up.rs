@@ -44,10 +44,11 @@ async fn bind(addr: std::net::SocketAddr, what: &str) -> anyhow::Result<TcpListe
 
 /// Runs the platform until SIGINT/SIGTERM.
 pub async fn up(cfg: UpConfig) -> anyhow::Result<()> {
-    let registry = Arc::new(load_registry(&cfg)?);
+    let file = load_registry(&cfg)?;
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("cannot create data dir {}", cfg.data_dir.display()))?;
     let state = Arc::new(StateDb::open(&cfg.data_dir)?);
+    let registry = Arc::new(crate::registry::effective(file, &state)?);
     let ingest_metrics = IngestMetrics::default();
     let storage = crate::storage::open(
         &cfg.data_dir,
@@ -69,9 +70,9 @@ pub async fn up(cfg: UpConfig) -> anyhow::Result<()> {
     let broker_metrics = BrokerMetrics::default();
     broker_metrics.register(&mut metrics);
 
-    let sensors = registry.len();
-    let ingestor = Arc::new(Ingestor::new(
-        registry.as_ref().clone(),
+    let sensors = registry.get().len();
+    let ingestor = Arc::new(Ingestor::with_registry(
+        registry.clone(),
         storage.log.clone(),
         ingest_metrics.clone(),
     ));

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use pantau_model::{GatewayId, Timestamp};
+use pantau_model::{GatewayId, SensorSpec, Timestamp};
 use ring::digest;
 use ring::rand::{SecureRandom, SystemRandom};
 use rusqlite::{params, Connection, OptionalExtension};
@@ -42,6 +42,16 @@ pub enum Error {
     /// No API token of that name.
     #[error("no API token named {0:?}")]
     UnknownToken(String),
+    /// A stored sensor record cannot be read back.
+    #[error("state database {path}: sensor {id:?}: {message}")]
+    BadSensor {
+        /// The database file.
+        path: PathBuf,
+        /// The sensor.
+        id: String,
+        /// What is wrong.
+        message: String,
+    },
     /// The system random generator failed.
     #[error("the system random number generator failed")]
     Random,
@@ -92,7 +102,13 @@ impl StateDb {
                  scopes TEXT NOT NULL,
                  created_ms INTEGER NOT NULL,
                  revoked_ms INTEGER
-             );",
+             );
+             CREATE TABLE IF NOT EXISTS sensors (
+                 id TEXT PRIMARY KEY,
+                 spec TEXT NOT NULL,
+                 updated_ms INTEGER NOT NULL,
+                 updated_by TEXT NOT NULL
+             ) WITHOUT ROWID;",
         )
         .map_err(sql)?;
         Ok(Self {
@@ -277,6 +293,50 @@ impl StateDb {
             )
             .optional()
             .map_err(|e| self.sql(e))
+    }
+}
+
+/// Sensors registered or changed over the admin API. They overlay the
+/// registry file: a sensor here replaces the file's sensor of that id.
+impl StateDb {
+    /// Stores a sensor (replacing an earlier record of its id), noting who
+    /// changed it.
+    pub fn save_sensor(&self, spec: &SensorSpec, by: &str) -> Result<()> {
+        let json = serde_json::to_string(spec).map_err(|e| Error::BadSensor {
+            path: self.path.clone(),
+            id: spec.id.clone(),
+            message: e.to_string(),
+        })?;
+        self.conn()
+            .execute(
+                "INSERT INTO sensors (id, spec, updated_ms, updated_by) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (id) DO UPDATE SET spec = excluded.spec,
+                     updated_ms = excluded.updated_ms, updated_by = excluded.updated_by",
+                params![spec.id, json, Timestamp::now().millis(), by],
+            )
+            .map_err(|e| self.sql(e))?;
+        Ok(())
+    }
+
+    /// Every stored sensor, ordered by id.
+    pub fn sensors(&self) -> Result<Vec<SensorSpec>> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare("SELECT id, spec FROM sensors ORDER BY id")
+            .map_err(|e| self.sql(e))?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+            .map_err(|e| self.sql(e))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, json) = row.map_err(|e| self.sql(e))?;
+            out.push(serde_json::from_str(&json).map_err(|e| Error::BadSensor {
+                path: self.path.clone(),
+                id,
+                message: e.to_string(),
+            })?);
+        }
+        Ok(out)
     }
 }
 

@@ -94,8 +94,29 @@ impl Demo {
         token: Option<&str>,
         body: Option<Value>,
     ) -> Result<(StatusCode, Value)> {
+        call(&self.p, method, path, token, body).await
+    }
+
+    fn ids_of_kinds(&self, pred: impl Fn(&str, bool) -> bool) -> BTreeSet<String> {
+        self.kinds
+            .iter()
+            .filter(|(_, k, public)| pred(k, *public))
+            .map(|(id, _, _)| id.clone())
+            .collect()
+    }
+}
+
+/// One API call; the answer's status and JSON (null for an event stream).
+async fn call(
+    p: &Pantau,
+    method: Method,
+    path: &str,
+    token: Option<&str>,
+    body: Option<Value>,
+) -> Result<(StatusCode, Value)> {
+    {
         let client = reqwest::Client::new();
-        let mut req = client.request(method, self.p.url(path));
+        let mut req = client.request(method, p.url(path));
         if let Some(t) = token {
             req = req.bearer_auth(t);
         }
@@ -116,14 +137,78 @@ impl Demo {
             serde_json::from_str(&text).with_context(|| format!("{path}: not JSON: {text:?}"))?;
         Ok((status, v))
     }
+}
 
-    fn ids_of_kinds(&self, pred: impl Fn(&str, bool) -> bool) -> BTreeSet<String> {
-        self.kinds
-            .iter()
-            .filter(|(_, k, public)| pred(k, *public))
-            .map(|(id, _, _)| id.clone())
-            .collect()
-    }
+/// POSTs headers announcing a `len`-byte JSON body without sending it;
+/// returns the answer's status and JSON body.
+async fn oversized_post(
+    http: std::net::SocketAddr,
+    path: &str,
+    token: &str,
+    len: usize,
+) -> Result<(u16, Value)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(http).await?;
+    s.write_all(
+        format!(
+            "POST {path} HTTP/1.1\r\nHost: {http}\r\nAuthorization: Bearer {token}\r\n\
+             Content-Type: application/json\r\nContent-Length: {len}\r\n\
+             Expect: 100-continue\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await?;
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    let read = async {
+        loop {
+            let n = s.read(&mut buf).await?;
+            answer.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&answer);
+            let complete = text.split_once("\r\n\r\n").is_some_and(|(head, body)| {
+                head.lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length:")
+                            .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                    })
+                    .is_some_and(|want| body.len() >= want)
+            });
+            if n == 0 || complete {
+                return Ok::<_, std::io::Error>(());
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), read)
+        .await
+        .context("no answer to an oversized request")??;
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").context("no HTTP answer")?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .context("status line")?;
+    Ok((
+        status,
+        serde_json::from_str(body).with_context(|| format!("not JSON: {body:?}"))?,
+    ))
+}
+
+/// A `POST /api/v1/admin/sensors` body: a public flood gauge.
+fn new_sensor(id: &str, gateway: &str) -> Value {
+    serde_json::json!({
+        "id": id,
+        "kind": "flood_gauge",
+        "gateway": gateway,
+        "name": "Pintu air Jalan Sudirman",
+        "district": "Dumai Barat",
+        "lat": 1.6702,
+        "lon": 101.4412,
+        "owner": "bpbd",
+        "public": true,
+        "thresholds": {"siaga3": 100, "siaga2": 200, "siaga1": 300},
+    })
 }
 
 /// Every known sensor id mentioned anywhere in `v`.
@@ -218,6 +303,16 @@ async fn authorization_matrix_and_scope_isolation() -> Result<()> {
             [u, fb, fb, cr, u],
         ),
         (
+            Method::POST,
+            "/api/v1/admin/sensors".into(),
+            [u, fb, fb, cr, u],
+        ),
+        (
+            Method::PUT,
+            format!("/api/v1/admin/sensors/{FLOOD}/thresholds"),
+            [u, fb, fb, ok, u],
+        ),
+        (
             Method::GET,
             "/api/v1/public/conditions".into(),
             [ok, ok, ok, ok, ok],
@@ -249,8 +344,17 @@ async fn authorization_matrix_and_scope_isolation() -> Result<()> {
     for (method, path, want) in &matrix {
         for (token, want) in tokens.iter().zip(want) {
             n += 1;
-            let body =
-                (*method == Method::POST).then(|| serde_json::json!({"id": format!("gw-api-{n}")}));
+            let body = if path.ends_with("/admin/gateways") {
+                Some(serde_json::json!({"id": format!("gw-api-{n}")}))
+            } else if path.ends_with("/admin/sensors") {
+                Some(new_sensor(&format!("fl-api-{n}"), "gw-pelabuhan"))
+            } else if path.ends_with("/thresholds") {
+                Some(
+                    serde_json::json!({"thresholds": {"siaga3": 120, "siaga2": 180, "siaga1": 240}}),
+                )
+            } else {
+                None
+            };
             let (got, v) = d
                 .call(method.clone(), path, token.map(String::as_str), body)
                 .await?;
@@ -463,25 +567,23 @@ async fn caching_rate_limits_and_bad_input_get_clear_4xx() -> Result<()> {
             );
         }
     }
-    // Oversized and invalid JSON bodies.
-    let big = "x".repeat(64 * 1024);
-    for (body, want) in [
-        (
-            format!("{{\"id\":\"{big}\"}}"),
-            StatusCode::PAYLOAD_TOO_LARGE,
-        ),
-        ("{not json".to_string(), StatusCode::BAD_REQUEST),
-    ] {
-        let r = client
-            .post(d.p.url("/api/v1/admin/gateways"))
-            .bearer_auth(&d.admin)
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-            .await?;
-        ensure!(r.status() == want, "{}", r.status());
-        ensure!(r.status().is_client_error());
+    // An oversized body is refused from its Content-Length, before it is
+    // read: the request asks for `100 Continue` and never sends the body.
+    for path in ["/api/v1/admin/gateways", "/api/v1/admin/sensors"] {
+        let (status, v) = oversized_post(d.p.http, path, &d.admin, 64 * 1024).await?;
+        ensure!(
+            status == 413 && v["error"] == "payload_too_large" && v["param"] == "body",
+            "{path}: {status} {v}"
+        );
     }
+    let r = client
+        .post(d.p.url("/api/v1/admin/gateways"))
+        .bearer_auth(&d.admin)
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await?;
+    ensure!(r.status() == StatusCode::BAD_REQUEST, "{}", r.status());
     // Ready.
     let (s, v) = d.call(Method::GET, "/readyz", None, None).await?;
     ensure!(s == StatusCode::OK && v["ready"] == true, "{v}");
@@ -602,5 +704,285 @@ async fn level_of_service_bands_come_from_the_config_file() -> Result<()> {
         .output()?;
     ensure!(!out.status.success());
     ensure!(String::from_utf8_lossy(&out.stderr).contains("level_of_service.volume_capacity"));
+    Ok(())
+}
+
+/// Waits until the public conditions show `sensor` at Siaga `want`,
+/// derived from thresholds whose Siaga 1 is `siaga1`.
+async fn siaga(p: &Pantau, sensor: &str, want: u64, siaga1: f64) -> Result<Value> {
+    eventually(
+        Duration::from_secs(10),
+        &format!("{sensor} at Siaga {want} (siaga1 = {siaga1}) in the public conditions"),
+        || async move {
+            let c = p.get_json("/api/v1/public/conditions").await.ok()?;
+            let s = c.as_array()?.iter().find(|s| s["id"] == sensor)?.clone();
+            let st = &s["status"];
+            (st["siaga_level"] == want && st["thresholds"]["siaga1"] == siaga1).then_some(s)
+        },
+    )
+    .await
+}
+
+#[tokio::test]
+async fn admins_register_sensors_and_set_thresholds_at_once_and_for_good() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (mut p, creds) = minimal(dir.path(), &[]).await?;
+    let data = dir.path().join("data");
+    let token = |name: &str, scopes: &str| -> Result<String> {
+        Ok(token_create(&data, name, scopes)?["token"]
+            .as_str()
+            .context("token")?
+            .to_owned())
+    };
+    let (admin, flood) = (token("ops", "admin")?, token("bpbd", "read:flood")?);
+    const NEW: &str = "fl-api-01";
+    let reading = |offset_s: i64, cm: f64| {
+        format!(
+            r#"{{"sensor":"{NEW}","ts":"{}","values":{{"water_level_cm":{cm}}}}}"#,
+            now_rfc3339(offset_s)
+        )
+    };
+    // Not registered yet: its reading is refused and counted.
+    publish_ok(&p, &creds, &envelope("gw-test", 1, &[reading(-30, 250.0)]))?;
+    eventually(
+        Duration::from_secs(10),
+        "unknown_sensor counted",
+        || async {
+            let m = p.metrics().await.ok()?;
+            metric(
+                &m,
+                "pantau_ingest_readings_rejected_total{reason=\"unknown_sensor\"}",
+            )
+            .filter(|n| *n >= 1.0)
+        },
+    )
+    .await?;
+    ensure!(
+        stored(&data, NEW)?.is_empty(),
+        "an unregistered sensor's reading was stored"
+    );
+
+    // Registered over the API: in effect at once for every view and ingest.
+    let (status, v) = call(
+        &p,
+        Method::POST,
+        "/api/v1/admin/sensors",
+        Some(&admin),
+        Some(new_sensor(NEW, "gw-test")),
+    )
+    .await?;
+    ensure!(status == StatusCode::CREATED, "{status}: {v}");
+    ensure!(v["id"] == NEW && v["thresholds"]["siaga2"] == 200.0, "{v}");
+    let (status, v) = call(
+        &p,
+        Method::GET,
+        &format!("/api/v1/sensors/{NEW}"),
+        Some(&flood),
+        None,
+    )
+    .await?;
+    ensure!(
+        status == StatusCode::OK && v["district"] == "Dumai Barat",
+        "{status}: {v}"
+    );
+    let public = p.get_json("/api/v1/public/sensors").await?;
+    ensure!(
+        public
+            .as_array()
+            .context("list")?
+            .iter()
+            .any(|s| s["id"] == NEW),
+        "not in the public list: {public}"
+    );
+    publish_ok(&p, &creds, &envelope("gw-test", 2, &[reading(-20, 250.0)]))?;
+    let rows = stored_eventually(&data, NEW, 1).await?;
+    ensure!(rows[0].2 == 250.0, "{rows:?}");
+    siaga(&p, NEW, 2, 300.0).await?;
+
+    // New thresholds: the same reading now means Siaga 1, with no new
+    // reading in between (the cached conditions follow the registry).
+    let path = format!("/api/v1/admin/sensors/{NEW}/thresholds");
+    let body = serde_json::json!({"thresholds": {"siaga3": 50, "siaga2": 100, "siaga1": 240}});
+    let (status, v) = call(&p, Method::PUT, &path, Some(&admin), Some(body.clone())).await?;
+    ensure!(
+        status == StatusCode::OK && v["thresholds"]["siaga1"] == 240.0,
+        "{status}: {v}"
+    );
+    siaga(&p, NEW, 1, 240.0).await?;
+
+    // Bad input: a 4xx naming the field, nothing changed.
+    let mut volcano = new_sensor("fl-api-02", "gw-test");
+    volcano["kind"] = "volcano".into();
+    let mut falling = new_sensor("fl-api-03", "gw-test");
+    falling["thresholds"]["siaga1"] = 50.into();
+    let mut misplaced = new_sensor("tr-api-04", "gw-test");
+    misplaced["kind"] = "traffic_counter".into();
+    // method, path, token, body, expected status, the parameter named
+    type Case<'a> = (
+        Method,
+        String,
+        Option<&'a str>,
+        Value,
+        StatusCode,
+        &'static str,
+    );
+    let cases: Vec<Case<'_>> = vec![
+        (
+            Method::POST,
+            "/api/v1/admin/sensors".into(),
+            Some(&admin),
+            new_sensor(NEW, "gw-test"),
+            StatusCode::CONFLICT,
+            "",
+        ),
+        (
+            Method::POST,
+            "/api/v1/admin/sensors".into(),
+            Some(&admin),
+            new_sensor("fl-test-01", "gw-test"),
+            StatusCode::CONFLICT,
+            "",
+        ),
+        (
+            Method::POST,
+            "/api/v1/admin/sensors".into(),
+            Some(&admin),
+            volcano,
+            StatusCode::BAD_REQUEST,
+            "kind",
+        ),
+        (
+            Method::POST,
+            "/api/v1/admin/sensors".into(),
+            Some(&admin),
+            falling,
+            StatusCode::BAD_REQUEST,
+            "thresholds",
+        ),
+        (
+            Method::POST,
+            "/api/v1/admin/sensors".into(),
+            Some(&admin),
+            misplaced,
+            StatusCode::BAD_REQUEST,
+            "thresholds",
+        ),
+        (
+            Method::POST,
+            "/api/v1/admin/sensors".into(),
+            Some(&admin),
+            serde_json::json!({"id": "x"}),
+            StatusCode::BAD_REQUEST,
+            "body",
+        ),
+        (
+            Method::POST,
+            "/api/v1/admin/sensors".into(),
+            Some(&flood),
+            new_sensor("fl-api-05", "gw-test"),
+            StatusCode::FORBIDDEN,
+            "",
+        ),
+        (
+            Method::PUT,
+            "/api/v1/admin/sensors/fl-nowhere/thresholds".into(),
+            Some(&admin),
+            body.clone(),
+            StatusCode::NOT_FOUND,
+            "",
+        ),
+        (
+            Method::PUT,
+            path.clone(),
+            Some(&admin),
+            serde_json::json!({}),
+            StatusCode::BAD_REQUEST,
+            "body",
+        ),
+        (
+            Method::PUT,
+            path.clone(),
+            Some(&admin),
+            serde_json::json!({"capacity_pcu_h": 1800}),
+            StatusCode::BAD_REQUEST,
+            "capacity_pcu_h",
+        ),
+        (
+            Method::PUT,
+            path.clone(),
+            Some(&admin),
+            serde_json::json!({"thresholds": {"siaga3": 1, "siaga2": 1, "siaga1": 1}}),
+            StatusCode::BAD_REQUEST,
+            "thresholds",
+        ),
+        (
+            Method::PUT,
+            path.clone(),
+            Some(&flood),
+            body.clone(),
+            StatusCode::FORBIDDEN,
+            "",
+        ),
+        (
+            Method::PUT,
+            path.clone(),
+            None,
+            body.clone(),
+            StatusCode::UNAUTHORIZED,
+            "",
+        ),
+    ];
+    for (method, path, token, body, want, param) in cases {
+        let (got, v) = call(&p, method.clone(), &path, token, Some(body.clone())).await?;
+        ensure!(
+            got == want,
+            "{method} {path} {body}: {got}, expected {want}: {v}"
+        );
+        ensure!(
+            v["error"].is_string() && v["message"].is_string(),
+            "{path}: {v}"
+        );
+        if !param.is_empty() {
+            ensure!(
+                v["param"] == param,
+                "{method} {path} {body}: param {}, expected {param}",
+                v["param"]
+            );
+        }
+    }
+    let (_, list) = call(&p, Method::GET, "/api/v1/sensors", Some(&admin), None).await?;
+    let ids: Vec<&str> = list
+        .as_array()
+        .context("list")?
+        .iter()
+        .filter_map(|s| s["id"].as_str())
+        .collect();
+    ensure!(ids == ["fl-api-01", "fl-test-01"], "{ids:?}");
+
+    // Kept across a restart, and still in effect for ingest.
+    p.terminate().await?;
+    let reg = dir.path().join("registry.toml");
+    let p = Pantau::start_on(
+        &data,
+        p.http,
+        p.mqtt,
+        &["--registry", reg.to_str().unwrap()],
+    )
+    .await?;
+    let (status, v) = call(
+        &p,
+        Method::GET,
+        &format!("/api/v1/sensors/{NEW}"),
+        Some(&flood),
+        None,
+    )
+    .await?;
+    ensure!(
+        status == StatusCode::OK && v["thresholds"]["siaga1"] == 240.0,
+        "after restart {status}: {v}"
+    );
+    publish_ok(&p, &creds, &envelope("gw-test", 3, &[reading(-10, 90.0)]))?;
+    stored_eventually(&data, NEW, 2).await?;
+    siaga(&p, NEW, 3, 240.0).await?;
     Ok(())
 }

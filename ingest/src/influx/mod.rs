@@ -27,7 +27,7 @@ use std::time::Duration;
 use flate2::write::GzEncoder;
 use flate2::Compression;
 use pantau_model::backoff::Backoff;
-use pantau_model::Registry;
+use pantau_model::SharedRegistry;
 use reqwest::{RequestBuilder, StatusCode};
 
 use crate::log::{Batch, DeadLetter, IngestLog};
@@ -181,7 +181,7 @@ pub struct InfluxSink {
     /// HTTP client (rustls with ring).
     client: reqwest::Client,
     /// For the district tag.
-    registry: Arc<Registry>,
+    registry: Arc<SharedRegistry>,
     /// Where refused lines are recorded.
     log: Arc<IngestLog>,
 }
@@ -203,7 +203,7 @@ impl InfluxSink {
     /// Builds the sink; call [`InfluxSink::check`] before draining.
     pub fn new(
         cfg: InfluxConfig,
-        registry: Arc<Registry>,
+        registry: Arc<SharedRegistry>,
         log: Arc<IngestLog>,
     ) -> Result<Self, InfluxError> {
         let need = |v: &Option<String>, what| match v {
@@ -437,15 +437,13 @@ impl InfluxSink {
         batch: &Batch,
         metrics: &IngestMetrics,
     ) -> Result<WriteReport, Fatal> {
+        let registry = self.registry.get();
         let lines: Vec<String> = batch
             .entries
             .iter()
             .flat_map(|e| {
                 e.readings.iter().map(|r| {
-                    let district = self
-                        .registry
-                        .get(&r.sensor)
-                        .map_or("", |s| s.district.as_str());
+                    let district = registry.get(&r.sensor).map_or("", |s| s.district.as_str());
                     line(r, district)
                 })
             })

@@ -84,7 +84,12 @@ async fn sink(
         password: Some("secret".into()),
         timeout: Duration::from_secs(5),
     };
-    let s = InfluxSink::new(cfg, Arc::new(Registry::empty()), log.clone()).unwrap();
+    let s = InfluxSink::new(
+        cfg,
+        Arc::new(pantau_model::SharedRegistry::new(Registry::empty())),
+        log.clone(),
+    )
+    .unwrap();
     (s, seen, log, dir)
 }
 
