@@ -367,6 +367,35 @@ mod tests {
     use super::*;
 
     #[test]
+    fn sensors_are_kept_replaced_by_id_and_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = StateDb::open(dir.path()).unwrap();
+        let mut spec = SensorSpec {
+            id: "fl-a".into(),
+            kind: "flood_gauge".into(),
+            gateway: "gw-a".into(),
+            name: "A".into(),
+            district: "Dumai Kota".into(),
+            lat: 1.6,
+            lon: 101.4,
+            owner: "bpbd".into(),
+            public: true,
+            thresholds: None,
+            capacity_pcu_h: None,
+        };
+        db.save_sensor(&spec, "ops").unwrap();
+        spec.thresholds = Some(pantau_model::Thresholds {
+            siaga3: 1.0,
+            siaga2: 2.0,
+            siaga1: 3.0,
+        });
+        db.save_sensor(&spec, "ops").unwrap();
+        drop(db);
+        let db = StateDb::open(dir.path()).unwrap();
+        assert_eq!(db.sensors().unwrap(), vec![spec]);
+    }
+
+    #[test]
     fn api_tokens_verify_hashed_and_revocation_is_immediate() {
         let dir = tempfile::tempdir().unwrap();
         let db = StateDb::open(dir.path()).unwrap();
