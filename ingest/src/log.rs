@@ -51,7 +51,7 @@ use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use pantau_model::{Reading, SensorKind, Timestamp, Values};
+use pantau_model::{SensorKind, Timestamp, Values};
 use rusqlite::{params, Connection};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{oneshot, Notify};
@@ -88,17 +88,6 @@ pub struct LoggedReading {
     /// Values.
     #[serde(rename = "v")]
     pub values: Values,
-}
-
-impl LoggedReading {
-    /// The reading without its kind.
-    pub fn to_reading(&self) -> Reading {
-        Reading {
-            sensor: self.sensor.clone(),
-            ts: self.ts,
-            values: self.values.clone(),
-        }
-    }
 }
 
 /// One entry read back from the log.
