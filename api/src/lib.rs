@@ -13,6 +13,7 @@ mod auth;
 mod error;
 mod extract;
 mod history;
+mod listener;
 mod live;
 mod openapi;
 mod public;
@@ -30,10 +31,10 @@ use axum::Router;
 use pantau_ingest::{Ingestor, Sink};
 use pantau_state::presence::Presence;
 use pantau_state::StateDb;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use error::ApiError;
+pub use listener::{ApiListener, HandshakeLimits};
 pub use ratelimit::PublicLimiter;
 
 /// Answers reused while nothing they depend on changed.
@@ -182,11 +183,13 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
 /// Serves the API on `listener` until `shutdown` fires.
 pub async fn run(
     state: AppState,
-    listener: TcpListener,
+    listener: ApiListener,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
+    use axum::serve::ListenerExt;
+    // `tap_io` gives the client address to `ConnectInfo<SocketAddr>`.
     axum::serve(
-        listener,
+        listener.tap_io(|_| ()),
         router(state).into_make_service_with_connect_info::<SocketAddr>(),
     )
     .with_graceful_shutdown(async move { shutdown.cancelled().await })

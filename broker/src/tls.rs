@@ -147,6 +147,55 @@ pub fn server_config(
     files: &TlsFiles,
     names: &[String],
 ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let (certs, key) = server_identity(files, names)?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    // Gateways may present a certificate issued by the platform CA (the
+    // identity is its CN); those that do not authenticate with a token.
+    let mut roots = rustls::RootCertStore::empty();
+    let ca = CertificateDer::pem_file_iter(&files.ca_cert)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|source| TlsError::Pem {
+            path: files.ca_cert.clone(),
+            source,
+        })?;
+    roots.add_parsable_certificates(ca);
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .allow_unauthenticated()
+    .build()
+    .map_err(|e| TlsError::Verifier(e.to_string()))?;
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(certs, key)?;
+    Ok(Arc::new(config))
+}
+
+/// The HTTPS API's rustls configuration: the same server certificate as
+/// the MQTT listener (replace `tls/server.pem` and `tls/server-key.pem`
+/// with a publicly trusted pair for browsers and the public app), no client
+/// certificates (agencies use bearer tokens).
+pub fn https_config(
+    files: &TlsFiles,
+    names: &[String],
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let (certs, key) = server_identity(files, names)?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)?;
+    Ok(Arc::new(config))
+}
+
+/// The server certificate chain and key, generated (with the CA) when
+/// missing.
+fn server_identity(
+    files: &TlsFiles,
+    names: &[String],
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsError> {
     ensure_ca(files)?;
     if !(files.server_cert.exists() && files.server_key.exists()) {
         let mut all = vec!["localhost".to_string(), "127.0.0.1".into(), "::1".into()];
@@ -183,29 +232,7 @@ pub fn server_config(
         path: files.server_key.clone(),
         source,
     })?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    // Gateways may present a certificate issued by the platform CA (the
-    // identity is its CN); those that do not authenticate with a token.
-    let mut roots = rustls::RootCertStore::empty();
-    let ca = CertificateDer::pem_file_iter(&files.ca_cert)
-        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|source| TlsError::Pem {
-            path: files.ca_cert.clone(),
-            source,
-        })?;
-    roots.add_parsable_certificates(ca);
-    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-        Arc::new(roots),
-        provider.clone(),
-    )
-    .allow_unauthenticated()
-    .build()
-    .map_err(|e| TlsError::Verifier(e.to_string()))?;
-    let config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(certs, key)?;
-    Ok(Arc::new(config))
+    Ok((certs, key))
 }
 
 /// Issues a client certificate for a gateway (CN = gateway id, client

@@ -81,9 +81,33 @@ pub struct ApiArgs {
     /// coalesce to the latest per sensor.
     #[arg(long, env = "PANTAU_LIVE_MAX_PER_S", default_value = "50")]
     pub live_max_per_s: std::num::NonZeroU32,
+    /// Serve HTTPS on the HTTP listener even on a loopback address (it
+    /// always does on any other address).
+    #[arg(long, env = "PANTAU_HTTP_TLS")]
+    pub http_tls: bool,
 }
 
 impl ApiArgs {
+    /// The API's listener on `tcp`: HTTPS with the platform's server
+    /// certificate unless `tcp` is on loopback and `--http-tls` is off.
+    pub fn listener(
+        &self,
+        tcp: tokio::net::TcpListener,
+        files: &pantau_broker::tls::TlsFiles,
+        names: &[String],
+    ) -> anyhow::Result<pantau_api::ApiListener> {
+        let addr = tcp.local_addr()?;
+        Ok(if self.http_tls || !addr.ip().is_loopback() {
+            pantau_api::ApiListener::https(
+                tcp,
+                pantau_broker::tls::https_config(files, names)?,
+                pantau_api::HandshakeLimits::default(),
+            )?
+        } else {
+            pantau_api::ApiListener::plain(tcp)?
+        })
+    }
+
     /// The API's state; registers the API's counters.
     pub fn app_state(
         &self,

@@ -62,11 +62,13 @@ pub async fn run(cfg: IngestConfig) -> anyhow::Result<()> {
     let storage =
         crate::storage::open(&cfg.data_dir, registry.clone(), &cfg.storage, &metrics).await?;
     let http = match cfg.http_listen {
-        Some(addr) => Some(
-            tokio::net::TcpListener::bind(addr)
+        Some(addr) => {
+            let tcp = tokio::net::TcpListener::bind(addr)
                 .await
-                .with_context(|| format!("cannot listen on {addr} (HTTP)"))?,
-        ),
+                .with_context(|| format!("cannot listen on {addr} (HTTP)"))?;
+            let files = pantau_broker::tls::TlsFiles::in_data_dir(&cfg.data_dir);
+            Some(cfg.api.listener(tcp, &files, &[])?)
+        }
         None => None,
     };
     let ingestor = Arc::new(Ingestor::with_registry(

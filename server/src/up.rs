@@ -121,6 +121,8 @@ pub async fn up(cfg: UpConfig) -> anyhow::Result<()> {
     app.ready
         .broker
         .store(true, std::sync::atomic::Ordering::Release);
+    let http = cfg.api.listener(http, &files, &cfg.tls_names)?;
+    let scheme = if http.is_tls() { "https" } else { "http" };
     let api = tokio::spawn(pantau_api::run(app, http, stop_api.clone()));
 
     tracing::info!(
@@ -128,7 +130,7 @@ pub async fn up(cfg: UpConfig) -> anyhow::Result<()> {
         mqtt = %mqtt_addr,
         sensors,
         data_dir = %cfg.data_dir.display(),
-        "Pantau is up: live conditions at http://{http_addr}/api/v1/public/conditions"
+        "Pantau is up: live conditions at {scheme}://{http_addr}/api/v1/public/conditions"
     );
     if cfg.demo {
         let client_tls = pantau_edge_agent::uplink::client_tls(&files.ca_cert)?;

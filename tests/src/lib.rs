@@ -78,6 +78,8 @@ pub struct Pantau {
     pub mqtt: SocketAddr,
     /// Where the process's stderr (its log) goes.
     pub log: PathBuf,
+    /// Whether the API serves HTTPS (`--http-tls`, or a non-loopback address).
+    pub https: bool,
 }
 
 impl Pantau {
@@ -117,13 +119,16 @@ impl Pantau {
             http,
             mqtt,
             log,
+            https: extra.contains(&"--http-tls") || !http.ip().is_loopback(),
         };
         let url = p.url("/healthz");
-        let client = reqwest::Client::new();
         let ready = eventually(Duration::from_secs(30), "pantau /healthz", || {
-            let (client, url) = (client.clone(), url.clone());
+            // Over HTTPS the client needs the CA, which the server writes
+            // at its first start.
+            let (client, url) = (p.client(), url.clone());
             async move {
                 client
+                    .ok()?
                     .get(&url)
                     .send()
                     .await
@@ -144,20 +149,50 @@ impl Pantau {
         self.child.id()
     }
 
-    /// A URL on the HTTP listener.
+    /// A URL on the HTTP listener (`https://localhost:PORT` when it serves
+    /// HTTPS: the platform's certificate names `localhost`).
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{}", self.http, path)
+        if self.https {
+            format!("https://localhost:{}{}", self.http.port(), path)
+        } else {
+            format!("http://{}{}", self.http, path)
+        }
+    }
+
+    /// An HTTP client for the API; over HTTPS it trusts the platform's CA
+    /// (and nothing else).
+    pub fn client(&self) -> Result<reqwest::Client> {
+        let mut b = reqwest::Client::builder();
+        if self.https {
+            let ca = std::fs::read(self.data_dir.join("tls").join("ca.pem"))?;
+            b = b
+                .tls_built_in_root_certs(false)
+                .add_root_certificate(reqwest::Certificate::from_pem(&ca)?)
+                .https_only(true);
+        }
+        Ok(b.build()?)
     }
 
     /// GETs a JSON document.
     pub async fn get_json(&self, path: &str) -> Result<Value> {
-        let r = reqwest::get(self.url(path)).await?.error_for_status()?;
+        let r = self
+            .client()?
+            .get(self.url(path))
+            .send()
+            .await?
+            .error_for_status()?;
         Ok(r.json().await?)
     }
 
     /// GETs `/metrics` as text.
     pub async fn metrics(&self) -> Result<String> {
-        Ok(reqwest::get(self.url("/metrics")).await?.text().await?)
+        Ok(self
+            .client()?
+            .get(self.url("/metrics"))
+            .send()
+            .await?
+            .text()
+            .await?)
     }
 
     /// The process's log so far.

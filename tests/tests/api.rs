@@ -986,3 +986,55 @@ async fn admins_register_sensors_and_set_thresholds_at_once_and_for_good() -> Re
     siaga(&p, NEW, 3, 240.0).await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn off_loopback_the_api_speaks_only_https_and_a_stalled_handshake_blocks_nobody() -> Result<()>
+{
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data)?;
+    let flood = token_create(&data, "bpbd", "read:flood")?["token"]
+        .as_str()
+        .context("token")?
+        .to_owned();
+    // Every address, not loopback: HTTPS whether asked for or not.
+    let http: std::net::SocketAddr = format!("0.0.0.0:{}", free_addr().port()).parse()?;
+    let p = Pantau::start_on(&data, http, free_addr(), &["--demo"]).await?;
+    ensure!(p.https, "the harness should expect HTTPS here");
+    // A client that connects and never says hello holds nobody up.
+    let _stalled = tokio::net::TcpStream::connect(("127.0.0.1", http.port())).await?;
+    let started = std::time::Instant::now();
+    let conditions = p.get_json("/api/v1/public/conditions").await?;
+    ensure!(
+        started.elapsed() < Duration::from_secs(1),
+        "an HTTPS request took {:?} behind a stalled client",
+        started.elapsed()
+    );
+    ensure!(
+        !conditions.as_array().context("list")?.is_empty(),
+        "{conditions}"
+    );
+    // An agency token works over HTTPS.
+    let r = p
+        .client()?
+        .get(p.url(&format!("/api/v1/sensors/{FLOOD}")))
+        .bearer_auth(&flood)
+        .send()
+        .await?;
+    ensure!(r.status() == StatusCode::OK, "{}", r.status());
+    // Plain HTTP gets no HTTP answer, and a client that does not trust the
+    // platform's CA does not get one either.
+    let plain = reqwest::Client::new()
+        .get(format!("http://127.0.0.1:{}/healthz", http.port()))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await;
+    ensure!(plain.is_err(), "plain HTTP answered: {plain:?}");
+    let untrusted = reqwest::Client::new()
+        .get(p.url("/healthz"))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await;
+    ensure!(untrusted.is_err(), "an untrusting client got {untrusted:?}");
+    Ok(())
+}
