@@ -65,7 +65,7 @@ pub(crate) struct GatewayCredentials {
 pub(crate) async fn add_gateway(
     agency: Agency,
     State(state): State<AppState>,
-    body: Result<Json<NewGateway>, axum::extract::rejection::JsonRejection>,
+    body: Result<Json<NewGateway>, JsonRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
     agency.require_admin()?;
     let body = json_body(body)?;

@@ -35,7 +35,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use error::ApiError;
 pub use listener::{ApiListener, HandshakeLimits};
-pub use ratelimit::PublicLimiter;
+pub use ratelimit::{PublicLimiter, TrustedProxies};
 
 /// Answers reused while nothing they depend on changed.
 #[derive(Debug, Default)]
@@ -85,6 +85,8 @@ pub struct AppState {
     pub presence: Arc<Presence>,
     /// Per-client limiter of the public routes.
     pub public_limit: Arc<PublicLimiter>,
+    /// Proxies whose `X-Forwarded-For` names the client.
+    pub trusted_proxies: Arc<TrustedProxies>,
     /// Most live events per second and connection (the rest coalesce).
     pub live_max_per_s: u32,
     /// Readiness flags.

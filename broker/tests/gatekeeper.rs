@@ -245,6 +245,21 @@ fn envelope(gw: &str, sensor: &str, cm: f64) -> Vec<u8> {
     .into_bytes()
 }
 
+/// The water levels in the ingest log, in log order.
+fn logged_levels(h: &Harness) -> Vec<f64> {
+    h.log
+        .read_after(0, 100_000)
+        .unwrap()
+        .entries
+        .iter()
+        .flat_map(|e| {
+            e.readings
+                .iter()
+                .map(|r| r.values["water_level_cm"].as_f64())
+        })
+        .collect()
+}
+
 fn refused(m: &BrokerMetrics, reason: &'static str) -> u64 {
     m.refused.get_or_create(&vec![("reason", reason)]).get()
 }
@@ -269,17 +284,7 @@ async fn publish_is_acked_only_after_it_is_stored() {
         other => panic!("expected PUBACK, got {other:?}"),
     }
     // Acknowledged means committed: the ingest log has it at the moment of the ack.
-    let batch = h.log.read_after(0, 100).unwrap();
-    let values: Vec<f64> = batch
-        .entries
-        .iter()
-        .flat_map(|e| {
-            e.readings
-                .iter()
-                .map(|r| r.values["water_level_cm"].as_f64())
-        })
-        .collect();
-    assert_eq!(values, vec![42.5]);
+    assert_eq!(logged_levels(&h), vec![42.5]);
 }
 
 #[tokio::test]
@@ -443,18 +448,7 @@ async fn many_publishes_in_flight_are_acked_in_arrival_order() {
     }
     assert_eq!(h.log.pending(), 298);
     // Every good reading is in the log, in arrival order.
-    let values: Vec<f64> = h
-        .log
-        .read_after(0, 10_000)
-        .unwrap()
-        .entries
-        .iter()
-        .flat_map(|e| {
-            e.readings
-                .iter()
-                .map(|r| r.values["water_level_cm"].as_f64())
-        })
-        .collect();
+    let values = logged_levels(&h);
     assert_eq!(values, want_values);
     assert!(h
         .presence

@@ -85,6 +85,14 @@ pub struct ApiArgs {
     /// always does on any other address).
     #[arg(long, env = "PANTAU_HTTP_TLS")]
     pub http_tls: bool,
+    /// A reverse proxy (address or network, repeatable) whose
+    /// `X-Forwarded-For` names the client for the public rate limit.
+    #[arg(
+        long = "trusted-proxy",
+        env = "PANTAU_TRUSTED_PROXIES",
+        value_delimiter = ','
+    )]
+    pub trusted_proxies: Vec<String>,
 }
 
 impl ApiArgs {
@@ -117,25 +125,28 @@ impl ApiArgs {
         state: std::sync::Arc<pantau_state::StateDb>,
         presence: std::sync::Arc<pantau_state::presence::Presence>,
         los: pantau_model::derive::LosBands,
-    ) -> pantau_api::AppState {
+    ) -> anyhow::Result<pantau_api::AppState> {
+        let trusted_proxies = pantau_api::TrustedProxies::parse(&self.trusted_proxies)
+            .map_err(|e| anyhow::anyhow!("--trusted-proxy: {e}"))?;
         let limiter = pantau_api::PublicLimiter::new(self.public_rate_per_s, self.public_burst);
         metrics.register(
             "pantau_api_public_rate_limited",
             "Public requests refused by the per-client rate limit",
             limiter.refused.clone(),
         );
-        pantau_api::AppState {
+        Ok(pantau_api::AppState {
             ingestor,
             history,
             metrics: std::sync::Arc::new(metrics),
             state,
             presence,
             public_limit: std::sync::Arc::new(limiter),
+            trusted_proxies: std::sync::Arc::new(trusted_proxies),
             live_max_per_s: self.live_max_per_s.get(),
             ready: std::sync::Arc::default(),
             los: std::sync::Arc::new(los),
             caches: std::sync::Arc::default(),
-        }
+        })
     }
 }
 

@@ -98,32 +98,33 @@ pub async fn run(cfg: IngestConfig) -> anyhow::Result<()> {
         metrics.clone(),
         stop_drain.clone(),
     ));
-    let api = http.map(|listener| {
-        let mut registry = prometheus_client::registry::Registry::default();
-        metrics.register(&mut registry);
-        tokio::spawn(pantau_api::run(
-            {
-                let app = cfg.api.app_state(
-                    ingestor.clone(),
-                    storage.sink.clone(),
-                    registry,
-                    state.clone(),
-                    Arc::default(),
-                    pantau_model::derive::LosBands::default(),
-                );
-                // Storage was checked at start-up; the consumer runs.
-                app.ready
-                    .storage
-                    .store(true, std::sync::atomic::Ordering::Release);
-                app.ready
-                    .broker
-                    .store(true, std::sync::atomic::Ordering::Release);
-                app
-            },
-            listener,
-            stop_api.clone(),
-        ))
-    });
+    let api = match http {
+        Some(listener) => {
+            let mut registry = prometheus_client::registry::Registry::default();
+            metrics.register(&mut registry);
+            let app = cfg.api.app_state(
+                ingestor.clone(),
+                storage.sink.clone(),
+                registry,
+                state.clone(),
+                Arc::default(),
+                pantau_model::derive::LosBands::default(),
+            )?;
+            // Storage was checked at start-up; the consumer runs.
+            app.ready
+                .storage
+                .store(true, std::sync::atomic::Ordering::Release);
+            app.ready
+                .broker
+                .store(true, std::sync::atomic::Ordering::Release);
+            Some(tokio::spawn(pantau_api::run(
+                app,
+                listener,
+                stop_api.clone(),
+            )))
+        }
+        None => None,
+    };
     tracing::info!(worker = %cfg.worker_id, broker = %cfg.broker, "Ingest worker started.");
     crate::shutdown::signal().await;
     tracing::info!("Shutting down.");

@@ -113,7 +113,7 @@ pub async fn up(cfg: UpConfig) -> anyhow::Result<()> {
         state.clone(),
         presence.clone(),
         cfg.los.clone(),
-    );
+    )?;
     // Storage was opened (and InfluxDB checked) and both listeners are bound.
     app.ready
         .storage

@@ -1038,3 +1038,47 @@ async fn off_loopback_the_api_speaks_only_https_and_a_stalled_handshake_blocks_n
     ensure!(untrusted.is_err(), "an untrusting client got {untrusted:?}");
     Ok(())
 }
+
+#[tokio::test]
+async fn behind_a_trusted_proxy_each_forwarded_client_has_its_own_rate_limit() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (p, _) = minimal(
+        dir.path(),
+        &[
+            "--trusted-proxy",
+            "127.0.0.1",
+            "--public-rate-per-s",
+            "1",
+            "--public-burst",
+            "2",
+        ],
+    )
+    .await?;
+    let client = reqwest::Client::new();
+    let get = |xff: &'static str| {
+        client
+            .get(p.url("/api/v1/public/sensors"))
+            .header("x-forwarded-for", xff)
+            .send()
+    };
+    // One client behind the proxy uses up its burst...
+    for _ in 0..2 {
+        ensure!(get("198.51.100.1").await?.status() == StatusCode::OK);
+    }
+    let r = get("198.51.100.1").await?;
+    ensure!(
+        r.status() == StatusCode::TOO_MANY_REQUESTS,
+        "{}",
+        r.status()
+    );
+    // ...another one is not affected, and spoofing a left-hand entry does
+    // not get the first one a fresh bucket.
+    ensure!(get("198.51.100.2").await?.status() == StatusCode::OK);
+    let r = get("203.0.113.50, 198.51.100.1").await?;
+    ensure!(
+        r.status() == StatusCode::TOO_MANY_REQUESTS,
+        "{}",
+        r.status()
+    );
+    Ok(())
+}
