@@ -453,6 +453,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                     while let Some(frame) = next.take() {
                         match self.handle(frame).await {
                             Ok(None) => {}
+                            Ok(Some(End::Clean)) => {
+                                // A DISCONNECT after publishes: they are
+                                // committed (and acknowledged) before the
+                                // connection closes, QoS 0 ones included.
+                                self.submit_batch();
+                                self.finish_inflight().await;
+                                return (End::Clean, false);
+                            }
                             Ok(Some(end)) => return (end, false),
                             Err(e) => return (End::Unclean(e.reason()), false),
                         }
@@ -530,6 +538,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 _ = shutdown.cancelled() => return (End::Unclean("server_shutdown"), false),
             }
         }
+    }
+
+    /// Completes every publish in flight (within a bound), writing their
+    /// acknowledgements.
+    async fn finish_inflight(&mut self) {
+        let drain = async {
+            while let Some(done) = self.inflight.next().await {
+                let Ok(completed) = done else { return };
+                self.publishes_in_flight -= completed.len();
+                for c in completed {
+                    if self.complete(c).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            let _ = self.wire.flush().await;
+        };
+        let _ = timeout(Duration::from_secs(10), drain).await;
     }
 
     /// Why reading failed, counted and logged.

@@ -215,12 +215,19 @@ fn subscribe_packet(pkid: u16, path: &str) -> Packet {
 
 /// A QoS 1 PUBLISH frame built by hand (rumqttd keeps `Publish.qos` private).
 fn publish_qos1(topic: &str, pkid: u16, payload: &[u8]) -> Vec<u8> {
+    publish_frame(1, topic, pkid, payload)
+}
+
+/// A PUBLISH frame of QoS 0 or 1 (`pkid` is left out at QoS 0).
+fn publish_frame(qos: u8, topic: &str, pkid: u16, payload: &[u8]) -> Vec<u8> {
     let mut body = Vec::new();
     body.extend_from_slice(&(topic.len() as u16).to_be_bytes());
     body.extend_from_slice(topic.as_bytes());
-    body.extend_from_slice(&pkid.to_be_bytes());
+    if qos > 0 {
+        body.extend_from_slice(&pkid.to_be_bytes());
+    }
     body.extend_from_slice(payload);
-    let mut frame = vec![0x32];
+    let mut frame = vec![0x30 | (qos << 1)];
     let mut len = body.len();
     loop {
         let mut b = (len % 128) as u8;
@@ -454,6 +461,24 @@ async fn many_publishes_in_flight_are_acked_in_arrival_order() {
         .presence
         .get("gw-a")
         .is_some_and(|p| p.last_status.as_deref() == Some(r#"{"online":true}"#)));
+}
+
+#[tokio::test]
+async fn a_disconnect_right_after_publishes_still_commits_and_acks_them() {
+    let h = start(BrokerConfig::default()).await;
+    let mut c = Client::login(&h, "gw-a", 30).await;
+    // QoS 0, QoS 1 and DISCONNECT in one write: all read in one go.
+    let topic = "pantau/v1/gw/gw-a/telemetry";
+    let mut frames = publish_frame(0, topic, 0, &envelope("gw-a", "fl-a", 1.5));
+    frames.extend(publish_frame(1, topic, 9, &envelope("gw-a", "fl-a", 2.5)));
+    frames.extend([0xe0, 0x00]);
+    c.send_raw(&frames).await;
+    match c.recv().await {
+        Some(Packet::PubAck(ack, _)) => assert_eq!(ack.pkid, 9),
+        other => panic!("expected PUBACK 9 before the close, got {other:?}"),
+    }
+    assert!(c.recv().await.is_none(), "the connection stays open");
+    assert_eq!(logged_levels(&h), vec![1.5, 2.5]);
 }
 
 /// Raw frames that must never crash or stall the gatekeeper.
