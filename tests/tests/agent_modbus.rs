@@ -1,17 +1,23 @@
-//! `pantau-agent` reading a Modbus TCP device run by the test (a
-//! tokio-modbus server): values arrive scaled as mapped; a device that
-//! stops answering times out, is counted, and is read again when it returns.
-//! The agent publishes over TLS to Debian's Mosquitto, where `mosquitto_sub`
-//! watches its envelopes and status.
+//! `pantau-agent` reading Modbus devices run by the test (tokio-modbus
+//! servers): over TCP, values arrive scaled as mapped, and a device that
+//! stops answering times out, is counted, and is read again when it
+//! returns; over RTU, on a serial line made of a pseudo-terminal pair
+//! (Debian's socat), values arrive, and a line that disappears (a USB
+//! adapter pulled) is reported and read again once it is back. The agent
+//! publishes over TLS to Debian's Mosquitto, where `mosquitto_sub` watches
+//! its envelopes and status.
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use pantau_tests::mqtt::{messages_while, status_where};
 use pantau_tests::services::{dev_tls, Mosquitto};
-use pantau_tests::Agent;
+use pantau_tests::{eventually, Agent};
 use serde_json::Value;
 use tokio_modbus::server::tcp::{accept_tcp_connection, Server};
 use tokio_modbus::{ExceptionCode, Request, Response};
@@ -187,5 +193,119 @@ data_type = "f32"
     })
     .await??;
     ensure!(back, "the device was read again after it returned");
+    Ok(())
+}
+
+/// A serial line: two linked pseudo-terminals made by socat, one end for
+/// the agent, one for the device.
+struct SerialLine {
+    socat: Child,
+}
+
+impl SerialLine {
+    async fn open(agent_end: &Path, device_end: &Path) -> Result<Self> {
+        let end = |p: &Path| format!("pty,raw,echo=0,link={}", p.display());
+        let socat = Command::new("socat")
+            .arg(end(agent_end))
+            .arg(end(device_end))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("run socat (tests/run.sh installs it)")?;
+        eventually(Duration::from_secs(10), "socat's pseudo-terminals", || {
+            std::future::ready((agent_end.exists() && device_end.exists()).then_some(()))
+        })
+        .await?;
+        Ok(Self { socat })
+    }
+}
+
+impl Drop for SerialLine {
+    fn drop(&mut self) {
+        let _ = self.socat.kill();
+        let _ = self.socat.wait();
+    }
+}
+
+/// Serves `device` as Modbus RTU unit 1 on the serial end `path`.
+fn start_rtu_device(path: &Path, device: Arc<Device>) -> Result<()> {
+    let server = tokio_modbus::server::rtu::Server::new_from_path(path, 19_200)?;
+    tokio::spawn(async move {
+        let _ = server.serve_forever(Service(device)).await;
+    });
+    Ok(())
+}
+
+#[tokio::test]
+async fn modbus_rtu_values_arrive_and_a_serial_line_that_comes_back_is_read_again() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (agent_end, device_end): (PathBuf, PathBuf) =
+        (dir.path().join("ttyAGENT"), dir.path().join("ttyDEVICE"));
+    let device = Arc::new(Device::default());
+    device.holding.lock().unwrap().insert(4, 2_500); // u16 × 0.1 → 250.0
+    let line = SerialLine::open(&agent_end, &device_end).await?;
+    start_rtu_device(&device_end, device.clone())?;
+    let tls = dev_tls(&dir.path().join("pki"))?;
+    let mosq = Mosquitto::start_tls(&dir.path().join("mosquitto"), &tls).await?;
+    let cfg = format!(
+        r#"gateway = "gw-test"
+[broker]
+url = "mqtts://127.0.0.1:{}"
+ca_file = "{}"
+password = "unused"
+[batch]
+max_delay = "50ms"
+[[source]]
+type = "modbus-rtu"
+device = "{}"
+baud = 19200
+unit = 1
+interval = "200ms"
+timeout = "500ms"
+[[source.register]]
+sensor = "fl-r1"
+field = "water_level_cm"
+address = 4
+scale = 0.1
+"#,
+        mosq.addr.port(),
+        tls.ca_cert.display(),
+        agent_end.display()
+    );
+    let _agent = Agent::start(dir.path(), "agent", &cfg)?;
+    let (addr, ca) = (mosq.addr, tls.ca_cert.clone());
+    let topic = "pantau/v1/gw/gw-test/telemetry";
+    let value_arrives = |want: f64| {
+        let ca = ca.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut got = false;
+            messages_while(addr, &ca, topic, 30, |e| {
+                got = levels(e)
+                    .iter()
+                    .any(|(s, v)| s == "fl-r1" && (v - want).abs() < 1e-9);
+                !got
+            })
+            .map(|_| got)
+        })
+    };
+    ensure!(value_arrives(250.0).await??, "no 250.0 from the RTU device");
+    // The line disappears: the agent reports it and keeps trying.
+    let errors = |s: &Value| s["sources"][0]["errors"].as_u64().unwrap_or(0);
+    let before = errors(&status_where(addr, &ca, "gw-test", "a status", |_| true).await?);
+    drop(line);
+    let after = status_where(addr, &ca, "gw-test", "the lost serial line reported", |s| {
+        errors(s) > before && s["sources"][0]["last_error"].is_string()
+    })
+    .await
+    .context("a lost serial line is reported")?;
+    ensure!(after["online"] == true, "{after}");
+    // Back, with a new value: read again.
+    device.holding.lock().unwrap().insert(4, 2_610); // → 261.0
+    let _line = SerialLine::open(&agent_end, &device_end).await?;
+    start_rtu_device(&device_end, device.clone())?;
+    ensure!(
+        value_arrives(261.0).await??,
+        "the serial line was not read again after it came back"
+    );
     Ok(())
 }
