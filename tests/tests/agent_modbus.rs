@@ -78,6 +78,23 @@ async fn start_device(device: Arc<Device>) -> Result<std::net::SocketAddr> {
     Ok(addr)
 }
 
+/// An agent configuration for gateway `gw-test` publishing to `mosq` over
+/// TLS, with `sources`.
+fn agent_config(mosq: &Mosquitto, ca: &Path, sources: &str) -> String {
+    format!(
+        r#"gateway = "gw-test"
+[broker]
+url = "mqtts://127.0.0.1:{}"
+ca_file = "{}"
+password = "unused"
+[batch]
+max_delay = "50ms"
+{sources}"#,
+        mosq.addr.port(),
+        ca.display()
+    )
+}
+
 /// The water levels of one envelope, by sensor.
 fn levels(envelope: &Value) -> Vec<(String, f64)> {
     envelope["readings"]
@@ -111,15 +128,11 @@ async fn modbus_values_arrive_scaled_and_a_silent_device_is_read_again_when_it_r
     let modbus = start_device(device.clone()).await?;
     let tls = dev_tls(&dir.path().join("pki"))?;
     let mosq = Mosquitto::start_tls(&dir.path().join("mosquitto"), &tls).await?;
-    let cfg = format!(
-        r#"gateway = "gw-test"
-[broker]
-url = "mqtts://127.0.0.1:{}"
-ca_file = "{}"
-password = "unused"
-[batch]
-max_delay = "50ms"
-[[source]]
+    let cfg = agent_config(
+        &mosq,
+        &tls.ca_cert,
+        &format!(
+            r#"[[source]]
 type = "modbus-tcp"
 address = "{modbus}"
 interval = "200ms"
@@ -142,9 +155,8 @@ sensor = "fl-a3"
 field = "water_level_cm"
 address = 20
 data_type = "f32"
-"#,
-        mosq.addr.port(),
-        tls.ca_cert.display()
+"#
+        ),
     );
     let _agent = Agent::start(dir.path(), "agent", &cfg)?;
     let (addr, ca) = (mosq.addr, tls.ca_cert.clone());
@@ -247,15 +259,11 @@ async fn modbus_rtu_values_arrive_and_a_serial_line_that_comes_back_is_read_agai
     start_rtu_device(&device_end, device.clone())?;
     let tls = dev_tls(&dir.path().join("pki"))?;
     let mosq = Mosquitto::start_tls(&dir.path().join("mosquitto"), &tls).await?;
-    let cfg = format!(
-        r#"gateway = "gw-test"
-[broker]
-url = "mqtts://127.0.0.1:{}"
-ca_file = "{}"
-password = "unused"
-[batch]
-max_delay = "50ms"
-[[source]]
+    let cfg = agent_config(
+        &mosq,
+        &tls.ca_cert,
+        &format!(
+            r#"[[source]]
 type = "modbus-rtu"
 device = "{}"
 baud = 19200
@@ -268,9 +276,8 @@ field = "water_level_cm"
 address = 4
 scale = 0.1
 "#,
-        mosq.addr.port(),
-        tls.ca_cert.display(),
-        agent_end.display()
+            agent_end.display()
+        ),
     );
     let _agent = Agent::start(dir.path(), "agent", &cfg)?;
     let (addr, ca) = (mosq.addr, tls.ca_cert.clone());
