@@ -70,6 +70,14 @@ pub struct Readiness {
     pub broker: AtomicBool,
 }
 
+impl Readiness {
+    /// Sets both flags.
+    pub fn set(&self, storage: bool, broker: bool) {
+        self.storage.store(storage, Ordering::Release);
+        self.broker.store(broker, Ordering::Release);
+    }
+}
+
 /// State shared by every handler.
 #[derive(Debug, Clone)]
 pub struct AppState {

@@ -111,12 +111,7 @@ pub async fn run(cfg: IngestConfig) -> anyhow::Result<()> {
                 pantau_model::derive::LosBands::default(),
             )?;
             // Storage was checked at start-up; the consumer runs.
-            app.ready
-                .storage
-                .store(true, std::sync::atomic::Ordering::Release);
-            app.ready
-                .broker
-                .store(true, std::sync::atomic::Ordering::Release);
+            app.ready.set(true, true);
             Some(tokio::spawn(pantau_api::run(
                 app,
                 listener,

@@ -115,12 +115,7 @@ pub async fn up(cfg: UpConfig) -> anyhow::Result<()> {
         cfg.los.clone(),
     )?;
     // Storage was opened (and InfluxDB checked) and both listeners are bound.
-    app.ready
-        .storage
-        .store(true, std::sync::atomic::Ordering::Release);
-    app.ready
-        .broker
-        .store(true, std::sync::atomic::Ordering::Release);
+    app.ready.set(true, true);
     let http = cfg.api.listener(http, &files, &cfg.tls_names)?;
     let scheme = if http.is_tls() { "https" } else { "http" };
     let api = tokio::spawn(pantau_api::run(app, http, stop_api.clone()));
