@@ -562,7 +562,7 @@ impl WriterThread {
                         room -= n as u64;
                         let at = readings.len();
                         readings.extend(r);
-                        answers.push((done, Some(at..at + n)));
+                        answers.push((done, at..at + n));
                     } else {
                         metrics.drop_readings("log_full", n as u64);
                         let _ = done.send(Err(Error::LogFull {
@@ -608,7 +608,7 @@ impl WriterThread {
                 for (done, range) in answers {
                     let _ = done.send(Ok(Committed {
                         entry: entry.clone(),
-                        range: range.unwrap_or_default(),
+                        range,
                     }));
                 }
                 for cmd in others {
