@@ -133,6 +133,8 @@ impl axum::serve::Listener for ApiListener {
         match &mut self.inner {
             Inner::Plain(l) => {
                 let (io, addr) = axum::serve::Listener::accept(l).await;
+                // Live events are small writes: no Nagle delay on them.
+                let _ = io.set_nodelay(true);
                 (Either::Left(io), addr)
             }
             Inner::Tls(rx) => match rx.recv().await {
