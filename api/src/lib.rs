@@ -20,7 +20,6 @@ mod public;
 mod ratelimit;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use axum::extract::{DefaultBodyLimit, State};
@@ -28,7 +27,8 @@ use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::{get, post, put};
 use axum::Router;
-use pantau_ingest::{Ingestor, Sink};
+use pantau_ingest::health::PartState;
+use pantau_ingest::{Health, Ingestor, Sink};
 use pantau_state::presence::Presence;
 use pantau_state::StateDb;
 use tokio_util::sync::CancellationToken;
@@ -61,23 +61,6 @@ impl Caches {
     }
 }
 
-/// What `/readyz` reports: each part sets its flag when it can serve.
-#[derive(Debug, Default)]
-pub struct Readiness {
-    /// Storage answered (embedded store open, or InfluxDB checked).
-    pub storage: AtomicBool,
-    /// The broker listens (or, for an ingest worker, its consumer is connected).
-    pub broker: AtomicBool,
-}
-
-impl Readiness {
-    /// Sets both flags.
-    pub fn set(&self, storage: bool, broker: bool) {
-        self.storage.store(storage, Ordering::Release);
-        self.broker.store(broker, Ordering::Release);
-    }
-}
-
 /// State shared by every handler.
 #[derive(Debug, Clone)]
 pub struct AppState {
@@ -97,8 +80,8 @@ pub struct AppState {
     pub trusted_proxies: Arc<TrustedProxies>,
     /// Most live events per second and connection (the rest coalesce).
     pub live_max_per_s: u32,
-    /// Readiness flags.
-    pub ready: Arc<Readiness>,
+    /// Readiness of the process's parts (`/readyz`).
+    pub health: Health,
     /// Traffic level-of-service bands.
     pub los: Arc<pantau_model::derive::LosBands>,
     /// Reused answers.
@@ -169,21 +152,29 @@ async fn not_found() -> ApiError {
     ApiError::NotFound("route".into())
 }
 
-/// Ready when storage and the broker are.
+/// Ready when every part of the process is (storage, drain, and the broker
+/// or, for an ingest worker, its consumer connected and subscribed).
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses(
-        (status = 200, description = "Ready", body = Object),
-        (status = 503, description = "Not ready; says which part", body = Object),
+        (status = 200, description = "Ready: `{\"ready\":true,\"parts\":{\"storage\":{\"ready\":true},...}}`", body = Object),
+        (status = 503, description = "Not ready; each part down says why", body = Object),
     ))]
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
-    let storage = state.ready.storage.load(Ordering::Acquire);
-    let broker = state.ready.broker.load(Ordering::Acquire);
-    let body = axum::Json(serde_json::json!({
-        "ready": storage && broker,
-        "storage": storage,
-        "broker": broker,
-    }));
-    if storage && broker {
+    let ready = state.health.is_ready();
+    let parts: serde_json::Map<String, serde_json::Value> = state
+        .health
+        .parts()
+        .into_iter()
+        .map(|(part, s)| {
+            let v = match s {
+                PartState::Up => serde_json::json!({"ready": true}),
+                PartState::Down(reason) => serde_json::json!({"ready": false, "reason": reason}),
+            };
+            (part.as_str().to_owned(), v)
+        })
+        .collect();
+    let body = axum::Json(serde_json::json!({ "ready": ready, "parts": parts }));
+    if ready {
         (StatusCode::OK, body)
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, body)

@@ -12,8 +12,11 @@
 #![forbid(unsafe_code)]
 
 mod admission;
+mod commit;
 mod conn;
+mod connect;
 pub mod metrics;
+mod reason;
 pub mod router;
 mod sessions;
 pub mod tls;
@@ -31,7 +34,10 @@ use tokio_util::task::TaskTracker;
 
 pub use metrics::BrokerMetrics;
 pub use pantau_state::presence::{GatewayPresence, Presence};
-pub use router::{RouterHandle, RouterLimits};
+pub use router::{Link, RouterHandle, RouterLimits};
+
+/// Pause after a failed `accept` (out of file descriptors) before the next.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Gatekeeper settings.
 #[derive(Debug, Clone)]
@@ -168,12 +174,18 @@ pub async fn run(
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    tracker.spawn(conn::serve(stream, peer, shared.clone()));
+                    tracker.spawn(connect::serve(stream, peer, shared.clone()));
                 }
                 Err(e) => {
-                    // Out of file descriptors and the like: keep serving.
-                    shared.metrics.refuse("accept_failed");
-                    tracing::warn!(error = %e, "Accept failed.");
+                    // Out of file descriptors and the like: keep serving,
+                    // but back off, or a full descriptor table would spin a
+                    // core on an accept that fails at once.
+                    shared.metrics.refuse(reason::Refused::AcceptFailed);
+                    tracing::warn!(error = %e, retry_in_ms = ACCEPT_BACKOFF.as_millis() as u64, "Accept failed.");
+                    tokio::select! {
+                        _ = tokio::time::sleep(ACCEPT_BACKOFF) => {}
+                        _ = shutdown.cancelled() => break,
+                    }
                 }
             },
             _ = shutdown.cancelled() => break,

@@ -5,6 +5,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+use crate::reason::{End, Refused, SubscribeFailed};
+
 type Labels = Vec<(&'static str, &'static str)>;
 
 /// Counters of the MQTT front end.
@@ -30,6 +32,8 @@ pub struct BrokerMetrics {
     pub bytes_out: Counter,
     /// Publishes delayed by a gateway's rate limit.
     pub throttled: Counter,
+    /// Subscriptions answered with the failure code 0x80, by reason.
+    pub subscribe_failed: Family<Labels, Counter>,
 }
 
 impl BrokerMetrics {
@@ -71,14 +75,39 @@ impl BrokerMetrics {
             "Publish payload bytes received",
             self.bytes_in.clone(),
         );
+        r.register(
+            "messages_out",
+            "Publishes delivered to gateways (commands, live fan-out)",
+            self.messages_out.clone(),
+        );
+        r.register(
+            "throttled",
+            "Publishes delayed by a gateway's rate limit",
+            self.throttled.clone(),
+        );
+        r.register(
+            "subscribe_failed",
+            "Subscriptions answered with 0x80, by reason",
+            self.subscribe_failed.clone(),
+        );
     }
 
-    pub(crate) fn refuse(&self, reason: &'static str) {
-        self.refused.get_or_create(&vec![("reason", reason)]).inc();
+    pub(crate) fn refuse(&self, reason: Refused) {
+        self.refused
+            .get_or_create(&vec![("reason", reason.as_str())])
+            .inc();
     }
 
-    pub(crate) fn violation(&self, reason: &'static str) {
-        self.closed.get_or_create(&vec![("reason", reason)]).inc();
+    pub(crate) fn violation(&self, end: End) {
+        self.closed
+            .get_or_create(&vec![("reason", end.as_str())])
+            .inc();
+    }
+
+    pub(crate) fn subscribe_failed(&self, reason: SubscribeFailed) {
+        self.subscribe_failed
+            .get_or_create(&vec![("reason", reason.as_str())])
+            .inc();
     }
 
     pub(crate) fn acl_violation(&self, op: &'static str) {

@@ -11,15 +11,21 @@
 //! link disconnected first, and the old key is forgotten, so the old
 //! connection's own late Disconnect can never reach the new one.
 //!
-//! Subscriptions are registered at QoS 0: live fan-out is best effort by
-//! design, since storage never depends on it.
+//! A gateway's subscription to its commands is registered at the QoS it
+//! asked for, at most 1 (DESIGN.md §3), and its SUBACK carries what the
+//! router granted; the gateway's PUBACKs of forwarded commands go back to
+//! the router in order. A persistent session (clean_session = 0) lives in
+//! the router's memory while the process runs: its subscriptions and the
+//! commands published while it was away survive a reconnect, not a restart.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::thread;
 
 use rumqttd::local::{LinkBuilder, LinkRx, LinkTx};
-use rumqttd::protocol::{Disconnect, DisconnectReasonCode, Packet, Publish};
+use rumqttd::protocol::{
+    Disconnect, DisconnectReasonCode, Filter, Packet, PubAck, PubAckReason, Publish, Subscribe,
+};
 use rumqttd::{Notification, Router, RouterConfig};
 use tokio::sync::{mpsc, oneshot};
 
@@ -55,7 +61,7 @@ enum Cmd {
     Connect {
         client_id: String,
         clean_session: bool,
-        reply: oneshot::Sender<Result<(LinkKey, LinkRx), String>>,
+        reply: oneshot::Sender<Result<Link, String>>,
     },
     Publish {
         key: LinkKey,
@@ -63,7 +69,12 @@ enum Cmd {
     },
     Subscribe {
         key: LinkKey,
-        filter: String,
+        subscribe: Subscribe,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+    Ack {
+        key: LinkKey,
+        pkid: u16,
     },
     Unsubscribe {
         key: LinkKey,
@@ -72,6 +83,18 @@ enum Cmd {
     Disconnect {
         key: LinkKey,
     },
+}
+
+/// A link into the router.
+#[derive(Debug)]
+pub struct Link {
+    /// The feeder's key for it.
+    pub key: LinkKey,
+    /// What the router sends to the link.
+    pub rx: LinkRx,
+    /// The router still held a persistent session of this client id
+    /// (CONNACK `session_present`).
+    pub session_present: bool,
 }
 
 /// Why the router could not be used.
@@ -83,6 +106,9 @@ pub enum RouterError {
     /// The router refused the link.
     #[error("the router refused the link: {0}")]
     Refused(String),
+    /// The router did not take a subscription.
+    #[error("the router refused the subscription: {0}")]
+    Subscribe(String),
 }
 
 /// A cheap, cloneable handle to the router's feeder.
@@ -138,7 +164,7 @@ impl RouterHandle {
         let key = self
             .platform
             .get_or_try_init(|| async {
-                let (key, mut rx) = self.connect(PLATFORM_CLIENT, true).await?;
+                let Link { key, mut rx, .. } = self.connect(PLATFORM_CLIENT, true).await?;
                 tokio::spawn(async move {
                     while let Ok(note) = rx.next().await {
                         if matches!(note, Some(Notification::Unschedule))
@@ -159,11 +185,7 @@ impl RouterHandle {
     }
 
     /// Opens a link for `client_id`, replacing any link it already has.
-    pub async fn connect(
-        &self,
-        client_id: &str,
-        clean_session: bool,
-    ) -> Result<(LinkKey, LinkRx), RouterError> {
+    pub async fn connect(&self, client_id: &str, clean_session: bool) -> Result<Link, RouterError> {
         let (reply, wait) = oneshot::channel();
         self.send(Cmd::Connect {
             client_id: client_id.to_owned(),
@@ -191,9 +213,29 @@ impl RouterHandle {
         .await
     }
 
-    /// Subscribes a link to a filter.
-    pub async fn subscribe(&self, key: LinkKey, filter: String) -> Result<(), RouterError> {
-        self.send(Cmd::Subscribe { key, filter }).await
+    /// Subscribes a link to `filters` (path and QoS) under the client's
+    /// packet id; the router answers with a SUBACK on the link.
+    pub async fn subscribe(
+        &self,
+        key: LinkKey,
+        pkid: u16,
+        filters: Vec<Filter>,
+    ) -> Result<(), RouterError> {
+        let (reply, wait) = oneshot::channel();
+        self.send(Cmd::Subscribe {
+            key,
+            subscribe: Subscribe { pkid, filters },
+            reply,
+        })
+        .await?;
+        wait.await
+            .map_err(|_| RouterError::Gone)?
+            .map_err(RouterError::Subscribe)
+    }
+
+    /// Passes a client's PUBACK of a forwarded message to the router.
+    pub async fn ack(&self, key: LinkKey, pkid: u16) -> Result<(), RouterError> {
+        self.send(Cmd::Ack { key, pkid }).await
     }
 
     /// Unsubscribes a link from a filter.
@@ -237,11 +279,21 @@ fn feeder(mut rx: mpsc::Receiver<Cmd>, build: impl Fn(&str, bool) -> BuildResult
                     }
                 }
                 let answer = match build(&client_id, clean_session) {
-                    Ok((tx, link_rx, _connack)) => {
+                    Ok((tx, rx, connack)) => {
                         next_key += 1;
                         links.insert(next_key, (client_id.clone(), tx));
                         by_client.insert(client_id, next_key);
-                        Ok((next_key, link_rx))
+                        // rumqttd's ack types are private; its packet
+                        // conversion is not.
+                        let session_present = matches!(
+                            Option::<Packet>::from(connack),
+                            Some(Packet::ConnAck(ack, _)) if ack.session_present
+                        );
+                        Ok(Link {
+                            key: next_key,
+                            rx,
+                            session_present,
+                        })
                     }
                     Err(e) => Err(e),
                 };
@@ -256,10 +308,30 @@ fn feeder(mut rx: mpsc::Receiver<Cmd>, build: impl Fn(&str, bool) -> BuildResult
                     }
                 }
             }
-            Cmd::Subscribe { key, filter } => {
+            Cmd::Subscribe {
+                key,
+                subscribe,
+                reply,
+            } => {
+                let answer = match links.get_mut(&key) {
+                    Some((_, tx)) => {
+                        futures::executor::block_on(tx.send(Packet::Subscribe(subscribe, None)))
+                            .map(drop)
+                            .map_err(|e| e.to_string())
+                    }
+                    None => Err("the link is gone".to_owned()),
+                };
+                let _ = reply.send(answer);
+            }
+            Cmd::Ack { key, pkid } => {
                 if let Some((_, tx)) = links.get_mut(&key) {
-                    if let Err(e) = tx.subscribe(filter) {
-                        tracing::warn!(error = %e, "Router subscribe failed.");
+                    let ack = PubAck {
+                        pkid,
+                        reason: PubAckReason::Success,
+                    };
+                    if let Err(e) = futures::executor::block_on(tx.send(Packet::PubAck(ack, None)))
+                    {
+                        tracing::warn!(error = %e, "Router ack failed.");
                     }
                 }
             }

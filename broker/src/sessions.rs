@@ -1,7 +1,9 @@
 //! One live connection per gateway: a newer connection takes over and the
-//! older one is told to end, whether or not it has a rumqttd link.
+//! older one is told to end, whether or not it has a rumqttd link. Also
+//! which gateways have a persistent session in the router, so a clean
+//! session can discard it (MQTT-3.1.2-6).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
@@ -12,6 +14,8 @@ use tokio_util::sync::CancellationToken;
 pub(crate) struct Sessions {
     next: AtomicU64,
     live: Mutex<HashMap<String, (u64, CancellationToken)>>,
+    /// Gateways whose last session was persistent (held by the router).
+    persistent: Mutex<HashSet<String>>,
 }
 
 impl Sessions {
@@ -36,6 +40,18 @@ impl Sessions {
             live.remove(gateway);
         }
         current
+    }
+
+    /// Notes that `gateway` asked for a persistent session.
+    pub(crate) fn remember_persistent(&self, gateway: &str) {
+        let mut held = self.persistent.lock().unwrap_or_else(|p| p.into_inner());
+        held.insert(gateway.to_owned());
+    }
+
+    /// Forgets `gateway`'s persistent session; returns whether it had one.
+    pub(crate) fn forget_persistent(&self, gateway: &str) -> bool {
+        let mut held = self.persistent.lock().unwrap_or_else(|p| p.into_inner());
+        held.remove(gateway)
     }
 }
 

@@ -7,6 +7,8 @@ use rumqttd::protocol::v4::{check, FixedHeader, V4};
 use rumqttd::protocol::{Error as ProtoError, Packet, Protocol};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use crate::reason::End;
+
 /// A decoded packet plus the publish fields rumqttd keeps private.
 #[derive(Debug)]
 pub(crate) struct Frame {
@@ -31,13 +33,13 @@ pub(crate) enum WireError {
 }
 
 impl WireError {
-    /// Counter label.
-    pub(crate) fn reason(&self) -> &'static str {
+    /// How the connection ends because of it.
+    pub(crate) fn end(&self) -> End {
         match self {
-            WireError::Closed => "closed",
-            WireError::Io(_) => "io_error",
-            WireError::Protocol(ProtoError::PayloadSizeLimitExceeded(_)) => "packet_too_large",
-            WireError::Protocol(_) | WireError::Flags(..) => "malformed_packet",
+            WireError::Closed => End::Closed,
+            WireError::Io(_) => End::Io,
+            WireError::Protocol(ProtoError::PayloadSizeLimitExceeded(_)) => End::PacketTooLarge,
+            WireError::Protocol(_) | WireError::Flags(..) => End::MalformedPacket,
         }
     }
 }

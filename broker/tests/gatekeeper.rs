@@ -41,6 +41,7 @@ lon = 101.0
 
 struct Harness {
     addr: std::net::SocketAddr,
+    router: RouterHandle,
     tokens: Vec<(String, String)>,
     log: Arc<IngestLog>,
     metrics: BrokerMetrics,
@@ -57,6 +58,12 @@ impl Drop for Harness {
 }
 
 async fn start(config: BrokerConfig) -> Harness {
+    start_with(config, 1_000_000, RouterLimits::default()).await
+}
+
+/// A gatekeeper whose ingest log holds at most `log_max` readings, on a
+/// router with `limits`.
+async fn start_with(config: BrokerConfig, log_max: u64, limits: RouterLimits) -> Harness {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let dir = tempfile::tempdir().unwrap();
     let files = TlsFiles::in_data_dir(dir.path());
@@ -71,7 +78,7 @@ async fn start(config: BrokerConfig) -> Harness {
             )
         })
         .collect();
-    let log = Arc::new(IngestLog::open(dir.path(), 1_000_000, IngestMetrics::default()).unwrap());
+    let log = Arc::new(IngestLog::open(dir.path(), log_max, IngestMetrics::default()).unwrap());
     let ingestor = Arc::new(Ingestor::new(
         Registry::parse(REGISTRY).unwrap(),
         log.clone(),
@@ -82,9 +89,10 @@ async fn start(config: BrokerConfig) -> Harness {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let shutdown = CancellationToken::new();
+    let router = RouterHandle::start(&limits).unwrap();
     let deps = BrokerDeps {
         tls,
-        router: RouterHandle::start(&RouterLimits::default()).unwrap(),
+        router: router.clone(),
         ingestor,
         state,
         metrics: metrics.clone(),
@@ -93,6 +101,7 @@ async fn start(config: BrokerConfig) -> Harness {
     tokio::spawn(pantau_broker::run(config, deps, listener, shutdown.clone()));
     Harness {
         addr,
+        router,
         tokens,
         log,
         metrics,
@@ -160,15 +169,28 @@ impl Client {
     }
 
     async fn login(h: &Harness, gw: &str, keep_alive: u16) -> Self {
+        Self::login_session(h, gw, true, keep_alive).await.0
+    }
+
+    /// Logs in with the given session kind; returns the CONNACK's
+    /// `session_present` too.
+    async fn login_session(
+        h: &Harness,
+        gw: &str,
+        clean_session: bool,
+        keep_alive: u16,
+    ) -> (Self, bool) {
         let mut c = Self::connect_tls(h).await;
         let token = h.tokens.iter().find(|(g, _)| g == gw).unwrap().1.clone();
-        c.send(connect_packet(gw, gw, token, true, keep_alive))
+        c.send(connect_packet(gw, gw, token, clean_session, keep_alive))
             .await;
         match c.recv().await {
-            Some(Packet::ConnAck(ack, _)) => assert_eq!(ack.code, ConnectReturnCode::Success),
+            Some(Packet::ConnAck(ack, _)) => {
+                assert_eq!(ack.code, ConnectReturnCode::Success);
+                (c, ack.session_present)
+            }
             other => panic!("expected CONNACK, got {other:?}"),
         }
-        c
     }
 }
 
@@ -735,4 +757,160 @@ async fn a_newer_connection_of_a_gateway_takes_over() {
     .await;
     assert!(matches!(new.recv().await, Some(Packet::PubAck(..))));
     assert!(h.presence.get("gw-a").is_some_and(|p| p.connected));
+}
+
+/// Receives packets until `want` matches one (skipping the platform's time
+/// command and the like); `None` if the connection closes first.
+async fn recv_until(c: &mut Client, want: impl Fn(&Packet) -> bool) -> Option<Packet> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let p = tokio::time::timeout_at(deadline, c.recv())
+            .await
+            .expect("no packet within 5 s")?;
+        if want(&p) {
+            return Some(p);
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_router_that_refuses_a_subscription_gets_0x80_and_is_counted() {
+    // The router has room for one link, which the platform's own link
+    // takes: a gateway's subscription finds no room.
+    let h = start_with(
+        BrokerConfig::default(),
+        1_000_000,
+        RouterLimits {
+            max_connections: 1,
+            ..RouterLimits::default()
+        },
+    )
+    .await;
+    h.router
+        .publish_platform("pantau/v1/gw/gw-b/status".into(), "{}".into(), false)
+        .await
+        .unwrap();
+    let mut c = Client::login(&h, "gw-a", 30).await;
+    c.send(subscribe_packet(9, "pantau/v1/gw/gw-a/cmd")).await;
+    match c.recv().await {
+        Some(Packet::SubAck(ack, _)) => {
+            assert_eq!(ack.pkid, 9);
+            assert_eq!(
+                ack.return_codes,
+                vec![rumqttd::protocol::SubscribeReasonCode::Failure]
+            );
+        }
+        other => panic!("expected SUBACK, got {other:?}"),
+    }
+    assert_eq!(
+        h.metrics
+            .subscribe_failed
+            .get_or_create(&vec![("reason", "router_refused")])
+            .get(),
+        1
+    );
+    // The connection stays usable: telemetry is still acknowledged.
+    c.send_raw(&publish_qos1(
+        "pantau/v1/gw/gw-a/telemetry",
+        3,
+        &envelope("gw-a", "fl-a", 7.5),
+    ))
+    .await;
+    assert!(matches!(c.recv().await, Some(Packet::PubAck(a, _)) if a.pkid == 3));
+}
+
+#[tokio::test]
+async fn the_command_subscription_is_granted_qos1_and_a_persistent_session_keeps_commands() {
+    let h = start(BrokerConfig::default()).await;
+    let cmd = "pantau/v1/gw/gw-a/cmd";
+    // First persistent session: nothing held yet (MQTT-3.2.2-3).
+    let (mut c, present) = Client::login_session(&h, "gw-a", false, 30).await;
+    assert!(!present, "no session was held yet");
+    c.send(subscribe_packet(1, cmd)).await;
+    match c.recv().await {
+        // On the wire 0x01; rumqttd's decoder calls it Success(QoS 1).
+        Some(Packet::SubAck(ack, _)) => assert_eq!(
+            ack.return_codes,
+            vec![rumqttd::protocol::SubscribeReasonCode::Success(
+                rumqttd::protocol::QoS::AtLeastOnce
+            )],
+            "the wire contract says QoS 1 for commands"
+        ),
+        other => panic!("expected SUBACK, got {other:?}"),
+    }
+    c.send_raw(&[0xe0, 0x00]).await; // DISCONNECT
+                                     // The platform's time command may come first; then the close.
+    assert_eq!(
+        recv_until(&mut c, |p| !matches!(p, Packet::Publish(..))).await,
+        None
+    );
+    // A command while the gateway is away.
+    h.router
+        .publish_platform(cmd.into(), r#"{"cmd":"status"}"#.into(), false)
+        .await
+        .unwrap();
+    // Back with a persistent session: it is still held (MQTT-3.2.2-2) and
+    // the command arrives at QoS 1, without subscribing again.
+    let (mut c, present) = Client::login_session(&h, "gw-a", false, 30).await;
+    assert!(present, "session_present must be 1");
+    let Some(Packet::Publish(p, _)) =
+        recv_until(&mut c, |p| matches!(p, Packet::Publish(..))).await
+    else {
+        panic!("the command sent while away never arrived");
+    };
+    assert_eq!(&p.topic[..], cmd.as_bytes());
+    assert_eq!(&p.payload[..], br#"{"cmd":"status"}"#);
+    drop(c);
+    // A clean session discards the held one (MQTT-3.1.2-6, 3.2.2-1)...
+    let (c, present) = Client::login_session(&h, "gw-a", true, 30).await;
+    assert!(!present, "a clean session never has session_present");
+    drop(c);
+    // ...so the next persistent session starts empty.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let (c, present) = Client::login_session(&h, "gw-a", false, 30).await;
+        if !present {
+            break;
+        }
+        // The clean connection's end may still be on its way to the router.
+        drop(c);
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "clean session did not discard"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_commit_that_fails_before_a_disconnect_is_counted_not_dropped_silently() {
+    // The log holds 1 reading; the second publish cannot be committed.
+    let h = start_with(BrokerConfig::default(), 1, RouterLimits::default()).await;
+    let mut c = Client::login(&h, "gw-a", 30).await;
+    let mut frames = publish_qos1(
+        "pantau/v1/gw/gw-a/telemetry",
+        1,
+        &envelope("gw-a", "fl-a", 1.0),
+    );
+    frames.extend(publish_qos1(
+        "pantau/v1/gw/gw-a/telemetry",
+        2,
+        &envelope("gw-a", "fl-a", 2.0),
+    ));
+    // Two envelopes and the DISCONNECT in one write: one read, one commit
+    // of two readings that finds the log full.
+    frames.extend([0xe0, 0x00]);
+    c.send_raw(&frames).await;
+    let mut acked = Vec::new();
+    while let Some(p) = c.recv().await {
+        if let Packet::PubAck(a, _) = p {
+            acked.push(a.pkid);
+        }
+    }
+    assert_eq!(logged_levels(&h).len(), acked.len(), "acked = committed");
+    assert!(acked.len() < 2, "an uncommitted publish was acknowledged");
+    assert_eq!(
+        closed(&h.metrics, "log_full"),
+        1,
+        "the failed commit is counted"
+    );
 }

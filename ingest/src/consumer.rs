@@ -9,6 +9,10 @@
 //! When a commit fails (log full, disk error) nothing more is acknowledged:
 //! the session is dropped and re-established after a backoff, and the
 //! broker delivers the unacknowledged messages again.
+//!
+//! [`Part::Consumer`] is up only while the session is connected and the
+//! broker granted the subscription; every session end puts it down with
+//! the reason.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,6 +24,7 @@ use pantau_model::topic::{GatewayTopic, TopicKind};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
 use tokio_util::sync::CancellationToken;
 
+use crate::health::{Health, Part};
 use crate::pipeline::Ingestor;
 
 /// The shared-subscription group of all ingest workers.
@@ -60,19 +65,31 @@ enum SessionEnd {
     Shutdown,
     Connection(String),
     Commit(String),
+    /// The broker refused the shared subscription.
+    Refused(String),
 }
 
 /// Consumes until `shutdown`, reconnecting with backoff.
-pub async fn consume(cfg: ConsumerConfig, ingestor: Arc<Ingestor>, shutdown: CancellationToken) {
+pub async fn consume(
+    cfg: ConsumerConfig,
+    ingestor: Arc<Ingestor>,
+    health: Health,
+    shutdown: CancellationToken,
+) {
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30))
         .expect("valid backoff bounds");
     loop {
-        let end = session(&cfg, &ingestor, &shutdown, &mut backoff).await;
+        let end = session(&cfg, &ingestor, &health, &shutdown, &mut backoff).await;
         let reason = match end {
             SessionEnd::Shutdown => return,
             SessionEnd::Connection(e) => e,
             SessionEnd::Commit(e) => e,
+            SessionEnd::Refused(e) => e,
         };
+        health.down(
+            Part::Consumer,
+            format_args!("broker {}:{}: {reason}", cfg.host, cfg.port),
+        );
         let delay = backoff.next_delay();
         tracing::warn!(worker = %cfg.worker_id, error = %reason, retry_in_ms = delay.as_millis() as u64, "Broker session ended, reconnecting.");
         tokio::select! {
@@ -85,6 +102,7 @@ pub async fn consume(cfg: ConsumerConfig, ingestor: Arc<Ingestor>, shutdown: Can
 async fn session(
     cfg: &ConsumerConfig,
     ingestor: &Arc<Ingestor>,
+    health: &Health,
     shutdown: &CancellationToken,
     backoff: &mut Backoff,
 ) -> SessionEnd {
@@ -115,6 +133,13 @@ async fn session(
                     if let Err(e) = client.try_subscribe(SHARE_FILTER, QoS::AtLeastOnce) {
                         return SessionEnd::Connection(e.to_string());
                     }
+                }
+                Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                    if ack.return_codes.iter().any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure)) {
+                        return SessionEnd::Refused(format!("subscription to {SHARE_FILTER} refused"));
+                    }
+                    health.up(Part::Consumer);
+                    tracing::info!(worker = %cfg.worker_id, filter = SHARE_FILTER, "Subscribed.");
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
                     let ingestor = ingestor.clone();

@@ -3,17 +3,27 @@
 //! log. Several batches may be in flight (a concurrency limit); each is
 //! acknowledged on its own, so a slow batch never blocks the deletion of
 //! others, and whatever is not acknowledged is replayed after a restart.
+//!
+//! Nothing here fails silently: a failed acknowledgement is retried with
+//! backoff (counted as `sink_retries{reason="log_ack"}`, the drain shown
+//! down on `/readyz` meanwhile) until it holds, so delivered entries never
+//! linger until a restart; a sink that keeps failing shows storage down;
+//! a fatal sink error or a broken log ends the drain with a [`DrainError`]
+//! for its supervisor, which restarts it. A restarted drain starts again
+//! from the oldest entry still in the log.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use pantau_model::backoff::Backoff;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::health::{Health, Part};
 use crate::log::IngestLog;
 use crate::metrics::IngestMetrics;
-use crate::sink::Sink;
+use crate::sink::{Fatal, Sink};
 
 /// Batching and concurrency of a drain.
 #[derive(Debug, Clone)]
@@ -36,19 +46,126 @@ impl Default for DrainConfig {
     }
 }
 
-/// Runs until `shutdown` fires or the sink stops on a fatal error.
+/// Why a drain stopped before it was told to.
+#[derive(Debug, thiserror::Error)]
+pub enum DrainError {
+    /// The sink refused for good (bad credentials, missing database).
+    #[error("the sink stopped: {0}")]
+    Sink(#[from] Fatal),
+    /// The ingest log could not be read or acknowledged.
+    #[error("the ingest log failed: {0}")]
+    Log(#[from] crate::Error),
+    /// The blocking log reader panicked.
+    #[error("the ingest log reader panicked")]
+    ReaderPanicked,
+}
+
+/// Everything one drain's batch tasks share.
+#[derive(Debug, Clone)]
+struct Ctx {
+    log: Arc<IngestLog>,
+    sink: Sink,
+    metrics: IngestMetrics,
+    health: Health,
+    shutdown: CancellationToken,
+    /// Fired, with the reason kept, when the drain must stop.
+    fatal: CancellationToken,
+    reason: Arc<Mutex<Option<DrainError>>>,
+}
+
+impl Ctx {
+    fn fail(&self, e: DrainError) {
+        tracing::error!(error = %e, "The drain stops; readings stay in the ingest log.");
+        self.health.down(Part::Drain, &e);
+        let mut reason = self.reason.lock().unwrap_or_else(|p| p.into_inner());
+        reason.get_or_insert(e);
+        self.fatal.cancel();
+    }
+
+    /// Deletes delivered entries, retrying until the log takes the
+    /// acknowledgement (or the process stops: then they are delivered
+    /// again after the restart, and storage is idempotent by key).
+    async fn acknowledge(&self, ids: Vec<i64>) -> Result<(), DrainError> {
+        let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5))
+            .expect("valid backoff bounds");
+        loop {
+            match self.log.ack(ids.clone()).await {
+                Ok(()) => {
+                    self.health.up(Part::Drain);
+                    return Ok(());
+                }
+                Err(e @ crate::Error::WriterGone) => return Err(e.into()),
+                Err(e) => {
+                    self.metrics.retry("log_ack");
+                    let delay = backoff.next_delay();
+                    tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "Acknowledging a delivered batch failed, retrying.");
+                    self.health.down(
+                        Part::Drain,
+                        format_args!("acknowledging delivered readings failed: {e}"),
+                    );
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = self.shutdown.cancelled() => return Ok(()),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Writes one batch to the sink and acknowledges it.
+    async fn deliver(&self, batch: crate::log::Batch) {
+        match self.sink.write(&batch, &self.metrics, &self.health).await {
+            Ok(report) => {
+                if let Err(e) = self.acknowledge(batch.ids()).await {
+                    return self.fail(e);
+                }
+                self.metrics.log_delivered.inc_by(report.written);
+                tracing::debug!(
+                    written = report.written,
+                    dead = report.dead_lettered,
+                    "Batch delivered."
+                );
+                if report.dead_lettered > 0 {
+                    self.metrics
+                        .drop_readings("dead_letter", report.dead_lettered);
+                }
+            }
+            Err(e) => {
+                self.metrics.sink_stopped.set(1);
+                self.health.down(Part::Storage, &e);
+                self.fail(e.into());
+            }
+        }
+    }
+}
+
+/// Runs until `shutdown` fires (`Ok`) or the drain cannot go on (`Err`).
+/// Reports [`Part::Storage`] and [`Part::Drain`] to `health`.
 pub async fn drain(
     log: Arc<IngestLog>,
     sink: Sink,
     cfg: DrainConfig,
     metrics: IngestMetrics,
+    health: Health,
     shutdown: CancellationToken,
-) {
+) -> Result<(), DrainError> {
+    metrics.sink_stopped.set(0);
+    health.up(Part::Drain);
+    let ctx = Ctx {
+        log: log.clone(),
+        sink,
+        metrics: metrics.clone(),
+        health,
+        shutdown: shutdown.clone(),
+        fatal: CancellationToken::new(),
+        reason: Arc::default(),
+    };
     let permits = Arc::new(Semaphore::new(cfg.concurrency.max(1)));
-    let fatal = CancellationToken::new();
     let mut tasks = JoinSet::new();
     let mut cursor = 0i64;
-    let mut consumed = 0u64;
+    // Readings of this process's count already delivered (a restarted
+    // drain must not wait for them again).
+    let mut consumed = log.appended().saturating_sub(log.pending());
     'outer: loop {
         // Wait for a full batch, or for the oldest unread reading to have
         // waited `max_delay`.
@@ -71,14 +188,14 @@ pub async fn drain(
             tokio::select! {
                 _ = log.wait_for_append(wait) => {}
                 _ = shutdown.cancelled() => break 'outer,
-                _ = fatal.cancelled() => break 'outer,
+                _ = ctx.fatal.cancelled() => break 'outer,
             }
             while tasks.try_join_next().is_some() {}
         }
         let permit = tokio::select! {
             p = permits.clone().acquire_owned() => p.expect("semaphore never closed"),
             _ = shutdown.cancelled() => break,
-            _ = fatal.cancelled() => break,
+            _ = ctx.fatal.cancelled() => break,
         };
         let reader = log.clone();
         let max = cfg.max_batch;
@@ -86,13 +203,11 @@ pub async fn drain(
         let batch = match read {
             Ok(Ok(b)) => b,
             Ok(Err(e)) => {
-                tracing::error!(error = %e, "Reading the ingest log failed; the sink stops.");
-                metrics.sink_stopped.set(1);
+                ctx.fail(e.into());
                 break;
             }
-            Err(e) => {
-                tracing::error!(error = %e, "Ingest log reader panicked; the sink stops.");
-                metrics.sink_stopped.set(1);
+            Err(_) => {
+                ctx.fail(DrainError::ReaderPanicked);
                 break;
             }
         };
@@ -115,34 +230,10 @@ pub async fn drain(
         if batch.replayed {
             metrics.log_replayed.inc_by(n);
         }
-        let (log, sink, metrics, fatal) =
-            (log.clone(), sink.clone(), metrics.clone(), fatal.clone());
+        let ctx = ctx.clone();
         tasks.spawn(async move {
             let _permit = permit;
-            match sink.write(&batch, &metrics).await {
-                Ok(report) => {
-                    if let Err(e) = log.ack(batch.ids()).await {
-                        // Not deleted: delivered again after a restart;
-                        // storage is idempotent by key.
-                        tracing::error!(error = %e, "Acknowledging a delivered batch failed.");
-                        return;
-                    }
-                    metrics.log_delivered.inc_by(report.written);
-                    tracing::debug!(
-                        written = report.written,
-                        dead = report.dead_lettered,
-                        "Batch delivered."
-                    );
-                    if report.dead_lettered > 0 {
-                        metrics.drop_readings("dead_letter", report.dead_lettered);
-                    }
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "Sink stopped; readings stay in the ingest log.");
-                    metrics.sink_stopped.set(1);
-                    fatal.cancel();
-                }
-            }
+            ctx.deliver(batch).await;
         });
     }
     // Give in-flight writes a moment; whatever is cut off stays in the log.
@@ -151,11 +242,17 @@ pub async fn drain(
     })
     .await;
     tasks.abort_all();
+    let reason = ctx.reason.lock().unwrap_or_else(|p| p.into_inner()).take();
+    match reason {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::health::Health;
     use crate::log::LoggedReading;
     use crate::store::Store;
     use pantau_model::{SensorKind, Timestamp, Value};
@@ -187,6 +284,7 @@ mod tests {
             Sink::Embedded(store.clone()),
             cfg,
             m.clone(),
+            Health::default(),
             stop.clone(),
         ));
         let mut writers = Vec::new();
@@ -219,6 +317,109 @@ mod tests {
         assert_eq!(log.pending(), 0);
         assert_eq!(store.sample_count().unwrap(), 16_000);
         stop.cancel();
-        task.await.unwrap();
+        task.await.unwrap().unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_acknowledgement_is_retried_counted_and_leaves_nothing_pending() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = IngestMetrics::default();
+        let log = Arc::new(IngestLog::open(dir.path(), 10_000, m.clone()).unwrap());
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let health = Health::default();
+        let stop = CancellationToken::new();
+        let t0 = Timestamp::now().0 - 3_600_000;
+        log.append((0..100).map(|i| r(t0, i)).collect())
+            .await
+            .unwrap();
+        // The sink will succeed; the log refuses the first acknowledgement.
+        log.fail_next_acks(1);
+        let task = tokio::spawn(drain(
+            log.clone(),
+            Sink::Embedded(store.clone()),
+            DrainConfig {
+                max_batch: 100,
+                max_delay: Duration::from_millis(10),
+                concurrency: 1,
+            },
+            m.clone(),
+            health.clone(),
+            stop.clone(),
+        ));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while log.pending() > 0 || m.log_delivered.get() < 100 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "stuck: {} pending, {} delivered",
+                log.pending(),
+                m.log_delivered.get()
+            );
+            log.wait_for_append(Duration::from_millis(20)).await;
+        }
+        assert_eq!(
+            m.sink_retries
+                .get_or_create(&vec![("reason", "log_ack")])
+                .get(),
+            1,
+            "the failed acknowledgement is counted"
+        );
+        assert_eq!(m.log_delivered.get(), 100, "delivered once, counted once");
+        assert_eq!(store.sample_count().unwrap(), 100);
+        assert_eq!(
+            health.state(Part::Drain),
+            Some(crate::health::PartState::Up)
+        );
+        // A new entry still flows: the drain did not stall on the failure.
+        log.append(vec![r(t0, 1_000)]).await.unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while log.pending() > 0 {
+            assert!(tokio::time::Instant::now() < deadline, "new entry stuck");
+            log.wait_for_append(Duration::from_millis(20)).await;
+        }
+        stop.cancel();
+        task.await.unwrap().unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_restarted_drain_delivers_what_its_predecessor_left() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = IngestMetrics::default();
+        let log = Arc::new(IngestLog::open(dir.path(), 10_000, m.clone()).unwrap());
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let t0 = Timestamp::now().0 - 3_600_000;
+        log.append((0..50).map(|i| r(t0, i)).collect())
+            .await
+            .unwrap();
+        // A drain took the entry from the tail, then died before acking.
+        let taken = log.read_after(0, 1_000).unwrap();
+        assert_eq!(taken.len(), 50);
+        log.append((50..80).map(|i| r(t0, i)).collect())
+            .await
+            .unwrap();
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(drain(
+            log.clone(),
+            Sink::Embedded(store.clone()),
+            DrainConfig {
+                max_batch: 1_000,
+                max_delay: Duration::from_millis(10),
+                concurrency: 1,
+            },
+            m.clone(),
+            Health::default(),
+            stop.clone(),
+        ));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while log.pending() > 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{} pending",
+                log.pending()
+            );
+            log.wait_for_append(Duration::from_millis(20)).await;
+        }
+        assert_eq!(store.sample_count().unwrap(), 80);
+        stop.cancel();
+        task.await.unwrap().unwrap();
     }
 }

@@ -13,15 +13,17 @@
 
 pub mod consumer;
 pub mod drain;
+mod group_commit;
+pub mod health;
 pub mod history;
 pub mod influx;
 pub mod log;
 pub mod metrics;
 pub mod pipeline;
-mod queue;
 pub mod sink;
 pub mod store;
 
+pub use health::{Health, Part};
 pub use log::IngestLog;
 pub use metrics::IngestMetrics;
 pub use pipeline::{IngestOutcome, Ingestor, LiveReading};
@@ -56,6 +58,16 @@ pub enum Error {
         path: std::path::PathBuf,
         /// The entry.
         id: i64,
+        /// The decoder's message.
+        message: String,
+    },
+    /// A stored latest value cannot be decoded.
+    #[error("ingest log {path}: the latest value of sensor {sensor} is corrupt: {message}")]
+    CorruptLatest {
+        /// The database file.
+        path: std::path::PathBuf,
+        /// The sensor whose value is unreadable.
+        sensor: String,
         /// The decoder's message.
         message: String,
     },

@@ -166,15 +166,19 @@ impl Ingestor {
             }
             let stored = checked.accepted.len();
             self.metrics.readings_accepted.inc_by(stored as u64);
-            logged.extend(checked.accepted.into_iter().filter_map(|r| {
-                registry.get(&r.sensor).map(|s| LoggedReading {
-                    sensor: r.sensor,
-                    gateway: gateway.to_owned(),
-                    kind: s.kind,
-                    ts: r.ts,
-                    values: r.values,
-                })
-            }));
+            logged.extend(
+                checked
+                    .accepted
+                    .into_iter()
+                    .zip(checked.kinds)
+                    .map(|(r, kind)| LoggedReading {
+                        sensor: r.sensor,
+                        gateway: gateway.to_owned(),
+                        kind,
+                        ts: r.ts,
+                        values: r.values,
+                    }),
+            );
             outcomes.push(IngestOutcome {
                 stored,
                 rejected: checked.rejected.len(),

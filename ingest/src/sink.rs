@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use pantau_model::backoff::Backoff;
 
+use crate::health::{Health, Part};
 use crate::history::{HistoryError, HistoryQuery, Series};
 use crate::influx::InfluxSink;
 use crate::log::Batch;
@@ -32,18 +33,58 @@ pub struct WriteReport {
     pub dead_lettered: u64,
 }
 
-/// A failure that retrying cannot fix.
+/// A failure that retrying cannot fix: the sink stops (and its drain's
+/// supervisor tries again later), the readings stay in the log.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct Fatal(pub String);
+pub enum Fatal {
+    /// The server refused the credential for the target.
+    #[error("influxdb at {url} refused {credential} for {target}: HTTP {status}: {message}")]
+    Refused {
+        /// Server URL.
+        url: String,
+        /// Which credential was used (never the secret).
+        credential: &'static str,
+        /// Database or bucket.
+        target: String,
+        /// HTTP status.
+        status: u16,
+        /// The server's message.
+        message: String,
+    },
+    /// The database or bucket does not exist.
+    #[error("influxdb at {url}: {target} not found: {message}")]
+    NotFound {
+        /// Server URL.
+        url: String,
+        /// Database or bucket.
+        target: String,
+        /// The server's message.
+        message: String,
+    },
+    /// An answer the sink does not know how to handle.
+    #[error("influxdb at {url}: unexpected HTTP {status}: {message}")]
+    Unexpected {
+        /// Server URL.
+        url: String,
+        /// HTTP status.
+        status: u16,
+        /// The server's message.
+        message: String,
+    },
+    /// A request body could not be compressed.
+    #[error("cannot compress a request body: {0}")]
+    Compress(#[source] std::io::Error),
+}
 
 impl Sink {
     /// Writes a batch, retrying transient failures until it succeeds or a
-    /// fatal error stops the sink.
+    /// fatal error stops the sink. While it retries, [`Part::Storage`] is
+    /// down in `health` with the reason; a success brings it up.
     pub async fn write(
         &self,
         batch: &Batch,
         metrics: &IngestMetrics,
+        health: &Health,
     ) -> Result<WriteReport, Fatal> {
         match self {
             Sink::Embedded(store) => {
@@ -54,13 +95,15 @@ impl Sink {
                 loop {
                     match store.write_logged(entries.clone()).await {
                         Ok(()) => {
+                            health.up(Part::Storage);
                             return Ok(WriteReport {
                                 written: n,
                                 dead_lettered: 0,
-                            })
+                            });
                         }
                         Err(e) => {
                             metrics.retry("store_error");
+                            health.down(Part::Storage, format_args!("store write failed: {e}"));
                             let delay = backoff.next_delay();
                             tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "Store write failed, retrying.");
                             tokio::time::sleep(delay).await;
@@ -68,7 +111,7 @@ impl Sink {
                     }
                 }
             }
-            Sink::Influx(influx) => influx.write(batch, metrics).await,
+            Sink::Influx(influx) => influx.write(batch, metrics, health).await,
         }
     }
 

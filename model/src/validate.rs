@@ -154,6 +154,9 @@ pub struct Checked {
     pub seq: u64,
     /// Readings that passed every rule.
     pub accepted: Vec<Reading>,
+    /// The registered kind of each accepted reading, by position (looked
+    /// up once, during validation, so nothing downstream can miss it).
+    pub kinds: Vec<SensorKind>,
     /// Readings that broke a rule.
     pub rejected: Vec<Rejection>,
 }
@@ -174,10 +177,14 @@ pub fn check_envelope(
         });
     }
     let mut accepted = Vec::with_capacity(env.readings.len());
+    let mut kinds = Vec::with_capacity(env.readings.len());
     let mut rejected = Vec::new();
     for (index, raw) in env.readings.iter().enumerate() {
         match check_reading(raw.get(), gateway, sensors, now, policy) {
-            Ok(r) => accepted.push(r),
+            Ok((r, kind)) => {
+                accepted.push(r);
+                kinds.push(kind);
+            }
             Err(mut rej) => {
                 rej.index = index;
                 rejected.push(rej);
@@ -187,6 +194,7 @@ pub fn check_envelope(
     Ok(Checked {
         seq: env.seq,
         accepted,
+        kinds,
         rejected,
     })
 }
@@ -220,7 +228,7 @@ fn check_reading(
     sensors: &dyn SensorLookup,
     now: Timestamp,
     policy: &Policy,
-) -> Result<Reading, Rejection> {
+) -> Result<(Reading, SensorKind), Rejection> {
     let wire: WireReading = serde_json::from_str(raw)
         .map_err(|e| reject(None, RejectReason::Malformed(e.to_string())))?;
     let sensor = wire.sensor.as_str();
@@ -293,11 +301,14 @@ fn check_reading(
         };
         values.insert(name, value);
     }
-    Ok(Reading {
-        sensor: wire.sensor,
-        ts,
-        values,
-    })
+    Ok((
+        Reading {
+            sensor: wire.sensor,
+            ts,
+            values,
+        },
+        kind,
+    ))
 }
 
 #[cfg(test)]

@@ -117,15 +117,16 @@ impl ApiArgs {
     }
 
     /// The API's state; registers the API's counters.
-    pub fn app_state(
-        &self,
-        ingestor: std::sync::Arc<pantau_ingest::Ingestor>,
-        history: pantau_ingest::Sink,
-        mut metrics: prometheus_client::registry::Registry,
-        state: std::sync::Arc<pantau_state::StateDb>,
-        presence: std::sync::Arc<pantau_state::presence::Presence>,
-        los: pantau_model::derive::LosBands,
-    ) -> anyhow::Result<pantau_api::AppState> {
+    pub fn app_state(&self, deps: ApiDeps) -> anyhow::Result<pantau_api::AppState> {
+        let ApiDeps {
+            ingestor,
+            history,
+            mut metrics,
+            state,
+            presence,
+            los,
+            health,
+        } = deps;
         let trusted_proxies = pantau_api::TrustedProxies::parse(&self.trusted_proxies)
             .map_err(|e| anyhow::anyhow!("--trusted-proxy: {e}"))?;
         let limiter = pantau_api::PublicLimiter::new(self.public_rate_per_s, self.public_burst);
@@ -143,11 +144,30 @@ impl ApiArgs {
             public_limit: std::sync::Arc::new(limiter),
             trusted_proxies: std::sync::Arc::new(trusted_proxies),
             live_max_per_s: self.live_max_per_s.get(),
-            ready: std::sync::Arc::default(),
+            health,
             los: std::sync::Arc::new(los),
             caches: std::sync::Arc::default(),
         })
     }
+}
+
+/// What the API serves from, built by `pantau up` or `pantau ingest`.
+#[derive(Debug)]
+pub struct ApiDeps {
+    /// Registry, ingest log (latest values) and live feed.
+    pub ingestor: std::sync::Arc<pantau_ingest::Ingestor>,
+    /// The store history is read from.
+    pub history: pantau_ingest::Sink,
+    /// Every component's counters.
+    pub metrics: prometheus_client::registry::Registry,
+    /// Tokens and gateways.
+    pub state: std::sync::Arc<pantau_state::StateDb>,
+    /// Gateway presence (empty without the broker).
+    pub presence: std::sync::Arc<pantau_state::presence::Presence>,
+    /// Traffic level-of-service bands.
+    pub los: pantau_model::derive::LosBands,
+    /// Readiness of the process's parts.
+    pub health: pantau_ingest::Health,
 }
 
 /// Gatekeeper limits (each flag with a `PANTAU_*` env twin).

@@ -11,8 +11,8 @@ use std::time::Duration;
 use pantau_edge_agent::{Agent, Endpoint, Model, SimSensor, SourceSpec, UplinkConfig};
 use pantau_model::{Registry, Sensor, SensorKind};
 use pantau_state::StateDb;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
+
+use crate::shutdown::{StageId, Supervisor};
 
 /// The simulator model for a registry sensor.
 pub fn model_for(s: &Sensor) -> Model {
@@ -44,7 +44,8 @@ pub fn model_for(s: &Sensor) -> Model {
     }
 }
 
-/// Starts a simulated gateway for every gateway of the registry. Their
+/// Starts a simulated gateway for every gateway of the registry, each a
+/// supervised task of `stage` (restarted with backoff if it stops). Their
 /// tokens are rotated at each start (the demo holds them only in memory).
 #[allow(clippy::too_many_arguments)]
 pub fn start(
@@ -54,8 +55,8 @@ pub fn start(
     mqtt: SocketAddr,
     tls: Arc<rustls::ClientConfig>,
     interval: Duration,
-    tracker: &TaskTracker,
-    shutdown: CancellationToken,
+    sup: &Supervisor,
+    stage: StageId,
 ) -> anyhow::Result<usize> {
     let host = if mqtt.ip().is_unspecified() {
         "127.0.0.1".to_string()
@@ -92,11 +93,9 @@ pub fn start(
             spool_sync: pantau_edge_agent::spool::Sync::Normal,
             sources: vec![SourceSpec::Simulated { interval, sensors }],
         };
-        let (gw, sd) = (gw.to_string(), shutdown.clone());
-        tracker.spawn(async move {
-            if let Err(e) = agent.run(sd).await {
-                tracing::error!(gateway = %gw, error = %e, "Demo gateway failed.");
-            }
+        sup.spawn_restarting(stage, format!("demo gateway {gw}"), None, move |stop| {
+            let agent = agent.clone();
+            async move { agent.run(stop).await }
         });
     }
     Ok(gateways.len())

@@ -1,7 +1,9 @@
 //! `pantau ingest`: an ingest worker on an external MQTT broker cluster.
 //! Several workers with distinct `--worker-id`s share the load through one
 //! shared subscription; each has its own data directory (ingest log) and
-//! drains into the configured storage.
+//! drains into the configured storage. `/readyz` is 200 only while the
+//! consumer is connected and subscribed, storage answers and the drain
+//! runs; the consumer and the drain are supervised (restarted with backoff).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -10,11 +12,14 @@ use std::sync::Arc;
 use anyhow::Context;
 use pantau_ingest::consumer::{consume, ConsumerConfig};
 use pantau_ingest::drain::{drain, DrainConfig};
-use pantau_ingest::{IngestMetrics, Ingestor};
+use pantau_ingest::{Health, IngestMetrics, Ingestor, Part};
 use pantau_model::Registry;
-use tokio_util::sync::CancellationToken;
 
+use crate::shutdown::Supervisor;
 use crate::storage::StorageArgs;
+
+/// How long shutdown may take before the process exits regardless.
+const GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Settings of `pantau ingest`.
 #[derive(Debug)]
@@ -76,60 +81,76 @@ pub async fn run(cfg: IngestConfig) -> anyhow::Result<()> {
         storage.log.clone(),
         metrics.clone(),
     ));
-    let stop_consumer = CancellationToken::new();
-    let stop_drain = CancellationToken::new();
-    let stop_api = CancellationToken::new();
-    let consumer = tokio::spawn(consume(
-        ConsumerConfig {
-            host,
-            port,
-            tls,
-            worker_id: cfg.worker_id.clone(),
-            username: std::env::var("PANTAU_BROKER_USERNAME").ok(),
-            password: std::env::var("PANTAU_BROKER_PASSWORD").ok(),
+    let health = Health::default();
+    for part in [Part::Storage, Part::Drain, Part::Consumer] {
+        health.register(part);
+    }
+    // Storage was checked at start-up; the consumer is ready once it is
+    // connected and subscribed.
+    health.up(Part::Storage);
+    let mut sup = Supervisor::new(health.clone());
+    // Stop order: no more messages taken, then the drain, the API last.
+    let consumer_stage = sup.stage("consumer");
+    let drain_stage = sup.stage("drain");
+    let api_stage = sup.stage("api");
+    let consumer_cfg = ConsumerConfig {
+        host,
+        port,
+        tls,
+        worker_id: cfg.worker_id.clone(),
+        username: std::env::var("PANTAU_BROKER_USERNAME").ok(),
+        password: std::env::var("PANTAU_BROKER_PASSWORD").ok(),
+    };
+    let (consumer_ingestor, consumer_health) = (ingestor.clone(), health.clone());
+    sup.spawn_restarting(
+        consumer_stage,
+        "consumer",
+        Some(Part::Consumer),
+        move |stop| {
+            let (cfg, ingestor, health) = (
+                consumer_cfg.clone(),
+                consumer_ingestor.clone(),
+                consumer_health.clone(),
+            );
+            async move {
+                consume(cfg, ingestor, health, stop).await;
+                Ok::<(), std::convert::Infallible>(())
+            }
         },
-        ingestor.clone(),
-        stop_consumer.clone(),
-    ));
-    let drainer = tokio::spawn(drain(
+    );
+    let (log, sink, drain_metrics, drain_health) = (
         storage.log.clone(),
         storage.sink.clone(),
-        DrainConfig::default(),
         metrics.clone(),
-        stop_drain.clone(),
-    ));
-    let api = match http {
-        Some(listener) => {
-            let mut registry = prometheus_client::registry::Registry::default();
-            metrics.register(&mut registry);
-            let app = cfg.api.app_state(
-                ingestor.clone(),
-                storage.sink.clone(),
-                registry,
-                state.clone(),
-                Arc::default(),
-                pantau_model::derive::LosBands::default(),
-            )?;
-            // Storage was checked at start-up; the consumer runs.
-            app.ready.set(true, true);
-            Some(tokio::spawn(pantau_api::run(
-                app,
-                listener,
-                stop_api.clone(),
-            )))
-        }
-        None => None,
-    };
-    tracing::info!(worker = %cfg.worker_id, broker = %cfg.broker, "Ingest worker started.");
-    crate::shutdown::signal().await;
-    tracing::info!("Shutting down.");
-    stop_consumer.cancel();
-    let _ = consumer.await;
-    stop_drain.cancel();
-    let _ = drainer.await;
-    stop_api.cancel();
-    if let Some(api) = api {
-        let _ = api.await;
+        health.clone(),
+    );
+    sup.spawn_restarting(drain_stage, "drain", Some(Part::Drain), move |stop| {
+        drain(
+            log.clone(),
+            sink.clone(),
+            DrainConfig::default(),
+            drain_metrics.clone(),
+            drain_health.clone(),
+            stop,
+        )
+    });
+    if let Some(listener) = http {
+        let mut registry = prometheus_client::registry::Registry::default();
+        metrics.register(&mut registry);
+        let app = cfg.api.app_state(crate::config::ApiDeps {
+            ingestor: ingestor.clone(),
+            history: storage.sink.clone(),
+            metrics: registry,
+            state: state.clone(),
+            presence: Arc::default(),
+            los: pantau_model::derive::LosBands::default(),
+            health: health.clone(),
+        })?;
+        sup.spawn_critical(api_stage, "api", Some(Part::Api), |stop| {
+            pantau_api::run(app, listener, stop)
+        });
     }
+    tracing::info!(worker = %cfg.worker_id, broker = %cfg.broker, "Ingest worker started.");
+    sup.run(GRACE).await?;
     Ok(())
 }

@@ -2,12 +2,15 @@
 //!
 //! Start order: data dir → state and store → TLS → bind both listeners
 //! (a listener that cannot bind stops the start with its address) → router
-//! → ingest log and sink → broker, drain and API → demo gateways. Shutdown
-//! (SIGINT or SIGTERM) runs in reverse: demo gateways, then the broker (no
-//! new telemetry; in-flight commits finish), then the drain (in-flight sink
-//! writes get a moment; the rest stays in the ingest log for the next
-//! start), then the API. Past the grace period the process exits anyway
-//! and says so.
+//! → ingest log and sink → broker, drain and API → demo gateways. Every
+//! task runs under the [`Supervisor`]: the drain and the demo gateways are
+//! restarted with backoff when they stop (the drain's readiness down
+//! meanwhile); the broker or the API stopping takes the process down with
+//! a non-zero exit. Shutdown (SIGINT or SIGTERM) runs in reverse: demo
+//! gateways, then the broker (no new telemetry; in-flight commits finish),
+//! then the drain (in-flight sink writes get a moment; the rest stays in
+//! the ingest log for the next start), then the API. Past the grace period
+//! the process exits anyway and names what was still pending.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,14 +19,13 @@ use anyhow::Context;
 use pantau_broker::tls::{server_config, TlsFiles};
 use pantau_broker::{BrokerDeps, BrokerMetrics, Presence, RouterHandle, RouterLimits};
 use pantau_ingest::drain::DrainConfig;
-use pantau_ingest::{IngestMetrics, Ingestor};
+use pantau_ingest::{Health, IngestMetrics, Ingestor, Part};
 use pantau_model::Registry;
 use pantau_state::StateDb;
 use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::config::UpConfig;
+use crate::shutdown::Supervisor;
 
 /// How long shutdown may take before the process exits regardless.
 const GRACE: Duration = Duration::from_secs(10);
@@ -79,46 +81,60 @@ pub async fn up(cfg: UpConfig) -> anyhow::Result<()> {
     let router =
         RouterHandle::start(&RouterLimits::default()).context("cannot start the router")?;
 
-    let stop_demo = CancellationToken::new();
-    let stop_broker = CancellationToken::new();
-    let stop_api = CancellationToken::new();
-    let stop_drain = CancellationToken::new();
-    let drain = tokio::spawn(pantau_ingest::drain::drain(
-        storage.log.clone(),
-        storage.sink.clone(),
-        DrainConfig::default(),
-        ingest_metrics,
-        stop_drain.clone(),
-    ));
-    let demo_tasks = TaskTracker::new();
+    let health = Health::default();
+    for part in [Part::Storage, Part::Drain, Part::Broker] {
+        health.register(part);
+    }
+    // Storage was opened (and InfluxDB checked) and both listeners are bound.
+    health.up(Part::Storage);
+    let mut sup = Supervisor::new(health.clone());
+    // Stop order: the gateways, then the broker (no new telemetry), the
+    // drain (the log keeps what it has not delivered), the API last.
+    let demo_stage = sup.stage("demo");
+    let broker_stage = sup.stage("broker");
+    let drain_stage = sup.stage("drain");
+    let api_stage = sup.stage("api");
+
+    let (log, sink, drain_health) = (storage.log.clone(), storage.sink.clone(), health.clone());
+    sup.spawn_restarting(drain_stage, "drain", Some(Part::Drain), move |stop| {
+        pantau_ingest::drain::drain(
+            log.clone(),
+            sink.clone(),
+            DrainConfig::default(),
+            ingest_metrics.clone(),
+            drain_health.clone(),
+            stop,
+        )
+    });
 
     let presence = Arc::new(Presence::default());
-    let broker = tokio::spawn(pantau_broker::run(
-        cfg.broker.to_config(),
-        BrokerDeps {
-            tls,
-            router,
-            ingestor: ingestor.clone(),
-            state: state.clone(),
-            metrics: broker_metrics,
-            presence: presence.clone(),
-        },
-        mqtt,
-        stop_broker.clone(),
-    ));
-    let app = cfg.api.app_state(
-        ingestor.clone(),
-        storage.sink.clone(),
+    let deps = BrokerDeps {
+        tls,
+        router,
+        ingestor: ingestor.clone(),
+        state: state.clone(),
+        metrics: broker_metrics,
+        presence: presence.clone(),
+    };
+    let broker_config = cfg.broker.to_config();
+    sup.spawn_critical(broker_stage, "broker", Some(Part::Broker), |stop| {
+        pantau_broker::run(broker_config, deps, mqtt, stop)
+    });
+    health.up(Part::Broker);
+    let app = cfg.api.app_state(crate::config::ApiDeps {
+        ingestor: ingestor.clone(),
+        history: storage.sink.clone(),
         metrics,
-        state.clone(),
-        presence.clone(),
-        cfg.los.clone(),
-    )?;
-    // Storage was opened (and InfluxDB checked) and both listeners are bound.
-    app.ready.set(true, true);
+        state: state.clone(),
+        presence,
+        los: cfg.los.clone(),
+        health: health.clone(),
+    })?;
     let http = cfg.api.listener(http, &files, &cfg.tls_names)?;
     let scheme = if http.is_tls() { "https" } else { "http" };
-    let api = tokio::spawn(pantau_api::run(app, http, stop_api.clone()));
+    sup.spawn_critical(api_stage, "api", Some(Part::Api), |stop| {
+        pantau_api::run(app, http, stop)
+    });
 
     tracing::info!(
         http = %http_addr,
@@ -136,30 +152,11 @@ pub async fn up(cfg: UpConfig) -> anyhow::Result<()> {
             mqtt_addr,
             client_tls,
             cfg.demo_interval,
-            &demo_tasks,
-            stop_demo.clone(),
+            &sup,
+            demo_stage,
         )?;
         tracing::info!(gateways = n, "Demo gateways started.");
     }
-
-    crate::shutdown::signal().await;
-    tracing::info!("Shutting down.");
-    let ordered = async {
-        stop_demo.cancel();
-        demo_tasks.close();
-        demo_tasks.wait().await;
-        stop_broker.cancel();
-        let _ = broker.await;
-        stop_drain.cancel();
-        let _ = drain.await;
-        stop_api.cancel();
-        let _ = api.await;
-    };
-    if tokio::time::timeout(GRACE, ordered).await.is_err() {
-        tracing::warn!(
-            grace_s = GRACE.as_secs(),
-            "Shutdown grace period passed; exiting with tasks pending."
-        );
-    }
+    sup.run(GRACE).await?;
     Ok(())
 }

@@ -30,6 +30,7 @@ use pantau_model::backoff::Backoff;
 use pantau_model::SharedRegistry;
 use reqwest::{RequestBuilder, StatusCode};
 
+use crate::health::{Health, Part};
 use crate::log::{Batch, DeadLetter, IngestLog};
 use crate::metrics::IngestMetrics;
 use crate::sink::{Fatal, WriteReport};
@@ -196,7 +197,7 @@ enum Sent {
     Retry(&'static str, Option<Duration>),
     TooLarge,
     Rejected(u16, String),
-    Fatal(String),
+    Fatal(Fatal),
 }
 
 impl InfluxSink {
@@ -436,6 +437,7 @@ impl InfluxSink {
         &self,
         batch: &Batch,
         metrics: &IngestMetrics,
+        health: &Health,
     ) -> Result<WriteReport, Fatal> {
         let registry = self.registry.get();
         let lines: Vec<String> = batch
@@ -451,10 +453,11 @@ impl InfluxSink {
         // Log entries can be larger than a good request: ~5 000 lines each.
         let (mut written, mut dead) = (0, 0);
         for chunk in lines.chunks(LINES_PER_REQUEST) {
-            let (w, d) = self.write_lines(chunk, metrics).await?;
+            let (w, d) = self.write_lines(chunk, metrics, health).await?;
             written += w;
             dead += d;
         }
+        health.up(Part::Storage);
         Ok(WriteReport {
             written,
             dead_lettered: dead,
@@ -465,6 +468,7 @@ impl InfluxSink {
         &'a self,
         lines: &'a [String],
         metrics: &'a IngestMetrics,
+        health: &'a Health,
     ) -> WriteFuture<'a> {
         Box::pin(async move {
             if lines.is_empty() {
@@ -477,6 +481,10 @@ impl InfluxSink {
                     Sent::Ok => return Ok((lines.len() as u64, 0)),
                     Sent::Retry(reason, after) => {
                         metrics.retry(reason);
+                        health.down(
+                            Part::Storage,
+                            format_args!("influxdb at {}: {reason}, retrying", self.cfg.url),
+                        );
                         let delay = after.unwrap_or_else(|| backoff.next_delay());
                         tracing::warn!(
                             reason,
@@ -486,9 +494,8 @@ impl InfluxSink {
                         );
                         tokio::time::sleep(delay).await;
                     }
-                    Sent::TooLarge if lines.len() > 1 => return self.split(lines, metrics).await,
-                    Sent::Rejected(..) if lines.len() > 1 => {
-                        return self.split(lines, metrics).await
+                    Sent::TooLarge | Sent::Rejected(..) if lines.len() > 1 => {
+                        return self.split(lines, metrics, health).await
                     }
                     Sent::TooLarge => {
                         return self
@@ -498,16 +505,21 @@ impl InfluxSink {
                     Sent::Rejected(status, message) => {
                         return self.dead(&lines[0], status, message).await
                     }
-                    Sent::Fatal(message) => return Err(Fatal(message)),
+                    Sent::Fatal(fatal) => return Err(fatal),
                 }
             }
         })
     }
 
-    async fn split(&self, lines: &[String], metrics: &IngestMetrics) -> Result<(u64, u64), Fatal> {
+    async fn split(
+        &self,
+        lines: &[String],
+        metrics: &IngestMetrics,
+        health: &Health,
+    ) -> Result<(u64, u64), Fatal> {
         let (a, b) = lines.split_at(lines.len() / 2);
-        let (wa, da) = self.write_lines(a, metrics).await?;
-        let (wb, db) = self.write_lines(b, metrics).await?;
+        let (wa, da) = self.write_lines(a, metrics, health).await?;
+        let (wb, db) = self.write_lines(b, metrics, health).await?;
         Ok((wa + wb, da + db))
     }
 
@@ -538,7 +550,7 @@ impl InfluxSink {
         }
         let body = match gz.finish() {
             Ok(b) => b,
-            Err(e) => return Sent::Fatal(format!("gzip: {e}")),
+            Err(e) => return Sent::Fatal(Fatal::Compress(e)),
         };
         let resp = self
             .write_request()
@@ -570,26 +582,23 @@ impl InfluxSink {
             StatusCode::BAD_REQUEST | StatusCode::UNPROCESSABLE_ENTITY => {
                 Sent::Rejected(status.as_u16(), message)
             }
-            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Sent::Fatal(format!(
-                "influxdb at {} refused {} for {}: HTTP {}: {}",
-                self.cfg.url,
-                self.credential(),
-                self.target(),
-                status.as_u16(),
-                message.trim()
-            )),
-            StatusCode::NOT_FOUND => Sent::Fatal(format!(
-                "influxdb at {}: {} not found: {}",
-                self.cfg.url,
-                self.target(),
-                message.trim()
-            )),
-            s => Sent::Fatal(format!(
-                "influxdb at {}: unexpected HTTP {}: {}",
-                self.cfg.url,
-                s.as_u16(),
-                message.trim()
-            )),
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Sent::Fatal(Fatal::Refused {
+                url: self.cfg.url.clone(),
+                credential: self.credential(),
+                target: self.target(),
+                status: status.as_u16(),
+                message: message.trim().to_owned(),
+            }),
+            StatusCode::NOT_FOUND => Sent::Fatal(Fatal::NotFound {
+                url: self.cfg.url.clone(),
+                target: self.target(),
+                message: message.trim().to_owned(),
+            }),
+            s => Sent::Fatal(Fatal::Unexpected {
+                url: self.cfg.url.clone(),
+                status: s.as_u16(),
+                message: message.trim().to_owned(),
+            }),
         }
     }
 }

@@ -108,7 +108,7 @@ fn batch(sensors: &[&str]) -> Batch {
     Batch {
         entries: vec![LogEntry {
             id: 1,
-            gateway: "gw".into(),
+            gateway: Some("gw".into()),
             readings: readings.into(),
         }],
         replayed: false,
@@ -128,7 +128,11 @@ async fn retries_5xx_and_429_then_succeeds() {
     });
     let (s, seen, _log, _d) = sink(script).await;
     let m = IngestMetrics::default();
-    let r = s.write(&batch(&["a", "b", "c"]), &m).await.unwrap();
+    let health = crate::Health::default();
+    let r = s
+        .write(&batch(&["a", "b", "c"]), &m, &health)
+        .await
+        .unwrap();
     assert_eq!(
         r,
         WriteReport {
@@ -149,6 +153,11 @@ async fn retries_5xx_and_429_then_succeeds() {
             .get(),
         1
     );
+    // Down while it retried, up again once the write went through.
+    assert_eq!(
+        health.state(crate::Part::Storage),
+        Some(crate::health::PartState::Up)
+    );
 }
 
 #[tokio::test]
@@ -165,6 +174,7 @@ async fn a_too_large_batch_is_split_until_it_fits() {
         .write(
             &batch(&["a", "b", "c", "d", "e", "f", "g"]),
             &IngestMetrics::default(),
+            &crate::Health::default(),
         )
         .await
         .unwrap();
@@ -200,6 +210,7 @@ async fn refused_lines_are_isolated_and_dead_lettered() {
         .write(
             &batch(&["a", "bad", "b", "c", "bad", "d", "e", "f"]),
             &IngestMetrics::default(),
+            &crate::Health::default(),
         )
         .await
         .unwrap();
@@ -228,7 +239,11 @@ async fn bad_credentials_stop_the_sink_naming_database_and_credential() {
     });
     let (s, seen, _log, _d) = sink(script).await;
     let err = s
-        .write(&batch(&["a"]), &IngestMetrics::default())
+        .write(
+            &batch(&["a"]),
+            &IngestMetrics::default(),
+            &crate::Health::default(),
+        )
         .await
         .unwrap_err();
     let msg = err.to_string();

@@ -37,7 +37,7 @@ async fn entries_stay_until_acknowledged_and_replay_after_reopen() {
     assert!(again.replayed);
     assert_eq!(again.entries.len(), 1);
     assert_eq!(*again.entries[0].readings, vec![r(3)]);
-    assert_eq!(again.entries[0].gateway, "gw-a");
+    assert_eq!(again.entries[0].gateway.as_deref(), Some("gw-a"));
     assert_eq!(again.entries[0].readings[0].gateway, "gw-a");
     // The latest table follows the newest reading.
     let latest = log.latest_all().unwrap();

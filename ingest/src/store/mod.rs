@@ -26,7 +26,6 @@ mod tests;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -35,6 +34,7 @@ use rusqlite::{params, CachedStatement, Connection};
 use serde::Serialize;
 use tokio::sync::oneshot;
 
+use crate::group_commit::{self, GroupCommit, Limits};
 use crate::history::Partial;
 use crate::log::LoggedReading;
 use crate::{Error, Result};
@@ -122,32 +122,24 @@ pub struct Store {
     /// The database file.
     path: PathBuf,
     /// Queue to the writer thread.
-    tx: SyncSender<WriteJob>,
+    writer: group_commit::Writer<WriteJob>,
     /// Read connection.
     reader: Mutex<Connection>,
 }
 
 pub(crate) fn open_conn(path: &Path) -> Result<Connection> {
-    let sql = |source| Error::Sqlite {
-        path: path.to_owned(),
-        source,
-    };
-    let conn = Connection::open(path).map_err(sql)?;
-    conn.busy_timeout(Duration::from_secs(10)).map_err(sql)?;
-    // Statements are per partition and level: keep enough of them parsed.
-    conn.set_prepared_statement_cache_capacity(512);
-    conn.execute_batch(
-        "PRAGMA journal_mode = WAL;
-         PRAGMA synchronous = FULL;
-         PRAGMA cache_size = -65536;
+    let conn = group_commit::open_db(
+        path,
+        "PRAGMA cache_size = -65536;
          CREATE TABLE IF NOT EXISTS partitions (
              name TEXT PRIMARY KEY,
              level TEXT NOT NULL,
              start_ms INTEGER NOT NULL,
              end_ms INTEGER NOT NULL
          ) WITHOUT ROWID;",
-    )
-    .map_err(sql)?;
+    )?;
+    // Statements are per partition and level: keep enough of them parsed.
+    conn.set_prepared_statement_cache_capacity(512);
     Ok(conn)
 }
 
@@ -167,18 +159,20 @@ impl Store {
         let path = data_dir.join("readings.db");
         let writer = open_conn(&path)?;
         let reader = open_conn(&path)?;
-        let (tx, rx) = sync_channel(QUEUE_DEPTH);
-        let thread_path = path.clone();
-        std::thread::Builder::new()
-            .name("store-writer".into())
-            .spawn(move || Writer::new(writer, thread_path, retention).run(rx))
-            .map_err(|source| Error::Io {
-                path: path.clone(),
-                source,
-            })?;
+        let writer = group_commit::Writer::spawn(
+            "store-writer",
+            &path,
+            Writer::new(writer, path.clone(), retention),
+            Limits {
+                depth: QUEUE_DEPTH,
+                max_group: MAX_GROUP,
+                max_weight: usize::MAX,
+                idle: Some(RETENTION_EVERY),
+            },
+        )?;
         Ok(Self {
             path,
-            tx,
+            writer,
             reader: Mutex::new(reader),
         })
     }
@@ -199,7 +193,7 @@ impl Store {
             return Ok(());
         }
         let (done, wait) = oneshot::channel();
-        crate::queue::send(&self.tx, WriteJob { rows, done }).await?;
+        self.writer.send(WriteJob { rows, done }).await?;
         wait.await.map_err(|_| Error::WriterGone)?
     }
 
@@ -212,6 +206,32 @@ impl Store {
             path: self.path.clone(),
             source,
         }
+    }
+}
+
+impl GroupCommit for Writer {
+    type Job = WriteJob;
+
+    fn commit_group(&mut self, group: Vec<WriteJob>) {
+        let result = self.commit(&group);
+        if let Err(e) = &result {
+            tracing::error!(path = %self.path.display(), error = %e, batches = group.len(), "Store commit failed.");
+            // Table creation may have been rolled back with the
+            // transaction: forget what we think exists.
+            self.known.clear();
+        }
+        for job in group {
+            let answer = match &result {
+                Ok(()) => Ok(()),
+                Err(e) => Err(Error::CommitFailed(e.to_string())),
+            };
+            // The caller may have gone away; the data is committed anyway.
+            let _ = job.done.send(answer);
+        }
+    }
+
+    fn housekeeping(&mut self) {
+        self.apply_retention();
     }
 }
 
@@ -233,39 +253,6 @@ impl Writer {
             retention,
             known: HashSet::new(),
             last_retention: None,
-        }
-    }
-
-    fn run(mut self, rx: Receiver<WriteJob>) {
-        loop {
-            self.maybe_apply_retention();
-            let first = match rx.recv_timeout(RETENTION_EVERY) {
-                Ok(job) => job,
-                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
-                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
-            };
-            let mut group = vec![first];
-            while group.len() < MAX_GROUP {
-                match rx.try_recv() {
-                    Ok(job) => group.push(job),
-                    Err(_) => break,
-                }
-            }
-            let result = self.commit(&group);
-            if let Err(e) = &result {
-                tracing::error!(path = %self.path.display(), error = %e, batches = group.len(), "Store commit failed.");
-                // Table creation may have been rolled back with the
-                // transaction: forget what we think exists.
-                self.known.clear();
-            }
-            for job in group {
-                let answer = match &result {
-                    Ok(()) => Ok(()),
-                    Err(e) => Err(Error::CommitFailed(e.to_string())),
-                };
-                // The caller may have gone away; the data is committed anyway.
-                let _ = job.done.send(answer);
-            }
         }
     }
 
@@ -350,7 +337,7 @@ impl Writer {
         tx.commit()
     }
 
-    fn maybe_apply_retention(&mut self) {
+    fn apply_retention(&mut self) {
         if self
             .last_retention
             .is_some_and(|t| t.elapsed() < RETENTION_EVERY)
