@@ -150,7 +150,12 @@ pub async fn drain(
     shutdown: CancellationToken,
 ) -> Result<(), DrainError> {
     metrics.sink_stopped.set(0);
-    health.up(Part::Drain);
+    // With nothing to deliver the drain is ready at once; with a backlog
+    // (a replay, or what a failed predecessor left) only once a batch went
+    // through, so a restart that fails again never looks ready meanwhile.
+    if log.pending() == 0 {
+        health.up(Part::Drain);
+    }
     let ctx = Ctx {
         log: log.clone(),
         sink,

@@ -95,8 +95,29 @@ impl Pantau {
         mqtt: SocketAddr,
         extra: &[&str],
     ) -> Result<Self> {
+        Self::start_with(data_dir, http, mqtt, extra, None).await
+    }
+
+    /// Like `start_on`, with the process's open-file limit (soft and hard)
+    /// set to `nofile` when given (through util-linux `prlimit`, which
+    /// execs the program: the pid stays pantau's).
+    pub async fn start_with(
+        data_dir: &Path,
+        http: SocketAddr,
+        mqtt: SocketAddr,
+        extra: &[&str],
+        nofile: Option<u64>,
+    ) -> Result<Self> {
         let log = data_dir.with_extension(format!("{}.log", mqtt.port()));
-        let child = Command::new(binary("pantau"))
+        let mut cmd = match nofile {
+            Some(n) => {
+                let mut c = Command::new("prlimit");
+                c.arg(format!("--nofile={n}:{n}")).arg(binary("pantau"));
+                c
+            }
+            None => Command::new(binary("pantau")),
+        };
+        let child = cmd
             .arg("up")
             .arg("--data-dir")
             .arg(data_dir)
@@ -451,13 +472,22 @@ pub fn level(ts: &str, cm: f64) -> String {
 /// Starts `pantau up` with the minimal registry plus `extra` flags, then
 /// registers `gw-test` while it runs.
 pub async fn minimal(dir: &Path, extra: &[&str]) -> Result<(Pantau, GatewayCreds)> {
+    minimal_with(dir, extra, None).await
+}
+
+/// [`minimal`] with the process's open-file limit set to `nofile`.
+pub async fn minimal_with(
+    dir: &Path,
+    extra: &[&str],
+    nofile: Option<u64>,
+) -> Result<(Pantau, GatewayCreds)> {
     let data = dir.join("data");
     std::fs::create_dir_all(&data)?;
     let reg = dir.join("registry.toml");
     std::fs::write(&reg, MINIMAL_REGISTRY)?;
     let mut args = vec!["--registry", reg.to_str().unwrap()];
     args.extend_from_slice(extra);
-    let p = Pantau::start(&data, &args).await?;
+    let p = Pantau::start_with(&data, free_addr(), free_addr(), &args, nofile).await?;
     // Registered while the server runs: it must be accepted without a restart.
     let creds = gateway_add(&data, "gw-test")?;
     Ok((p, creds))
