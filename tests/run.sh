@@ -2,7 +2,8 @@
 # Runs Pantau's whole test suite on a fresh machine: installs the
 # third-party services the end-to-end tests drive (Debian packages:
 # mosquitto, mosquitto-clients, influxdb, victoria-metrics; socat for a
-# serial line of pseudo-terminals) and the API
+# serial line of pseudo-terminals; util-linux's prlimit for a small
+# open-file limit) and the API
 # checkers (PyPI: schemathesis, openapi-spec-validator) when missing,
 # builds the binaries, then runs every test in the workspace. The tests start
 # their own instances on loopback ports; no system service is used (Debian's
@@ -16,6 +17,7 @@ command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mos
 command -v influxd >/dev/null 2>&1 || need+=(influxdb)
 command -v victoria-metrics >/dev/null 2>&1 || need+=(victoria-metrics)
 command -v socat >/dev/null 2>&1 || need+=(socat)
+command -v prlimit >/dev/null 2>&1 || need+=(util-linux)
 if [ ${#need[@]} -gt 0 ]; then
   echo "tests/run.sh: installing ${need[*]}"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"

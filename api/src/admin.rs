@@ -76,13 +76,12 @@ pub(crate) async fn add_gateway(
     let db = state.state.clone();
     let gw = id.clone();
     let token = tokio::task::spawn_blocking(move || db.add_gateway(&gw))
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .await?
         .map_err(|e| match e {
             pantau_state::Error::DuplicateGateway(g) => {
                 ApiError::Conflict(format!("gateway {g} is already registered"))
             }
-            e => ApiError::Internal(e.to_string()),
+            e => e.into(),
         })?;
     tracing::info!(gateway = %id, by = %agency.name, "Gateway registered through the API.");
     Ok((
@@ -200,15 +199,13 @@ async fn change_sensor(
         shared.edit(|current| {
             let spec = change(current.get(&id))?;
             let sensor = Sensor::from_spec(spec.clone()).map_err(invalid)?;
-            db.save_sensor(&spec, &by)
-                .map_err(|e| ApiError::Internal(e.to_string()))?;
+            db.save_sensor(&spec, &by)?;
             let mut next = current.clone();
             next.upsert(sensor.clone());
             Ok((next, sensor))
         })
     })
-    .await
-    .map_err(|e| ApiError::Internal(e.to_string()))?
+    .await?
 }
 
 /// Registers a sensor (admin). It takes effect at once: its gateway's

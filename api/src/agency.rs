@@ -126,10 +126,7 @@ pub(crate) async fn sensors(
 
 async fn latest_map(state: &AppState) -> Result<HashMap<String, LatestReading>, ApiError> {
     let log = state.ingestor.log().clone();
-    let latest = tokio::task::spawn_blocking(move || log.latest_all())
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let latest = tokio::task::spawn_blocking(move || log.latest_all()).await??;
     Ok(latest.into_iter().map(|l| (l.sensor.clone(), l)).collect())
 }
 
@@ -166,8 +163,7 @@ pub(crate) async fn sensor(
         .ok_or_else(|| ApiError::NotFound(format!("sensor {id:?}")))?;
     agency.require_read(s)?;
     let latest = latest_map(&state).await?;
-    let mut v =
-        serde_json::to_value(SensorView::of(s)).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let mut v = serde_json::to_value(SensorView::of(s))?;
     v["latest"] = latest_json(s, latest.get(s.id.as_str()), &state.los);
     Ok(Json(v))
 }
@@ -289,10 +285,7 @@ pub(crate) async fn gateways(
         .map(|s| s.gateway.to_string())
         .collect();
     let db = state.state.clone();
-    let registered = tokio::task::spawn_blocking(move || db.gateways())
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let registered = tokio::task::spawn_blocking(move || db.gateways()).await??;
     let mut ids: BTreeSet<String> = registered.into_iter().map(|g| g.id).collect();
     ids.extend(registry.gateways().into_iter().map(|g| g.to_string()));
     Ok(Json(

@@ -73,12 +73,14 @@ impl FromRequestParts<AppState> for Agency {
             .to_owned();
         let db = state.state.clone();
         let found = tokio::task::spawn_blocking(move || db.verify_token(&token))
-            .await
-            .map_err(|e| ApiError::Internal(e.to_string()))?
-            .map_err(|e| ApiError::Internal(e.to_string()))?
+            .await??
             .ok_or(ApiError::Unauthorized("unknown or revoked token"))?;
-        let scopes = Scopes::parse(&found.scopes)
-            .map_err(|e| ApiError::Internal(format!("token {}: {e}", found.name)))?;
+        let scopes = Scopes::parse(&found.scopes).map_err(|e| {
+            ApiError::Internal(crate::error::Internal::TokenScopes {
+                name: found.name.clone(),
+                message: e.to_string(),
+            })
+        })?;
         Ok(Agency {
             name: found.name,
             scopes,

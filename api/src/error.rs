@@ -39,8 +39,57 @@ pub enum ApiError {
     },
     /// Something failed inside; details go to the log only.
     #[error("internal error: {0}")]
-    Internal(String),
+    Internal(#[from] Internal),
 }
+
+/// What failed inside the server (logged, never shown to the client).
+#[derive(Debug, thiserror::Error)]
+pub enum Internal {
+    /// The platform state database.
+    #[error("state database: {0}")]
+    State(#[from] pantau_state::Error),
+    /// The ingest log (latest values).
+    #[error("ingest log: {0}")]
+    Ingest(#[from] pantau_ingest::Error),
+    /// The store answering a history query.
+    #[error("history store: {0}")]
+    History(String),
+    /// A blocking task panicked or was cancelled.
+    #[error("blocking task: {0}")]
+    Task(#[from] tokio::task::JoinError),
+    /// A response could not be encoded.
+    #[error("encoding a response: {0}")]
+    Encode(#[from] serde_json::Error),
+    /// The metrics could not be rendered.
+    #[error("rendering metrics: {0}")]
+    Metrics(#[from] std::fmt::Error),
+    /// A stored token whose scopes no longer parse.
+    #[error("token {name} has unreadable scopes: {message}")]
+    TokenScopes {
+        /// The token's name.
+        name: String,
+        /// The parser's message.
+        message: String,
+    },
+}
+
+/// `?` on an internal failure gives an [`ApiError::Internal`].
+macro_rules! internal_from {
+    ($($t:ty),*) => {$(
+        impl From<$t> for ApiError {
+            fn from(e: $t) -> Self {
+                ApiError::Internal(Internal::from(e))
+            }
+        }
+    )*};
+}
+internal_from!(
+    pantau_state::Error,
+    pantau_ingest::Error,
+    tokio::task::JoinError,
+    serde_json::Error,
+    std::fmt::Error
+);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {

@@ -229,7 +229,7 @@ pub(crate) async fn answer(
             param: "field",
             message: m,
         },
-        HistoryError::Backend(m) => ApiError::Internal(m),
+        HistoryError::Backend(m) => ApiError::Internal(crate::error::Internal::History(m)),
     })?;
     Ok(Json(History {
         sensor: sensor.id.to_string(),

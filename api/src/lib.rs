@@ -209,8 +209,7 @@ async fn healthz() -> impl IntoResponse {
     responses((status = 200, description = "Metrics", content_type = "application/openmetrics-text", body = String)))]
 async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
     let mut out = String::new();
-    prometheus_client::encoding::text::encode(&mut out, &state.metrics)
-        .map_err(|e| ApiError::Internal(format!("metrics encoding: {e}")))?;
+    prometheus_client::encoding::text::encode(&mut out, &state.metrics)?;
     Ok((
         [(
             header::CONTENT_TYPE,

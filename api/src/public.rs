@@ -143,9 +143,7 @@ pub(crate) async fn conditions(State(state): State<AppState>) -> Result<Response
         return Ok(cached_bytes(body, 5));
     }
     let out = build_conditions(&state).await?;
-    let body = axum::body::Bytes::from(
-        serde_json::to_vec(&out).map_err(|e| ApiError::Internal(e.to_string()))?,
-    );
+    let body = axum::body::Bytes::from(serde_json::to_vec(&out)?);
     state.caches.set_conditions(appended, body.clone());
     Ok(cached_bytes(body, 5))
 }
@@ -166,10 +164,7 @@ fn cached_bytes(body: axum::body::Bytes, max_age_s: u32) -> Response {
 
 async fn build_conditions(state: &AppState) -> Result<Vec<Condition>, ApiError> {
     let log = state.ingestor.log().clone();
-    let latest = tokio::task::spawn_blocking(move || log.latest_all())
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let latest = tokio::task::spawn_blocking(move || log.latest_all()).await??;
     let mut by_sensor: HashMap<String, LatestReading> =
         latest.into_iter().map(|l| (l.sensor.clone(), l)).collect();
     let registry = state.ingestor.registry();

@@ -10,7 +10,7 @@ use pantau_model::backoff::Backoff;
 
 use crate::health::{Health, Part};
 use crate::history::{HistoryError, HistoryQuery, Series};
-use crate::influx::InfluxSink;
+use crate::influx::{InfluxError, InfluxSink};
 use crate::log::Batch;
 use crate::metrics::IngestMetrics;
 use crate::store::Store;
@@ -37,40 +37,10 @@ pub struct WriteReport {
 /// supervisor tries again later), the readings stay in the log.
 #[derive(Debug, thiserror::Error)]
 pub enum Fatal {
-    /// The server refused the credential for the target.
-    #[error("influxdb at {url} refused {credential} for {target}: HTTP {status}: {message}")]
-    Refused {
-        /// Server URL.
-        url: String,
-        /// Which credential was used (never the secret).
-        credential: &'static str,
-        /// Database or bucket.
-        target: String,
-        /// HTTP status.
-        status: u16,
-        /// The server's message.
-        message: String,
-    },
-    /// The database or bucket does not exist.
-    #[error("influxdb at {url}: {target} not found: {message}")]
-    NotFound {
-        /// Server URL.
-        url: String,
-        /// Database or bucket.
-        target: String,
-        /// The server's message.
-        message: String,
-    },
-    /// An answer the sink does not know how to handle.
-    #[error("influxdb at {url}: unexpected HTTP {status}: {message}")]
-    Unexpected {
-        /// Server URL.
-        url: String,
-        /// HTTP status.
-        status: u16,
-        /// The server's message.
-        message: String,
-    },
+    /// InfluxDB refused for good: the credential, a missing database or
+    /// bucket, an answer the sink does not know how to handle.
+    #[error(transparent)]
+    Influx(#[from] InfluxError),
     /// A request body could not be compressed.
     #[error("cannot compress a request body: {0}")]
     Compress(#[source] std::io::Error),

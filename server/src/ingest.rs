@@ -11,7 +11,6 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use pantau_ingest::consumer::{consume, ConsumerConfig};
-use pantau_ingest::drain::{drain, DrainConfig};
 use pantau_ingest::{Health, IngestMetrics, Ingestor, Part};
 use pantau_model::Registry;
 
@@ -118,22 +117,7 @@ pub async fn run(cfg: IngestConfig) -> anyhow::Result<()> {
             }
         },
     );
-    let (log, sink, drain_metrics, drain_health) = (
-        storage.log.clone(),
-        storage.sink.clone(),
-        metrics.clone(),
-        health.clone(),
-    );
-    sup.spawn_restarting(drain_stage, "drain", Some(Part::Drain), move |stop| {
-        drain(
-            log.clone(),
-            sink.clone(),
-            DrainConfig::default(),
-            drain_metrics.clone(),
-            drain_health.clone(),
-            stop,
-        )
-    });
+    storage.spawn_drain(&sup, drain_stage, &metrics, &health);
     if let Some(listener) = http {
         let mut registry = prometheus_client::registry::Registry::default();
         metrics.register(&mut registry);

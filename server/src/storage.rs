@@ -9,10 +9,13 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::ValueEnum;
+use pantau_ingest::drain::{drain, DrainConfig};
 use pantau_ingest::influx::{InfluxApi, InfluxConfig, InfluxSink};
 use pantau_ingest::store::Retention;
-use pantau_ingest::{IngestLog, IngestMetrics, Sink, Store};
+use pantau_ingest::{Health, IngestLog, IngestMetrics, Part, Sink, Store};
 use pantau_model::SharedRegistry;
+
+use crate::shutdown::{StageId, Supervisor};
 
 /// Which store readings end up in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -114,6 +117,36 @@ pub struct Storage {
     pub log: Arc<IngestLog>,
     /// Where the log drains to (also answers history queries).
     pub sink: Sink,
+}
+
+impl Storage {
+    /// Runs the drain from the log into the sink as a task of `stage`,
+    /// restarted with backoff whenever it stops ([`Part::Drain`] down
+    /// meanwhile).
+    pub fn spawn_drain(
+        &self,
+        sup: &Supervisor,
+        stage: StageId,
+        metrics: &IngestMetrics,
+        health: &Health,
+    ) {
+        let (log, sink, metrics, health) = (
+            self.log.clone(),
+            self.sink.clone(),
+            metrics.clone(),
+            health.clone(),
+        );
+        sup.spawn_restarting(stage, "drain", Some(Part::Drain), move |stop| {
+            drain(
+                log.clone(),
+                sink.clone(),
+                DrainConfig::default(),
+                metrics.clone(),
+                health.clone(),
+                stop,
+            )
+        });
+    }
 }
 
 /// Opens the ingest log and the sink, checking an InfluxDB at start-up.

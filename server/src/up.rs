@@ -18,7 +18,6 @@ use std::time::Duration;
 use anyhow::Context;
 use pantau_broker::tls::{server_config, TlsFiles};
 use pantau_broker::{BrokerDeps, BrokerMetrics, Presence, RouterHandle, RouterLimits};
-use pantau_ingest::drain::DrainConfig;
 use pantau_ingest::{Health, IngestMetrics, Ingestor, Part};
 use pantau_model::Registry;
 use pantau_state::StateDb;
@@ -95,17 +94,7 @@ pub async fn up(cfg: UpConfig) -> anyhow::Result<()> {
     let drain_stage = sup.stage("drain");
     let api_stage = sup.stage("api");
 
-    let (log, sink, drain_health) = (storage.log.clone(), storage.sink.clone(), health.clone());
-    sup.spawn_restarting(drain_stage, "drain", Some(Part::Drain), move |stop| {
-        pantau_ingest::drain::drain(
-            log.clone(),
-            sink.clone(),
-            DrainConfig::default(),
-            ingest_metrics.clone(),
-            drain_health.clone(),
-            stop,
-        )
-    });
+    storage.spawn_drain(&sup, drain_stage, &ingest_metrics, &health);
 
     let presence = Arc::new(Presence::default());
     let deps = BrokerDeps {

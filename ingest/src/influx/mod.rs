@@ -582,23 +582,25 @@ impl InfluxSink {
             StatusCode::BAD_REQUEST | StatusCode::UNPROCESSABLE_ENTITY => {
                 Sent::Rejected(status.as_u16(), message)
             }
-            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Sent::Fatal(Fatal::Refused {
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
+                Sent::Fatal(Fatal::Influx(InfluxError::Credential {
+                    url: self.cfg.url.clone(),
+                    credential: self.credential(),
+                    target: self.target(),
+                    status: status.as_u16(),
+                    message: message.trim().to_owned(),
+                }))
+            }
+            StatusCode::NOT_FOUND => Sent::Fatal(Fatal::Influx(InfluxError::NotFound {
                 url: self.cfg.url.clone(),
-                credential: self.credential(),
-                target: self.target(),
-                status: status.as_u16(),
-                message: message.trim().to_owned(),
-            }),
-            StatusCode::NOT_FOUND => Sent::Fatal(Fatal::NotFound {
-                url: self.cfg.url.clone(),
                 target: self.target(),
                 message: message.trim().to_owned(),
-            }),
-            s => Sent::Fatal(Fatal::Unexpected {
+            })),
+            s => Sent::Fatal(Fatal::Influx(InfluxError::Unexpected {
                 url: self.cfg.url.clone(),
                 status: s.as_u16(),
                 message: message.trim().to_owned(),
-            }),
+            })),
         }
     }
 }

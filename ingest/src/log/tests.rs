@@ -183,3 +183,23 @@ async fn a_drain_that_keeps_up_reads_the_tail_and_one_that_fell_behind_reads_the
     // The newest five came from memory, the older ones from disk.
     assert_eq!(from_memory, 5);
 }
+
+#[tokio::test]
+async fn a_corrupt_latest_value_is_an_error_naming_the_sensor_not_an_empty_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = IngestLog::open(dir.path(), 1_000, IngestMetrics::default()).unwrap();
+    log.append(vec![r(1)]).await.unwrap();
+    assert_eq!(log.latest_all().unwrap()[0].values["water_level_cm"], 1.0);
+    // Damage the stored value behind the log's back (a disk fault, a bad
+    // migration).
+    let conn = rusqlite::Connection::open(dir.path().join("ingest-log.db")).unwrap();
+    conn.execute(
+        "UPDATE latest SET values_json = '{not json' WHERE sensor = 'fl-a'",
+        [],
+    )
+    .unwrap();
+    match log.latest_all() {
+        Err(Error::CorruptLatest { sensor, .. }) => assert_eq!(sensor, "fl-a"),
+        other => panic!("expected CorruptLatest, got {other:?}"),
+    }
+}

@@ -75,6 +75,11 @@ fn accepts_a_good_envelope() {
     assert_eq!(c.accepted.len(), 2);
     assert_eq!(c.accepted[0].values["water_level_cm"], Value::Num(143.2));
     assert_eq!(c.accepted[1].values["occupied"], Value::Bool(true));
+    // Each accepted reading comes with its registered kind, by position.
+    assert_eq!(
+        c.kinds,
+        vec![crate::SensorKind::FloodGauge, crate::SensorKind::Berth]
+    );
 }
 
 #[test]
