@@ -18,8 +18,8 @@ mod live;
 mod openapi;
 mod public;
 mod ratelimit;
+mod serve;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::{DefaultBodyLimit, State};
@@ -36,6 +36,7 @@ use tokio_util::sync::CancellationToken;
 pub use error::ApiError;
 pub use listener::{ApiListener, HandshakeLimits};
 pub use ratelimit::{PublicLimiter, TrustedProxies};
+pub use serve::{ConnGate, ConnLimits, ConnMetrics};
 
 /// Answers reused while nothing they depend on changed.
 #[derive(Debug, Default)]
@@ -181,20 +182,32 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     }
 }
 
-/// Serves the API on `listener` until `shutdown` fires.
+/// Serves the API on `listener` until `shutdown` fires, then lets every
+/// connection finish (within a bound) before returning.
 pub async fn run(
     state: AppState,
-    listener: ApiListener,
+    mut listener: ApiListener,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    use axum::serve::ListenerExt;
-    // `tap_io` gives the client address to `ConnectInfo<SocketAddr>`.
-    axum::serve(
-        listener.tap_io(|_| ()),
-        router(state).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move { shutdown.cancelled().await })
-    .await
+    let app = router(state);
+    let tracker = tokio_util::task::TaskTracker::new();
+    loop {
+        tokio::select! {
+            (io, peer, slot) = listener.accept() => serve::spawn_connection(
+                &tracker,
+                io,
+                peer,
+                slot,
+                app.clone(),
+                listener.gate.clone(),
+                shutdown.clone(),
+            ),
+            _ = shutdown.cancelled() => break,
+        }
+    }
+    tracker.close();
+    tracker.wait().await;
+    Ok(())
 }
 
 /// The process is up.

@@ -1,21 +1,29 @@
 //! The API's listener: HTTPS (rustls) on every address but loopback, where
 //! plain HTTP serves development and a local reverse proxy that terminates
-//! TLS itself. TLS handshakes run in tasks of their own, each bounded in
-//! time and all together in number, so a client that connects and stalls
-//! never delays anyone's accept (the same rule as the MQTT listener).
+//! TLS itself. Every socket is admitted against the connection caps
+//! ([`ConnGate`]) as it is accepted, before any handshake. TLS handshakes
+//! run in tasks of their own, each bounded in time and all together in
+//! number, so a client that connects and stalls never delays anyone's
+//! accept (the same rule as the MQTT listener). A failed accept (out of
+//! file descriptors) backs off instead of spinning.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use pantau_state::admission::Slot;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Semaphore};
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::either::Either;
 
+use crate::serve::ConnGate;
+
 /// Connections whose handshake finished, waiting for the server to take them.
 const READY_QUEUE: usize = 128;
+/// Pause after a failed accept.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// TLS limits of the listener.
 #[derive(Debug, Clone, Copy)]
@@ -41,18 +49,23 @@ impl Default for HandshakeLimits {
 pub struct ApiListener {
     inner: Inner,
     local: SocketAddr,
+    /// The connection caps (shared with the accept task).
+    pub(crate) gate: Arc<ConnGate>,
 }
 
 #[derive(Debug)]
 enum Inner {
     Plain(TcpListener),
     /// Streams whose handshake succeeded, from the accept task.
-    Tls(mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>),
+    Tls(mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr, Slot)>),
 }
+
+/// An accepted connection: its stream, its peer and its admission slot.
+pub(crate) type Accepted = (Either<TcpStream, TlsStream<TcpStream>>, SocketAddr, Slot);
 
 impl ApiListener {
     /// Plain HTTP; refused on anything but a loopback address.
-    pub fn plain(listener: TcpListener) -> std::io::Result<Self> {
+    pub fn plain(listener: TcpListener, gate: Arc<ConnGate>) -> std::io::Result<Self> {
         let local = listener.local_addr()?;
         if !local.ip().is_loopback() {
             return Err(std::io::Error::new(
@@ -63,6 +76,7 @@ impl ApiListener {
         Ok(Self {
             inner: Inner::Plain(listener),
             local,
+            gate,
         })
     }
 
@@ -72,6 +86,7 @@ impl ApiListener {
         listener: TcpListener,
         config: Arc<rustls::ServerConfig>,
         limits: HandshakeLimits,
+        gate: Arc<ConnGate>,
     ) -> std::io::Result<Self> {
         let local = listener.local_addr()?;
         let mut config = (*config).clone();
@@ -79,6 +94,7 @@ impl ApiListener {
         let acceptor = TlsAcceptor::from(Arc::new(config));
         let permits = Arc::new(Semaphore::new(limits.max_in_progress.max(1)));
         let (ready, rx) = mpsc::channel(READY_QUEUE);
+        let task_gate = gate.clone();
         tokio::spawn(async move {
             loop {
                 let accepted = tokio::select! {
@@ -92,9 +108,13 @@ impl ApiListener {
                         // Out of file descriptors and the like: back off a
                         // little instead of spinning.
                         tracing::warn!(error = %e, "API accept failed.");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        tokio::time::sleep(ACCEPT_BACKOFF).await;
                         continue;
                     }
+                };
+                // Over a cap: closed before any handshake work.
+                let Some(slot) = task_gate.admit(peer) else {
+                    continue;
                 };
                 let (acceptor, permits, ready) = (acceptor.clone(), permits.clone(), ready.clone());
                 tokio::spawn(async move {
@@ -105,7 +125,7 @@ impl ApiListener {
                     };
                     match tokio::time::timeout(limits.timeout, handshake).await {
                         Ok(Some(tls)) => {
-                            let _ = ready.send((tls, peer)).await;
+                            let _ = ready.send((tls, peer, slot)).await;
                         }
                         Ok(None) => tracing::debug!(%peer, "API TLS handshake failed."),
                         Err(_) => tracing::debug!(%peer, "API TLS handshake timed out."),
@@ -116,6 +136,7 @@ impl ApiListener {
         Ok(Self {
             inner: Inner::Tls(rx),
             local,
+            gate,
         })
     }
 
@@ -125,27 +146,36 @@ impl ApiListener {
     }
 }
 
-impl axum::serve::Listener for ApiListener {
-    type Io = Either<TcpStream, TlsStream<TcpStream>>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, SocketAddr) {
+impl ApiListener {
+    /// The next admitted connection.
+    pub(crate) async fn accept(&mut self) -> Accepted {
         match &mut self.inner {
-            Inner::Plain(l) => {
-                let (io, addr) = axum::serve::Listener::accept(l).await;
+            Inner::Plain(l) => loop {
+                let (io, peer) = match l.accept().await {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "API accept failed.");
+                        tokio::time::sleep(ACCEPT_BACKOFF).await;
+                        continue;
+                    }
+                };
+                let Some(slot) = self.gate.admit(peer) else {
+                    continue;
+                };
                 // Live events are small writes: no Nagle delay on them.
                 let _ = io.set_nodelay(true);
-                (Either::Left(io), addr)
-            }
+                return (Either::Left(io), peer, slot);
+            },
             Inner::Tls(rx) => match rx.recv().await {
-                Some((io, addr)) => (Either::Right(io), addr),
+                Some((io, peer, slot)) => (Either::Right(io), peer, slot),
                 // The accept task ended: nothing will come again.
                 None => std::future::pending().await,
             },
         }
     }
 
-    fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        Ok(self.local)
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
     }
 }

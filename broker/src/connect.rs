@@ -15,11 +15,11 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::time::{timeout, Instant};
 
-use crate::admission::OverCap;
 use crate::reason::Refused;
 use crate::tls::cert_identity;
 use crate::wire::{Wire, WireError};
 use crate::Shared;
+use pantau_state::admission::OverCap;
 
 /// Serves one accepted socket: admission, TLS, then the MQTT session.
 pub(crate) async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {

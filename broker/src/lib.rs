@@ -11,7 +11,6 @@
 
 #![forbid(unsafe_code)]
 
-mod admission;
 mod commit;
 mod conn;
 mod connect;
@@ -114,7 +113,7 @@ pub(crate) struct Shared {
     /// Fired when the server stops.
     shutdown: CancellationToken,
     /// Connection counts for the caps.
-    admission: admission::Admission,
+    admission: pantau_state::admission::Admission,
     /// Limits concurrent TLS handshakes.
     handshakes: tokio::sync::Semaphore,
     /// Per-gateway connection state.
@@ -157,7 +156,10 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let shared = Arc::new(Shared {
-        admission: admission::Admission::new(config.max_connections, config.max_connections_per_ip),
+        admission: pantau_state::admission::Admission::new(
+            config.max_connections,
+            config.max_connections_per_ip,
+        ),
         handshakes: tokio::sync::Semaphore::new(config.max_handshakes.max(1)),
         presence: deps.presence,
         sessions: sessions::Sessions::default(),

@@ -154,6 +154,7 @@ pub fn main() -> ExitCode {
         .init();
     // One crypto provider for every TLS user in the process: ring.
     let _ = rustls::crypto::ring::default_provider().install_default();
+    crate::limits::raise_open_files();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Up(args) => resolve(args).and_then(|cfg| {

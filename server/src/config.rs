@@ -93,9 +93,67 @@ pub struct ApiArgs {
         value_delimiter = ','
     )]
     pub trusted_proxies: Vec<String>,
+    /// Most API connections at once (also kept under half of the process's
+    /// open-file limit: the rest is the gateways' reserve).
+    #[arg(long, env = "PANTAU_HTTP_MAX_CONNECTIONS", default_value_t = 8_192)]
+    pub http_max_connections: usize,
+    /// Most API connections from one client address (trusted proxies are
+    /// exempt). Generous: mobile carriers put many phones behind one
+    /// address (CGNAT).
+    #[arg(
+        long,
+        env = "PANTAU_HTTP_MAX_CONNECTIONS_PER_IP",
+        default_value_t = 1_024
+    )]
+    pub http_max_connections_per_ip: usize,
+    /// Most time a client may take to send a request head.
+    #[arg(long, env = "PANTAU_HTTP_HEADER_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub http_header_timeout: std::time::Duration,
+    /// An API connection without traffic for this long is closed.
+    #[arg(long, env = "PANTAU_HTTP_IDLE_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub http_idle_timeout: std::time::Duration,
 }
 
+/// Descriptors kept for the process's own files (databases, logs,
+/// runtime) before the API and the gateways share the rest.
+const OWN_FILES: u64 = 128;
+
 impl ApiArgs {
+    /// The API's connection caps, registered in `metrics`. The global cap
+    /// is at most half of what the open-file limit leaves after the
+    /// process's own files, so anonymous HTTP clients can never take the
+    /// descriptors the gateways' listener needs.
+    pub fn conn_gate(
+        &self,
+        metrics: &mut prometheus_client::registry::Registry,
+    ) -> anyhow::Result<std::sync::Arc<pantau_api::ConnGate>> {
+        let nofile = crate::limits::open_files();
+        let share = (nofile.saturating_sub(OWN_FILES) / 2).max(1) as usize;
+        let max_connections = self.http_max_connections.min(share);
+        if max_connections < self.http_max_connections {
+            tracing::warn!(
+                nofile,
+                requested = self.http_max_connections,
+                max_connections,
+                "API connections capped to keep descriptors for the gateways."
+            );
+        }
+        let proxies = pantau_api::TrustedProxies::parse(&self.trusted_proxies)
+            .map_err(|e| anyhow::anyhow!("--trusted-proxy: {e}"))?;
+        let conn_metrics = pantau_api::ConnMetrics::default();
+        conn_metrics.register(metrics);
+        Ok(std::sync::Arc::new(pantau_api::ConnGate::new(
+            pantau_api::ConnLimits {
+                max_connections,
+                max_per_ip: self.http_max_connections_per_ip,
+                header_read_timeout: self.http_header_timeout,
+                idle_timeout: self.http_idle_timeout,
+            },
+            std::sync::Arc::new(proxies),
+            conn_metrics,
+        )))
+    }
+
     /// The API's listener on `tcp`: HTTPS with the platform's server
     /// certificate unless `tcp` is on loopback and `--http-tls` is off.
     pub fn listener(
@@ -103,6 +161,7 @@ impl ApiArgs {
         tcp: tokio::net::TcpListener,
         files: &pantau_broker::tls::TlsFiles,
         names: &[String],
+        gate: std::sync::Arc<pantau_api::ConnGate>,
     ) -> anyhow::Result<pantau_api::ApiListener> {
         let addr = tcp.local_addr()?;
         Ok(if self.http_tls || !addr.ip().is_loopback() {
@@ -110,9 +169,10 @@ impl ApiArgs {
                 tcp,
                 pantau_broker::tls::https_config(files, names)?,
                 pantau_api::HandshakeLimits::default(),
+                gate,
             )?
         } else {
-            pantau_api::ApiListener::plain(tcp)?
+            pantau_api::ApiListener::plain(tcp, gate)?
         })
     }
 

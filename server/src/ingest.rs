@@ -65,13 +65,16 @@ pub async fn run(cfg: IngestConfig) -> anyhow::Result<()> {
     let metrics = IngestMetrics::default();
     let storage =
         crate::storage::open(&cfg.data_dir, registry.clone(), &cfg.storage, &metrics).await?;
+    let mut prometheus = prometheus_client::registry::Registry::default();
+    metrics.register(&mut prometheus);
     let http = match cfg.http_listen {
         Some(addr) => {
             let tcp = tokio::net::TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("cannot listen on {addr} (HTTP)"))?;
             let files = pantau_broker::tls::TlsFiles::in_data_dir(&cfg.data_dir);
-            Some(cfg.api.listener(tcp, &files, &[])?)
+            let gate = cfg.api.conn_gate(&mut prometheus)?;
+            Some(cfg.api.listener(tcp, &files, &[], gate)?)
         }
         None => None,
     };
@@ -119,12 +122,10 @@ pub async fn run(cfg: IngestConfig) -> anyhow::Result<()> {
     );
     storage.spawn_drain(&sup, drain_stage, &metrics, &health);
     if let Some(listener) = http {
-        let mut registry = prometheus_client::registry::Registry::default();
-        metrics.register(&mut registry);
         let app = cfg.api.app_state(crate::config::ApiDeps {
             ingestor: ingestor.clone(),
             history: storage.sink.clone(),
-            metrics: registry,
+            metrics: prometheus,
             state: state.clone(),
             presence: Arc::default(),
             los: pantau_model::derive::LosBands::default(),

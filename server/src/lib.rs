@@ -7,6 +7,7 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod ingest;
+pub mod limits;
 pub mod registry;
 pub mod shutdown;
 pub mod storage;

@@ -110,6 +110,7 @@ pub async fn up(cfg: UpConfig) -> anyhow::Result<()> {
         pantau_broker::run(broker_config, deps, mqtt, stop)
     });
     health.up(Part::Broker);
+    let gate = cfg.api.conn_gate(&mut metrics)?;
     let app = cfg.api.app_state(crate::config::ApiDeps {
         ingestor: ingestor.clone(),
         history: storage.sink.clone(),
@@ -119,7 +120,7 @@ pub async fn up(cfg: UpConfig) -> anyhow::Result<()> {
         los: cfg.los.clone(),
         health: health.clone(),
     })?;
-    let http = cfg.api.listener(http, &files, &cfg.tls_names)?;
+    let http = cfg.api.listener(http, &files, &cfg.tls_names, gate)?;
     let scheme = if http.is_tls() { "https" } else { "http" };
     sup.spawn_critical(api_stage, "api", Some(Part::Api), |stop| {
         pantau_api::run(app, http, stop)

@@ -1,7 +1,9 @@
-//! Platform state that outlives a restart: gateway credentials (and, in
-//! later issues, API tokens and alert states). Kept in `state.db`, a SQLite
+//! Platform state that outlives a restart: gateway credentials, agency API
+//! tokens and API-registered sensors. Kept in `state.db`, a SQLite
 //! database in the data directory, so that `pantau gateway add` in another
-//! process takes effect in a running server without a restart.
+//! process takes effect in a running server without a restart. Also the
+//! in-memory state the listeners share: gateway presence and connection
+//! counts per address ([`admission`]).
 //!
 //! Secrets are random 256-bit tokens shown once; only their SHA-256 is
 //! stored. A fast hash is enough for a secret with that much entropy (there
@@ -9,6 +11,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod admission;
 pub mod presence;
 
 use std::path::{Path, PathBuf};

@@ -1,6 +1,8 @@
-//! Connection caps, global and per source address. A connection over a cap
-//! is still answered cleanly (CONNACK "server unavailable") by the
-//! connection task; the slot it takes here is released when it ends.
+//! Connection caps, global and per source address, shared by the MQTT
+//! gatekeeper and the API. A slot is taken at accept, before any TLS
+//! handshake, and released when the connection ends. A connection over a
+//! cap is told so: the gatekeeper still answers it cleanly (CONNACK
+//! "server unavailable"), the API closes it at once.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -9,32 +11,39 @@ use std::sync::{Arc, Mutex};
 
 /// Counts of open connections.
 #[derive(Debug)]
-pub(crate) struct Admission {
+pub struct Admission {
+    /// Most connections at once.
     max: usize,
+    /// Most connections from one address.
     max_per_ip: usize,
+    /// Connections open now.
     open: Arc<AtomicUsize>,
+    /// Connections open now, per address.
     per_ip: Arc<Mutex<HashMap<IpAddr, usize>>>,
 }
 
 /// Why a connection is over a cap.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum OverCap {
+pub enum OverCap {
+    /// Over the cap for all addresses together.
     Global,
+    /// Over the cap for its source address.
     PerIp,
 }
 
 /// A counted connection; dropping it frees the slot.
 #[derive(Debug)]
-pub(crate) struct Slot {
+pub struct Slot {
     ip: IpAddr,
     open: Arc<AtomicUsize>,
     per_ip: Arc<Mutex<HashMap<IpAddr, usize>>>,
     /// Whether this connection exceeded a cap (it will be refused).
-    pub(crate) over: Option<OverCap>,
+    pub over: Option<OverCap>,
 }
 
 impl Admission {
-    pub(crate) fn new(max: usize, max_per_ip: usize) -> Self {
+    /// Caps of `max` connections, `max_per_ip` from one address.
+    pub fn new(max: usize, max_per_ip: usize) -> Self {
         Self {
             max,
             max_per_ip,
@@ -43,8 +52,19 @@ impl Admission {
         }
     }
 
+    /// Connections open now.
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Acquire)
+    }
+
     /// Counts a new connection from `ip` and says whether it is over a cap.
-    pub(crate) fn admit(&self, ip: IpAddr) -> Slot {
+    pub fn admit(&self, ip: IpAddr) -> Slot {
+        self.admit_with(ip, true)
+    }
+
+    /// Like [`Admission::admit`]; `per_ip` false exempts the address from
+    /// its own cap (a trusted reverse proxy carries many clients).
+    pub fn admit_with(&self, ip: IpAddr, per_ip: bool) -> Slot {
         let open = self.open.fetch_add(1, Ordering::AcqRel) + 1;
         let from_ip = {
             let mut map = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
@@ -54,7 +74,7 @@ impl Admission {
         };
         let over = if open > self.max {
             Some(OverCap::Global)
-        } else if from_ip > self.max_per_ip {
+        } else if per_ip && from_ip > self.max_per_ip {
             Some(OverCap::PerIp)
         } else {
             None

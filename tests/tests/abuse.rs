@@ -1,0 +1,138 @@
+//! No anonymous client can stop ingest: 2 000 half-open HTTP connections
+//! against a running `pantau` (half sending part of a request head, half
+//! nothing at all) leave the gateways' listener alone — a gateway still
+//! connects and publishes with its PUBACK latency within 2× of the idle
+//! figure — and every slow connection is refused at the per-address cap or
+//! closed by its deadline, counted.
+
+use std::time::Duration;
+
+use anyhow::{ensure, Context, Result};
+use pantau_tests::*;
+use rumqttc::{
+    AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS, TlsConfiguration, Transport,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::Instant;
+
+const SLOW: usize = 2_000;
+const PUBLISHES: usize = 100;
+
+/// A gateway connection over TLS.
+async fn gateway(p: &Pantau, creds: &GatewayCreds) -> Result<(AsyncClient, EventLoop)> {
+    let tls = pantau_edge_agent::uplink::client_tls(&creds.ca_file)?;
+    let mut opts = MqttOptions::new(creds.gateway.clone(), "127.0.0.1", p.mqtt.port());
+    opts.set_credentials(creds.gateway.clone(), creds.password.clone());
+    opts.set_transport(Transport::Tls(TlsConfiguration::Rustls(tls)));
+    let (client, mut eventloop) = AsyncClient::new(opts, 10);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match tokio::time::timeout_at(deadline, eventloop.poll()).await {
+            Ok(Ok(Event::Incoming(Packet::ConnAck(_)))) => return Ok((client, eventloop)),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => anyhow::bail!("gateway connection failed: {e}"),
+            Err(_) => anyhow::bail!("no CONNACK within 10 s"),
+        }
+    }
+}
+
+/// Publishes `n` envelopes one at a time; the time from each publish to
+/// its PUBACK.
+async fn puback_times(
+    client: &AsyncClient,
+    eventloop: &mut EventLoop,
+    gw: &str,
+    seq0: u64,
+) -> Result<Vec<Duration>> {
+    let topic = format!("pantau/v1/gw/{gw}/telemetry");
+    let mut times = Vec::with_capacity(PUBLISHES);
+    for i in 0..PUBLISHES as u64 {
+        let seq = seq0 + i;
+        let env = envelope(
+            gw,
+            seq,
+            &[level(&now_rfc3339(-7_200 + seq as i64), (seq % 300) as f64)],
+        );
+        let started = Instant::now();
+        client.publish(&topic, QoS::AtLeastOnce, false, env).await?;
+        let deadline = started + Duration::from_secs(10);
+        loop {
+            match tokio::time::timeout_at(deadline, eventloop.poll()).await {
+                Ok(Ok(Event::Incoming(Packet::PubAck(_)))) => break,
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => anyhow::bail!("gateway connection lost: {e}"),
+                Err(_) => anyhow::bail!("no PUBACK within 10 s for publish {seq}"),
+            }
+        }
+        times.push(started.elapsed());
+    }
+    Ok(times)
+}
+
+fn p99(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[(v.len() * 99 / 100).min(v.len() - 1)]
+}
+
+#[tokio::test]
+async fn half_open_http_connections_cannot_starve_the_gateways() -> Result<()> {
+    // The test itself holds 2 000 sockets.
+    rlimit::increase_nofile_limit(8_192)?;
+    let dir = tempfile::tempdir()?;
+    let (p, creds) = minimal(
+        dir.path(),
+        &["--http-header-timeout", "2s", "--http-idle-timeout", "3s"],
+    )
+    .await?;
+    let (client, mut eventloop) = gateway(&p, &creds).await?;
+    let idle = p99(puback_times(&client, &mut eventloop, &creds.gateway, 0).await?);
+
+    let mut slow = Vec::with_capacity(SLOW);
+    for i in 0..SLOW {
+        let mut s = tokio::net::TcpStream::connect(p.http)
+            .await
+            .with_context(|| format!("connection {i}"))?;
+        if i % 2 == 0 {
+            // Half a request head, never finished.
+            let _ = s
+                .write_all(b"GET /api/v1/public/conditions HTTP/1.1\r\nHost: pantau\r\n")
+                .await;
+        }
+        slow.push(s);
+    }
+    // Under that load a gateway connects and publishes as before.
+    let (client2, mut eventloop2) = gateway(&p, &creds).await?;
+    drop((client, eventloop));
+    let loaded = p99(puback_times(&client2, &mut eventloop2, &creds.gateway, 1_000).await?);
+    // Below 10 ms the machine's noise dominates: compare from there.
+    let bound = idle.max(Duration::from_millis(10)) * 2;
+    ensure!(
+        loaded <= bound,
+        "PUBACK p99 {loaded:?} under 2 000 slow HTTP clients vs {idle:?} idle (bound {bound:?})"
+    );
+    stored_eventually(&p.data_dir, "fl-test-01", 2 * PUBLISHES).await?;
+
+    // Every slow connection is closed by the server, by its deadline.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    for (i, s) in slow.iter_mut().enumerate() {
+        let mut buf = [0u8; 512];
+        loop {
+            match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => break,
+                Ok(Ok(_)) => {}
+                Err(_) => anyhow::bail!("slow connection {i} still open after its deadline"),
+            }
+        }
+    }
+    let m = p.metrics().await?;
+    let count = |series: &str| metric(&m, series).unwrap_or(0.0);
+    let refused = count("pantau_api_connections_refused_total{reason=\"connection_cap_per_ip\"}");
+    let timed_out = count("pantau_api_connections_closed_total{reason=\"header_read_timeout\"}")
+        + count("pantau_api_connections_closed_total{reason=\"idle_timeout\"}");
+    ensure!(refused >= 1.0, "the per-address cap never applied: {m}");
+    ensure!(
+        refused + timed_out >= SLOW as f64,
+        "{refused} refused + {timed_out} closed by deadline < {SLOW} slow connections"
+    );
+    Ok(())
+}
