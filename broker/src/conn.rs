@@ -280,7 +280,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             self.acknowledge(outcome).await?;
             next = self.commits.next_ready();
         }
-        self.wire.flush().await.map_err(|_| End::WriteFailed)
+        self.wire.flush().await.map_err(|e| self.write_failed(e))
     }
 
     /// The one place a finished commit becomes acknowledgements (queued;
@@ -371,9 +371,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         Ok(())
     }
 
-    /// Writes a packet now; a failure ends the connection.
+    /// Writes a packet now; a failure ends the connection (a write past
+    /// its deadline is counted: the gateway does not read).
     async fn send(&mut self, packet: Packet) -> Step {
-        self.wire.send(packet).await.map_err(|_| End::WriteFailed)
+        self.wire
+            .send(packet)
+            .await
+            .map_err(|e| self.write_failed(e))
+    }
+
+    fn write_failed(&self, e: WireError) -> End {
+        match e.end() {
+            End::WriteTimeout => {
+                self.shared.metrics.violation(End::WriteTimeout);
+                tracing::warn!(peer = %self.peer, gateway = %self.gateway, error = %e, "Closing connection.");
+                End::WriteTimeout
+            }
+            _ => End::WriteFailed,
+        }
     }
 
     async fn handle(&mut self, frame: Frame) -> Step {
@@ -401,6 +416,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             }
             Packet::Subscribe(sub, _) => self.on_subscribe(sub).await,
             Packet::Unsubscribe(unsub, _) => {
+                self.throttle().await;
                 let reasons = unsub
                     .filters
                     .iter()
@@ -452,6 +468,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             tracing::warn!(peer = %self.peer, gateway = %self.gateway, topic = %bad.path, "Subscribe outside the gateway's ACL; closing.");
             return Err(End::SubscribeAcl);
         }
+        self.throttle().await;
         let return_codes = match self.subscribe_in_router(&sub).await {
             Ok(codes) => codes,
             Err(SubscribeError::Ended(end)) => return Err(end),
@@ -577,16 +594,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             }
         };
         self.shared.metrics.bytes_in(payload.len());
+        self.throttle().await;
         match kind {
             TopicKind::Telemetry => {
-                if self.limiter.check().is_err() {
-                    // Over the rate: slow this gateway down (no reads until
-                    // a token is free) rather than drop anything; what was
-                    // read already goes to the log meanwhile.
-                    self.shared.metrics.throttled();
-                    self.commits.submit();
-                    self.limiter.until_ready().await;
-                }
                 self.commits.push_telemetry(Telemetry {
                     qos,
                     pkid,
@@ -605,6 +615,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             }
         }
         Ok(())
+    }
+}
+
+impl<S> Conn<S> {
+    /// Over the gateway's rate (publishes of any kind, subscriptions):
+    /// slows it down — no reads until a token is free — rather than drop
+    /// anything; what was read already goes to the log meanwhile.
+    async fn throttle(&mut self) {
+        if self.limiter.check().is_err() {
+            self.shared.metrics.throttled();
+            self.commits.submit();
+            self.limiter.until_ready().await;
+        }
     }
 }
 

@@ -13,7 +13,7 @@ use pantau_model::GatewayId;
 use rumqttd::protocol::{ConnAck, ConnectReturnCode, LastWill, Packet};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
-use tokio::time::{timeout, Instant};
+use tokio::time::Instant;
 
 use crate::reason::Refused;
 use crate::tls::cert_identity;
@@ -24,10 +24,35 @@ use pantau_state::admission::OverCap;
 /// Serves one accepted socket: admission, TLS, then the MQTT session.
 pub(crate) async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     let slot = shared.admission.admit(peer.ip());
+    // Over a connection cap, a few connections at a time are told so
+    // cleanly (CONNACK 3) within a short deadline; the rest are closed at
+    // once, before any handshake work.
+    let (deadline, _refusing) = match slot.over {
+        None => (Instant::now() + shared.config.handshake_timeout, None),
+        Some(over) => match shared.refusals.clone().try_acquire_owned() {
+            Ok(permit) => (Instant::now() + crate::REFUSAL_DEADLINE, Some(permit)),
+            Err(_) => {
+                shared.metrics.refuse(match over {
+                    OverCap::Global => Refused::ConnectionCap,
+                    OverCap::PerIp => Refused::ConnectionCapPerIp,
+                });
+                return;
+            }
+        },
+    };
+    // Sockets still in TLS or before CONNECT are capped per address too,
+    // so one address cannot hold every handshake slot.
+    let pending = shared.pending.admit(peer.ip());
+    if let Some(over) = pending.over {
+        shared.metrics.refuse(match over {
+            OverCap::Global => Refused::PendingCap,
+            OverCap::PerIp => Refused::PendingCapPerIp,
+        });
+        return;
+    }
     let _ = stream.set_nodelay(true);
     // A stalled or slow client holds one handshake permit for at most the
     // handshake timeout; it never delays anyone's accept.
-    let deadline = Instant::now() + shared.config.handshake_timeout;
     let Ok(Ok(permit)) = tokio::time::timeout_at(deadline, shared.handshakes.acquire()).await
     else {
         shared.metrics.refuse(Refused::HandshakeQueueFull);
@@ -54,8 +79,26 @@ pub(crate) async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Share
         .peer_certificates()
         .and_then(|c| c.first())
         .and_then(cert_identity);
-    let mut wire = Wire::new(tls, shared.config.max_packet_size);
-    if let Some(accepted) = accept_connect(&mut wire, peer, &shared, cert_id, slot.over).await {
+    let mut wire = Wire::new(
+        tls,
+        shared.config.max_packet_size,
+        shared.config.write_timeout,
+    );
+    let connect_deadline = match slot.over {
+        None => Instant::now() + shared.config.connect_timeout,
+        Some(_) => deadline,
+    };
+    let accepted = accept_connect(
+        &mut wire,
+        peer,
+        &shared,
+        cert_id,
+        slot.over,
+        connect_deadline,
+    )
+    .await;
+    drop(pending);
+    if let Some(accepted) = accepted {
         crate::conn::session(wire, peer, shared, accepted).await;
     }
     drop(slot);
@@ -118,8 +161,9 @@ async fn accept_connect<S: AsyncRead + AsyncWrite + Unpin>(
     shared: &Shared,
     cert_id: Option<String>,
     over: Option<OverCap>,
+    deadline: Instant,
 ) -> Option<Accepted> {
-    match admit_connect(wire, shared, cert_id, over).await {
+    match admit_connect(wire, shared, cert_id, over, deadline).await {
         Ok(accepted) => Some(accepted),
         Err(Refusal::Connack(code, reason)) => {
             refuse(wire, shared, peer, code, reason).await;
@@ -138,10 +182,11 @@ async fn admit_connect<S: AsyncRead + AsyncWrite + Unpin>(
     shared: &Shared,
     cert_id: Option<String>,
     over: Option<OverCap>,
+    deadline: Instant,
 ) -> Result<Accepted, Refusal> {
     use ConnectReturnCode as Code;
     let no = |code, reason| Err(Refusal::Connack(code, reason));
-    let first = match timeout(shared.config.connect_timeout, wire.read()).await {
+    let first = match tokio::time::timeout_at(deadline, wire.read()).await {
         Err(_) => return Err(Refusal::Close(Refused::ConnectTimeout)),
         Ok(Err(WireError::Protocol(rumqttd::protocol::Error::InvalidProtocolLevel(_)))) => {
             return no(Code::RefusedProtocolVersion, Refused::ProtocolVersion)

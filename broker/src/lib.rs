@@ -74,7 +74,21 @@ pub struct BrokerConfig {
     /// ingest path, so the router would do the work for nobody. Status
     /// messages (retained) always go to rumqttd.
     pub mqtt_fanout: bool,
+    /// Most sockets from one address still in the TLS handshake or waiting
+    /// for CONNECT; more are closed at once, before any handshake work.
+    pub max_pending_per_ip: usize,
+    /// Most time one write to a gateway may take: a gateway that stops
+    /// reading (while it floods PINGREQ, say) is disconnected, and neither
+    /// its task nor shutdown hangs on it.
+    pub write_timeout: Duration,
 }
+
+/// Over-cap connections answered cleanly (CONNACK 3) at once; beyond that
+/// they are closed without a handshake.
+const MAX_REFUSALS: usize = 64;
+/// Time an over-cap connection gets for its handshake and CONNECT, to be
+/// told it is refused.
+const REFUSAL_DEADLINE: Duration = Duration::from_secs(2);
 
 impl Default for BrokerConfig {
     fn default() -> Self {
@@ -92,6 +106,8 @@ impl Default for BrokerConfig {
             inflight_window: 64,
             allow_any_client_id: false,
             mqtt_fanout: false,
+            max_pending_per_ip: 64,
+            write_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -114,6 +130,10 @@ pub(crate) struct Shared {
     shutdown: CancellationToken,
     /// Connection counts for the caps.
     admission: pantau_state::admission::Admission,
+    /// Sockets still in TLS or waiting for CONNECT, per address.
+    pending: pantau_state::admission::Admission,
+    /// Over-cap connections being refused cleanly right now.
+    refusals: Arc<tokio::sync::Semaphore>,
     /// Limits concurrent TLS handshakes.
     handshakes: tokio::sync::Semaphore,
     /// Per-gateway connection state.
@@ -160,6 +180,11 @@ pub async fn run(
             config.max_connections,
             config.max_connections_per_ip,
         ),
+        pending: pantau_state::admission::Admission::new(
+            config.max_connections.max(1),
+            config.max_pending_per_ip.max(1),
+        ),
+        refusals: Arc::new(tokio::sync::Semaphore::new(MAX_REFUSALS)),
         handshakes: tokio::sync::Semaphore::new(config.max_handshakes.max(1)),
         presence: deps.presence,
         sessions: sessions::Sessions::default(),

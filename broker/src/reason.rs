@@ -24,6 +24,10 @@ pub(crate) enum Refused {
     ConnectionCap,
     /// Over the per-address connection cap.
     ConnectionCapPerIp,
+    /// Too many sockets in TLS or before CONNECT, over all addresses.
+    PendingCap,
+    /// Too many sockets from one address in TLS or before CONNECT.
+    PendingCapPerIp,
     /// A client id rumqttd would choke on.
     ClientIdInvalid,
     /// A certificate and a username that name different gateways.
@@ -61,6 +65,8 @@ impl Refused {
             Refused::NotConnect => "not_connect",
             Refused::ConnectionCap => "connection_cap",
             Refused::ConnectionCapPerIp => "connection_cap_per_ip",
+            Refused::PendingCap => "pending_cap",
+            Refused::PendingCapPerIp => "pending_cap_per_ip",
             Refused::ClientIdInvalid => "client_id_invalid",
             Refused::CertUsernameMismatch => "cert_username_mismatch",
             Refused::BadCertIdentity => "bad_cert_identity",
@@ -94,6 +100,9 @@ pub(crate) enum End {
     KeepaliveTimeout,
     /// Writing to the client failed.
     WriteFailed,
+    /// A write to the client did not finish within the write deadline
+    /// (it stopped reading).
+    WriteTimeout,
     /// A publish outside the gateway's ACL.
     PublishAcl,
     /// A subscription outside the gateway's ACL.
@@ -129,6 +138,7 @@ impl End {
             End::MalformedPacket => "malformed_packet",
             End::KeepaliveTimeout => "keepalive_timeout",
             End::WriteFailed => "write_failed",
+            End::WriteTimeout => "write_timeout",
             End::PublishAcl => "publish_acl",
             End::SubscribeAcl => "subscribe_acl",
             End::ProtocolError => "protocol_error",

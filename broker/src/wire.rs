@@ -30,6 +30,8 @@ pub(crate) enum WireError {
     Protocol(ProtoError),
     #[error("malformed packet: reserved fixed-header flags {0:#06b} for packet type {1}")]
     Flags(u8, u8),
+    #[error("write did not finish within {0:?}: the client does not read")]
+    WriteTimeout(std::time::Duration),
 }
 
 impl WireError {
@@ -40,6 +42,7 @@ impl WireError {
             WireError::Io(_) => End::Io,
             WireError::Protocol(ProtoError::PayloadSizeLimitExceeded(_)) => End::PacketTooLarge,
             WireError::Protocol(_) | WireError::Flags(..) => End::MalformedPacket,
+            WireError::WriteTimeout(_) => End::WriteTimeout,
         }
     }
 }
@@ -72,6 +75,8 @@ pub(crate) struct Wire<S> {
     wbuf: BytesMut,
     /// Largest remaining length accepted.
     max_packet: usize,
+    /// Most time one flush may take.
+    write_timeout: std::time::Duration,
 }
 
 fn publish_meta(h: &FixedHeader, buf: &[u8]) -> (u8, u16) {
@@ -111,12 +116,13 @@ fn check_flags(byte1: u8) -> Result<(), WireError> {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
-    pub(crate) fn new(io: S, max_packet: usize) -> Self {
+    pub(crate) fn new(io: S, max_packet: usize, write_timeout: std::time::Duration) -> Self {
         Self {
             io,
             rbuf: BytesMut::with_capacity(4096),
             wbuf: BytesMut::with_capacity(4096),
             max_packet,
+            write_timeout,
         }
     }
 
@@ -154,14 +160,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
             .map_err(WireError::Protocol)
     }
 
-    /// Writes everything queued.
+    /// Writes everything queued, within the write deadline.
     pub(crate) async fn flush(&mut self) -> Result<(), WireError> {
-        if !self.wbuf.is_empty() {
-            self.io.write_all(&self.wbuf).await?;
-            self.wbuf.clear();
+        let write = async {
+            if !self.wbuf.is_empty() {
+                self.io.write_all(&self.wbuf).await?;
+                self.wbuf.clear();
+            }
+            self.io.flush().await
+        };
+        match tokio::time::timeout(self.write_timeout, write).await {
+            Ok(result) => Ok(result?),
+            Err(_) => Err(WireError::WriteTimeout(self.write_timeout)),
         }
-        self.io.flush().await?;
-        Ok(())
     }
 
     /// Writes one packet now.
@@ -170,8 +181,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
         self.flush().await
     }
 
-    /// Closes the write side (TLS close_notify).
+    /// Closes the write side (TLS close_notify), within the write deadline:
+    /// a client that stopped reading must not hold its task here.
     pub(crate) async fn shutdown(&mut self) {
-        let _ = self.io.shutdown().await;
+        let _ = tokio::time::timeout(self.write_timeout, self.io.shutdown()).await;
     }
 }

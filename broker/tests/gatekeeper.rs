@@ -48,6 +48,8 @@ struct Harness {
     presence: Arc<Presence>,
     ca: std::path::PathBuf,
     shutdown: CancellationToken,
+    /// The gatekeeper's `run()`.
+    task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
     _dir: tempfile::TempDir,
 }
 
@@ -98,7 +100,7 @@ async fn start_with(config: BrokerConfig, log_max: u64, limits: RouterLimits) ->
         metrics: metrics.clone(),
         presence: presence.clone(),
     };
-    tokio::spawn(pantau_broker::run(config, deps, listener, shutdown.clone()));
+    let task = tokio::spawn(pantau_broker::run(config, deps, listener, shutdown.clone()));
     Harness {
         addr,
         router,
@@ -108,6 +110,7 @@ async fn start_with(config: BrokerConfig, log_max: u64, limits: RouterLimits) ->
         presence,
         ca: files.ca_cert,
         shutdown,
+        task: Some(task),
         _dir: dir,
     }
 }
@@ -913,4 +916,51 @@ async fn a_commit_that_fails_before_a_disconnect_is_counted_not_dropped_silently
         1,
         "the failed commit is counted"
     );
+}
+
+#[tokio::test]
+async fn a_gateway_that_floods_pingreq_without_reading_is_cut_at_the_write_deadline() {
+    let mut h = start(BrokerConfig {
+        write_timeout: Duration::from_secs(1),
+        ..BrokerConfig::default()
+    })
+    .await;
+    let mut flooder = Client::login(&h, "gw-a", 30).await;
+    // PINGREQs as fast as it can write, never reading a PINGRESP.
+    let chunk: Vec<u8> = [0xc0u8, 0x00].repeat(32 * 1024);
+    let started = tokio::time::Instant::now();
+    let mut cut = false;
+    while started.elapsed() < Duration::from_secs(30) {
+        match tokio::time::timeout(Duration::from_secs(1), flooder.tls.write_all(&chunk)).await {
+            Ok(Ok(())) | Err(_) => {}
+            Ok(Err(_)) => {
+                cut = true;
+                break;
+            }
+        }
+        if closed(&h.metrics, "write_timeout") == 1 {
+            cut = true;
+            break;
+        }
+    }
+    assert!(cut, "a gateway that never reads was not disconnected");
+    assert_eq!(closed(&h.metrics, "write_timeout"), 1);
+    // Others are unaffected: another gateway is served at once.
+    let mut other = Client::login(&h, "gw-b", 30).await;
+    other
+        .send_raw(&publish_qos1(
+            "pantau/v1/gw/gw-b/telemetry",
+            5,
+            &envelope("gw-b", "fl-b", 3.0),
+        ))
+        .await;
+    assert!(matches!(other.recv().await, Some(Packet::PubAck(a, _)) if a.pkid == 5));
+    // And shutdown does not hang on anyone.
+    h.shutdown.cancel();
+    let task = h.task.take().unwrap();
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("shutdown hung")
+        .unwrap()
+        .unwrap();
 }

@@ -262,6 +262,17 @@ pub struct GatekeeperArgs {
     /// platform-side MQTT subscribers; the SSE live feed does not need it).
     #[arg(long, env = "PANTAU_MQTT_FANOUT")]
     pub mqtt_fanout: bool,
+    /// Most sockets from one address still in the TLS handshake or waiting
+    /// for CONNECT (more are closed at once).
+    #[arg(long, env = "PANTAU_MAX_PENDING_PER_IP", default_value_t = 64)]
+    pub max_pending_per_ip: usize,
+    /// Most time between the TLS handshake and CONNECT.
+    #[arg(long, env = "PANTAU_CONNECT_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub connect_timeout: std::time::Duration,
+    /// Most time a write to a gateway may take (a gateway that does not
+    /// read is disconnected).
+    #[arg(long, env = "PANTAU_MQTT_WRITE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub mqtt_write_timeout: std::time::Duration,
 }
 
 impl GatekeeperArgs {
@@ -277,6 +288,9 @@ impl GatekeeperArgs {
             publish_burst: self.publish_burst,
             allow_any_client_id: self.allow_any_client_id,
             mqtt_fanout: self.mqtt_fanout,
+            max_pending_per_ip: self.max_pending_per_ip,
+            connect_timeout: self.connect_timeout,
+            write_timeout: self.mqtt_write_timeout,
             ..pantau_broker::BrokerConfig::default()
         }
     }

@@ -81,7 +81,14 @@ async fn half_open_http_connections_cannot_starve_the_gateways() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let (p, creds) = minimal(
         dir.path(),
-        &["--http-header-timeout", "2s", "--http-idle-timeout", "3s"],
+        &[
+            "--http-header-timeout",
+            "5s",
+            "--http-idle-timeout",
+            "6s",
+            "--http-max-connections-per-ip",
+            "500",
+        ],
     )
     .await?;
     let (client, mut eventloop) = gateway(&p, &creds).await?;
@@ -113,7 +120,7 @@ async fn half_open_http_connections_cannot_starve_the_gateways() -> Result<()> {
     stored_eventually(&p.data_dir, "fl-test-01", 2 * PUBLISHES).await?;
 
     // Every slow connection is closed by the server, by its deadline.
-    let deadline = Instant::now() + Duration::from_secs(15);
+    let deadline = Instant::now() + Duration::from_secs(20);
     for (i, s) in slow.iter_mut().enumerate() {
         let mut buf = [0u8; 512];
         loop {
@@ -134,5 +141,90 @@ async fn half_open_http_connections_cannot_starve_the_gateways() -> Result<()> {
         refused + timed_out >= SLOW as f64,
         "{refused} refused + {timed_out} closed by deadline < {SLOW} slow connections"
     );
+    Ok(())
+}
+
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn sockets_that_never_finish_tls_or_connect_are_capped_per_address() -> Result<()> {
+    const FLOOD: usize = 500;
+    const PENDING_PER_IP: usize = 64;
+    let dir = tempfile::tempdir()?;
+    // Deadlines long enough that none of the flood is closed by them
+    // during the test: only the per-address cap keeps it out.
+    let (p, creds) = minimal(
+        dir.path(),
+        &["--tls-handshake-timeout", "60s", "--connect-timeout", "60s"],
+    )
+    .await?;
+    let before = open_fds(p.pid());
+    let tls = pantau_edge_agent::uplink::client_tls(&creds.ca_file)?;
+    let connector = tokio_rustls::TlsConnector::from(tls);
+    let mut silent = Vec::new();
+    let mut no_connect = Vec::new();
+    for i in 0..FLOOD {
+        // All from another loopback address than the gateway's.
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind("127.0.0.3:0".parse()?)?;
+        let tcp = socket.connect(p.mqtt).await?;
+        if i % 2 == 0 {
+            // Never starts the handshake.
+            silent.push(tcp);
+        } else {
+            // Finishes the handshake (when let in), never sends CONNECT.
+            let name = rustls_pki_types::ServerName::try_from("localhost")?;
+            if let Ok(Ok(s)) =
+                tokio::time::timeout(Duration::from_secs(2), connector.connect(name, tcp)).await
+            {
+                no_connect.push(s);
+            }
+        }
+    }
+    // A gateway from another address connects and is acknowledged at once.
+    let started = Instant::now();
+    let (client, mut eventloop) = gateway(&p, &creds).await?;
+    let topic = format!("pantau/v1/gw/{}/telemetry", creds.gateway);
+    client
+        .publish(
+            &topic,
+            QoS::AtLeastOnce,
+            false,
+            envelope(&creds.gateway, 1, &[level(&now_rfc3339(-10), 50.0)]),
+        )
+        .await?;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), eventloop.poll()).await {
+            Ok(Ok(Event::Incoming(Packet::PubAck(_)))) => break,
+            Ok(Ok(_)) => {}
+            other => anyhow::bail!("no PUBACK: {other:?}"),
+        }
+    }
+    let took = started.elapsed();
+    ensure!(
+        took < Duration::from_secs(1),
+        "a gateway took {took:?} to connect and publish"
+    );
+    // The flood holds at most its per-address share of descriptors.
+    let during = open_fds(p.pid());
+    ensure!(
+        during <= before + PENDING_PER_IP + 16,
+        "{during} descriptors open during the flood, {before} before"
+    );
+    let m = p.metrics().await?;
+    let refused = metric(
+        &m,
+        "pantau_broker_refused_total{reason=\"pending_cap_per_ip\"}",
+    )
+    .unwrap_or(0.0);
+    ensure!(
+        refused >= (FLOOD - PENDING_PER_IP) as f64,
+        "only {refused} of {FLOOD} refused at the per-address cap"
+    );
+    drop((silent, no_connect));
     Ok(())
 }
