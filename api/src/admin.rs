@@ -20,7 +20,7 @@ use crate::openapi::ErrorBody;
 use crate::{ApiError, AppState};
 
 /// A JSON body, or a 413 / a 400 naming `body`.
-fn json_body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
+pub(crate) fn json_body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
     match body {
         Ok(Json(b)) => Ok(b),
         Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {

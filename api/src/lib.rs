@@ -18,6 +18,7 @@ mod live;
 mod openapi;
 mod public;
 mod ratelimit;
+mod rejected;
 mod serve;
 
 use std::sync::Arc;
@@ -124,6 +125,8 @@ pub fn router(state: AppState) -> Router {
             "/api/v1/admin/sensors/{id}/thresholds",
             put(admin::set_thresholds),
         )
+        .route("/api/v1/admin/rejected", get(rejected::list))
+        .route("/api/v1/admin/rejected/replay", post(rejected::replay))
         .route("/api/v1/openapi.json", get(openapi::document))
         .merge(openapi::docs_page())
         .fallback(not_found)

@@ -126,6 +126,8 @@ impl Modify for BearerAuth {
         crate::admin::add_gateway,
         crate::admin::add_sensor,
         crate::admin::set_thresholds,
+        crate::rejected::list,
+        crate::rejected::replay,
         crate::healthz,
         crate::readyz,
         crate::metrics,

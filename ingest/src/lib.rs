@@ -26,7 +26,7 @@ pub mod store;
 pub use health::{Health, Part};
 pub use log::IngestLog;
 pub use metrics::IngestMetrics;
-pub use pipeline::{IngestOutcome, Ingestor, LiveReading};
+pub use pipeline::{IngestOutcome, Ingestor, LiveReading, ReplayReport};
 pub use sink::Sink;
 pub use store::{LatestReading, Store};
 

@@ -26,6 +26,15 @@
 //! - `latest(sensor PRIMARY KEY, ts, values_json)`: the newest reading of
 //!   each sensor, maintained in the same transaction as the append, for the
 //!   live conditions view whatever the sink (`latest.rs`, the read model);
+//! - `rejected(id AUTOINCREMENT, at_ms, gateway, sensor, reason, message,
+//!   reading)`: every reading that validation refused, with its reason and
+//!   the reading as received, written in the same transaction as the
+//!   accepted readings of its envelope (so the PUBACK that lets the gateway
+//!   delete it means it is kept here). An admin re-ingests them once the
+//!   cause is fixed (a sensor registered, a gateway's clock set): the
+//!   readings that now pass are appended and their rows deleted in one
+//!   commit. Bounded by [`MAX_KEPT_REJECTIONS`] rows; past it the oldest go,
+//!   counted as `dropped{rejected_overflow}`;
 //! - `dead_letter(id, at_ms, sink, line, status, message)`: lines a sink's
 //!   server refused (e.g. an InfluxDB field type conflict), with the
 //!   server's message; written before the entries they came from are
@@ -79,6 +88,8 @@ const MAX_GROUP: usize = 1024;
 const MAX_GROUP_READINGS: usize = 20_000;
 /// Most readings kept in the in-memory tail for the drain.
 const TAIL_READINGS: usize = 100_000;
+/// Most rejected readings kept for re-ingestion.
+const MAX_KEPT_REJECTIONS: u64 = 1_000_000;
 
 /// The `gateway` column of an entry whose readings come from several.
 const SEVERAL_GATEWAYS: &str = "*";
@@ -156,6 +167,38 @@ impl Batch {
     }
 }
 
+/// A reading validation refused, kept with its reason.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct KeptRejection {
+    /// Row id (0 before it is stored).
+    pub id: i64,
+    /// When it was refused, ms since the epoch.
+    pub at_ms: i64,
+    /// The gateway that sent it.
+    pub gateway: String,
+    /// Its sensor, when it could be read.
+    pub sensor: Option<String>,
+    /// The rule it broke (`unknown_sensor`, `future_timestamp`, ...).
+    pub reason: String,
+    /// The full message.
+    pub message: String,
+    /// The reading as received (JSON).
+    pub reading: String,
+}
+
+/// Which kept rejections to list or re-ingest.
+#[derive(Debug, Clone, Default)]
+pub struct RejectedFilter {
+    /// Only this gateway's.
+    pub gateway: Option<String>,
+    /// Only this sensor's.
+    pub sensor: Option<String>,
+    /// Only those refused for this reason.
+    pub reason: Option<String>,
+    /// At most this many, oldest first.
+    pub limit: usize,
+}
+
 /// A line a sink's server refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeadLetter {
@@ -204,6 +247,8 @@ struct Shared {
     appended: AtomicU64,
     /// Woken on every commit that appended something.
     notify: Notify,
+    /// Rejected readings kept now.
+    kept: AtomicU64,
 }
 
 const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS entries (
@@ -212,6 +257,16 @@ const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS entries (
         readings INTEGER NOT NULL,
         payload TEXT NOT NULL
     );
+    CREATE TABLE IF NOT EXISTS rejected (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        at_ms INTEGER NOT NULL,
+        gateway TEXT NOT NULL,
+        sensor TEXT,
+        reason TEXT NOT NULL,
+        message TEXT NOT NULL,
+        reading TEXT NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS rejected_sensor ON rejected (sensor);
     CREATE TABLE IF NOT EXISTS dead_letter (
         id INTEGER PRIMARY KEY,
         at_ms INTEGER NOT NULL,
@@ -246,13 +301,21 @@ impl IngestLog {
                 path: path.clone(),
                 source,
             })?;
+        let kept: i64 = reader
+            .query_row("SELECT count(*) FROM rejected", [], |r| r.get(0))
+            .map_err(|source| Error::Sqlite {
+                path: path.clone(),
+                source,
+            })?;
         let shared = Arc::new(Shared {
             max_readings,
             pending: AtomicU64::new(pending_now as u64),
             appended: AtomicU64::new(pending_now as u64),
             notify: Notify::new(),
+            kept: AtomicU64::new(kept as u64),
         });
         metrics.log_pending.set(pending_now);
+        metrics.rejected_kept.set(kept);
         let tail = Arc::new(Mutex::new(Tail::new(max_id, TAIL_READINGS)));
         let writer = Writer::spawn(
             "ingest-log",
@@ -295,7 +358,19 @@ impl IngestLog {
     /// Cancel-safe: once queued, the entry is committed and counted whether
     /// or not the caller still waits.
     pub async fn append(&self, readings: Vec<LoggedReading>) -> Result<Committed> {
-        if readings.is_empty() {
+        self.append_with(readings, Vec::new(), Vec::new()).await
+    }
+
+    /// Appends readings and keeps `rejected` ones in the same commit,
+    /// deleting the kept rejections `replaces` (a re-ingestion) in it too.
+    /// Returns once committed; cancel-safe like [`IngestLog::append`].
+    pub async fn append_with(
+        &self,
+        readings: Vec<LoggedReading>,
+        rejected: Vec<KeptRejection>,
+        replaces: Vec<i64>,
+    ) -> Result<Committed> {
+        if readings.is_empty() && rejected.is_empty() && replaces.is_empty() {
             return Ok(Committed {
                 entry: Arc::new(readings),
                 range: 0..0,
@@ -303,8 +378,55 @@ impl IngestLog {
         }
         self.metrics.log_accepted.inc_by(readings.len() as u64);
         let (done, wait) = oneshot::channel();
-        self.writer.send(Cmd::Append { readings, done }).await?;
+        self.writer
+            .send(Cmd::Append {
+                readings,
+                rejected,
+                replaces,
+                done,
+            })
+            .await?;
         wait.await.map_err(|_| Error::WriterGone)?
+    }
+
+    /// Kept rejected readings matching `filter`, oldest first. Blocking.
+    pub fn rejected(&self, filter: &RejectedFilter) -> Result<Vec<KeptRejection>> {
+        let conn = self.reader();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT id, at_ms, gateway, sensor, reason, message, reading FROM rejected
+                 WHERE (?1 IS NULL OR gateway = ?1) AND (?2 IS NULL OR sensor = ?2)
+                   AND (?3 IS NULL OR reason = ?3)
+                 ORDER BY id LIMIT ?4",
+            )
+            .map_err(|e| self.sql(e))?;
+        let rows = stmt
+            .query_map(
+                rusqlite::params![
+                    filter.gateway,
+                    filter.sensor,
+                    filter.reason,
+                    filter.limit as i64
+                ],
+                |r| {
+                    Ok(KeptRejection {
+                        id: r.get(0)?,
+                        at_ms: r.get(1)?,
+                        gateway: r.get(2)?,
+                        sensor: r.get(3)?,
+                        reason: r.get(4)?,
+                        message: r.get(5)?,
+                        reading: r.get(6)?,
+                    })
+                },
+            )
+            .map_err(|e| self.sql(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.sql(e))
+    }
+
+    /// Rejected readings kept now.
+    pub fn rejected_count(&self) -> u64 {
+        self.shared.kept.load(Ordering::Acquire)
     }
 
     /// Deletes entries whose readings the sink has confirmed.

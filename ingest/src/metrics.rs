@@ -40,6 +40,11 @@ pub struct IngestMetrics {
     pub log_replayed: Counter,
     /// Readings waiting in the log for the sink (the backlog).
     pub log_pending: Gauge,
+    /// Rejected readings kept for re-ingestion.
+    pub rejected_kept: Gauge,
+    /// Kept rejected readings re-ingested (and stored) after their cause
+    /// was fixed.
+    pub rejected_replayed: Counter,
     /// Ingest log group-commit latency.
     pub log_commit_seconds: Histogram,
     /// Sink write attempts that failed and were retried, by reason.
@@ -63,6 +68,8 @@ impl Default for IngestMetrics {
             log_dropped: Family::default(),
             log_replayed: Counter::default(),
             log_pending: Gauge::default(),
+            rejected_kept: Gauge::default(),
+            rejected_replayed: Counter::default(),
             log_commit_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
             sink_retries: Family::default(),
             sink_stopped: Gauge::default(),
@@ -128,6 +135,16 @@ impl IngestMetrics {
             "log_replayed",
             "Readings delivered again after a restart",
             self.log_replayed.clone(),
+        );
+        r.register(
+            "rejected_kept",
+            "Rejected readings kept for re-ingestion",
+            self.rejected_kept.clone(),
+        );
+        r.register(
+            "rejected_replayed",
+            "Kept rejected readings re-ingested after their cause was fixed",
+            self.rejected_replayed.clone(),
         );
         r.register(
             "log_pending",

@@ -10,7 +10,7 @@ use pantau_model::{Policy, Registry, SensorKind, SharedRegistry, Timestamp};
 use serde::Serialize;
 use tokio::sync::broadcast;
 
-use crate::log::{IngestLog, LoggedReading};
+use crate::log::{IngestLog, KeptRejection, LoggedReading, RejectedFilter};
 use crate::metrics::IngestMetrics;
 use crate::Result;
 
@@ -124,6 +124,7 @@ impl Ingestor {
         let registry = self.registry();
         let now = Timestamp::now();
         let mut logged: Vec<LoggedReading> = Vec::new();
+        let mut kept: Vec<KeptRejection> = Vec::new();
         let mut outcomes = Vec::with_capacity(payloads.len());
         for payload in payloads {
             self.metrics.envelopes_received.inc();
@@ -164,28 +165,81 @@ impl Ingestor {
                     "Readings rejected."
                 );
             }
-            let stored = checked.accepted.len();
+            let (stored, rejected) = (checked.accepted.len(), checked.rejected.len());
             self.metrics.readings_accepted.inc_by(stored as u64);
-            logged.extend(
-                checked
-                    .accepted
-                    .into_iter()
-                    .zip(checked.kinds)
-                    .map(|(r, kind)| LoggedReading {
-                        sensor: r.sensor,
-                        gateway: gateway.to_owned(),
-                        kind,
-                        ts: r.ts,
-                        values: r.values,
-                    }),
-            );
+            split(checked, gateway, now, &mut logged, &mut kept);
             outcomes.push(IngestOutcome {
                 stored,
-                rejected: checked.rejected.len(),
+                rejected,
                 envelope_error: None,
             });
         }
-        let committed = self.log.append(logged).await?;
+        let committed = self.log.append_with(logged, kept, Vec::new()).await?;
+        self.offer_live(&committed);
+        Ok(outcomes)
+    }
+
+    /// Re-ingests kept rejected readings matching `filter` (after their
+    /// cause was fixed): each is validated again, as from its gateway and
+    /// now; those that pass are committed and their kept rows deleted in
+    /// the same commit (counted in `rejected_replayed`), the others stay
+    /// kept with their current reason.
+    pub async fn replay_rejected(&self, filter: RejectedFilter) -> Result<ReplayReport> {
+        let log = self.log.clone();
+        let rows = tokio::task::spawn_blocking(move || log.rejected(&filter))
+            .await
+            .map_err(|_| crate::Error::WriterGone)??;
+        let mut by_gateway: std::collections::BTreeMap<String, Vec<KeptRejection>> =
+            Default::default();
+        for row in rows {
+            by_gateway.entry(row.gateway.clone()).or_default().push(row);
+        }
+        let registry = self.registry();
+        let now = Timestamp::now();
+        let mut report = ReplayReport::default();
+        for (gateway, rows) in by_gateway {
+            // The kept readings are the JSON they arrived as: they form an
+            // envelope of their gateway again.
+            let gw = serde_json::to_string(&gateway).unwrap_or_default();
+            let readings: Vec<&str> = rows.iter().map(|r| r.reading.as_str()).collect();
+            let payload = format!(
+                r#"{{"v":1,"gw":{gw},"seq":0,"readings":[{}]}}"#,
+                readings.join(",")
+            );
+            let checked = match check_envelope(
+                payload.as_bytes(),
+                &gateway,
+                registry.as_ref(),
+                now,
+                &self.policy,
+            ) {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(gateway, error = %e, "Kept readings no longer decode; left as they are.");
+                    report.still_rejected += rows.len();
+                    continue;
+                }
+            };
+            let (mut logged, mut kept) = (Vec::new(), Vec::new());
+            let replayed = checked.accepted.len();
+            split(checked, &gateway, now, &mut logged, &mut kept);
+            report.replayed += replayed;
+            report.still_rejected += kept.len();
+            let ids = rows.iter().map(|r| r.id).collect();
+            let committed = self.log.append_with(logged, kept, ids).await?;
+            self.metrics.rejected_replayed.inc_by(replayed as u64);
+            self.offer_live(&committed);
+        }
+        tracing::info!(
+            replayed = report.replayed,
+            still_rejected = report.still_rejected,
+            "Kept rejected readings re-ingested."
+        );
+        Ok(report)
+    }
+
+    /// Offers committed readings to the live feeds.
+    fn offer_live(&self, committed: &crate::log::Committed) {
         if self.live.receiver_count() > 0 {
             for r in committed.readings() {
                 // No receiver left is fine: nobody is watching.
@@ -198,6 +252,47 @@ impl Ingestor {
                 }));
             }
         }
-        Ok(outcomes)
     }
+}
+
+/// What a re-ingestion of kept rejected readings did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct ReplayReport {
+    /// Readings that passed now and were committed.
+    pub replayed: usize,
+    /// Readings still refused (kept, with their current reason).
+    pub still_rejected: usize,
+}
+
+/// The accepted readings of a checked envelope as log readings of
+/// `gateway`, its rejected ones as kept rejections.
+fn split(
+    checked: pantau_model::validate::Checked,
+    gateway: &str,
+    now: Timestamp,
+    logged: &mut Vec<LoggedReading>,
+    kept: &mut Vec<KeptRejection>,
+) {
+    logged.extend(
+        checked
+            .accepted
+            .into_iter()
+            .zip(checked.kinds)
+            .map(|(r, kind)| LoggedReading {
+                sensor: r.sensor,
+                gateway: gateway.to_owned(),
+                kind,
+                ts: r.ts,
+                values: r.values,
+            }),
+    );
+    kept.extend(checked.rejected.into_iter().map(|r| KeptRejection {
+        id: 0,
+        at_ms: now.millis(),
+        gateway: gateway.to_owned(),
+        message: r.to_string(),
+        reason: r.reason.code().to_owned(),
+        sensor: r.sensor,
+        reading: r.raw.into(),
+    }));
 }

@@ -151,11 +151,21 @@ impl<'de> Deserialize<'de> for UniqueMap {
                 f.write_str("an object of field values")
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<UniqueMap, A::Error> {
+                // Linear in the input: at most `max` entries are taken
+                // (no kind has more fields), so the duplicate check below
+                // compares a handful of keys, never thousands.
+                let max = crate::kind::SensorKind::max_fields();
                 let mut out: Vec<(String, serde_json::Value)> = Vec::new();
-                while let Some((k, v)) = map.next_entry::<String, serde_json::Value>()? {
+                while let Some(k) = map.next_key::<String>()? {
+                    if out.len() == max {
+                        return Err(de::Error::custom(format_args!(
+                            "more than {max} field values (no sensor kind has more)"
+                        )));
+                    }
                     if out.iter().any(|(seen, _)| *seen == k) {
                         return Err(de::Error::custom(format_args!("duplicate field `{k}`")));
                     }
+                    let v = map.next_value::<serde_json::Value>()?;
                     out.push((k, v));
                 }
                 Ok(UniqueMap(out))

@@ -165,6 +165,17 @@ impl SensorKind {
         Self::ALL.into_iter().find(|k| k.as_str() == s)
     }
 
+    /// The most fields any kind has: no reading may carry more values
+    /// (the envelope parser stops there, so a hostile reading with tens of
+    /// thousands of keys costs nothing more than one with a few).
+    pub fn max_fields() -> usize {
+        Self::ALL
+            .iter()
+            .map(|k| k.fields().len())
+            .max()
+            .unwrap_or(0)
+    }
+
     /// The fields this kind may report.
     pub fn fields(self) -> &'static [FieldSpec] {
         match self {

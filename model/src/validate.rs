@@ -129,6 +129,9 @@ pub struct Rejection {
     pub value: Option<String>,
     /// The rule broken.
     pub reason: RejectReason,
+    /// The reading as received (its JSON), so it can be kept and
+    /// re-ingested once the cause is fixed.
+    pub raw: Box<str>,
 }
 
 impl fmt::Display for Rejection {
@@ -187,7 +190,8 @@ pub fn check_envelope(
             }
             Err(mut rej) => {
                 rej.index = index;
-                rejected.push(rej);
+                rej.raw = raw.get().into();
+                rejected.push(*rej);
             }
         }
     }
@@ -199,14 +203,15 @@ pub fn check_envelope(
     })
 }
 
-fn reject(sensor: Option<&str>, reason: RejectReason) -> Rejection {
-    Rejection {
+fn reject(sensor: Option<&str>, reason: RejectReason) -> Box<Rejection> {
+    Box::new(Rejection {
         index: 0,
         sensor: sensor.map(str::to_owned),
         field: None,
         value: None,
         reason,
-    }
+        raw: Box::default(),
+    })
 }
 
 fn shown(v: &serde_json::Value) -> String {
@@ -228,7 +233,7 @@ fn check_reading(
     sensors: &dyn SensorLookup,
     now: Timestamp,
     policy: &Policy,
-) -> Result<(Reading, SensorKind), Rejection> {
+) -> Result<(Reading, SensorKind), Box<Rejection>> {
     let wire: WireReading = serde_json::from_str(raw)
         .map_err(|e| reject(None, RejectReason::Malformed(e.to_string())))?;
     let sensor = wire.sensor.as_str();
@@ -259,12 +264,15 @@ fn check_reading(
     }
     let mut values = Values::new();
     for (name, raw_value) in wire.values.0 {
-        let field_err = |reason| Rejection {
-            index: 0,
-            sensor: Some(sensor.to_owned()),
-            field: Some(name.clone()),
-            value: Some(shown(&raw_value)),
-            reason,
+        let field_err = |reason| {
+            Box::new(Rejection {
+                index: 0,
+                sensor: Some(sensor.to_owned()),
+                field: Some(name.clone()),
+                value: Some(shown(&raw_value)),
+                reason,
+                raw: Box::default(),
+            })
         };
         let Some(spec) = kind.field(&name) else {
             return Err(field_err(RejectReason::UnknownField));

@@ -14,7 +14,7 @@ use std::process::Command;
 use anyhow::{ensure, Context, Result};
 use pantau_tests::*;
 
-const ROUTES: [&str; 19] = [
+const ROUTES: [&str; 21] = [
     "/api/v1/public/conditions",
     "/api/v1/public/sensors",
     "/api/v1/public/sensors/{id}/history",
@@ -30,6 +30,8 @@ const ROUTES: [&str; 19] = [
     "/api/v1/admin/gateways",
     "/api/v1/admin/sensors",
     "/api/v1/admin/sensors/{id}/thresholds",
+    "/api/v1/admin/rejected",
+    "/api/v1/admin/rejected/replay",
     "/api/v1/openapi.json",
     "/healthz",
     "/readyz",

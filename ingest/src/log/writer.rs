@@ -13,7 +13,10 @@ use rusqlite::{params, Connection};
 use tokio::sync::oneshot;
 
 use super::tail::Tail;
-use super::{latest, Committed, DeadLetter, LogEntry, LoggedReading, Shared, SEVERAL_GATEWAYS};
+use super::{
+    latest, Committed, DeadLetter, KeptRejection, LogEntry, LoggedReading, Shared,
+    MAX_KEPT_REJECTIONS, SEVERAL_GATEWAYS,
+};
 use crate::group_commit::GroupCommit;
 use crate::metrics::IngestMetrics;
 use crate::{Error, Result};
@@ -22,6 +25,10 @@ use crate::{Error, Result};
 pub(super) enum Cmd {
     Append {
         readings: Vec<LoggedReading>,
+        /// Refused readings of the same envelopes, kept in the same commit.
+        rejected: Vec<KeptRejection>,
+        /// Kept rejections this append re-ingests (deleted in the commit).
+        replaces: Vec<i64>,
         /// Answered with the committed readings.
         done: oneshot::Sender<Result<Committed>>,
     },
@@ -89,16 +96,24 @@ impl GroupCommit for WriterThread {
             .max_readings
             .saturating_sub(shared.pending.load(Ordering::Acquire));
         let mut readings: Vec<LoggedReading> = Vec::new();
+        let mut kept = Kept::default();
         let mut answers = Vec::new();
         let mut others = Vec::new();
         for cmd in group {
             match cmd {
-                Cmd::Append { readings: r, done } => {
+                Cmd::Append {
+                    readings: r,
+                    rejected,
+                    replaces,
+                    done,
+                } => {
                     let n = r.len();
                     if n as u64 <= room {
                         room -= n as u64;
                         let at = readings.len();
                         readings.extend(r);
+                        kept.rejected.extend(rejected);
+                        kept.replaces.extend(replaces);
                         answers.push((done, at..at + n));
                     } else {
                         metrics.drop_readings("log_full", n as u64);
@@ -112,11 +127,12 @@ impl GroupCommit for WriterThread {
             }
         }
         let started = std::time::Instant::now();
-        let result = commit(&mut self.conn, &readings, &others);
+        kept.before = shared.kept.load(Ordering::Acquire);
+        let result = commit(&mut self.conn, &readings, &kept, &others);
         metrics
             .log_commit_seconds
             .observe(started.elapsed().as_secs_f64());
-        let (id, acked) = match result {
+        let (id, acked, kept_now) = match result {
             Ok(done) => done,
             Err(e) => {
                 let message = e.to_string();
@@ -146,6 +162,14 @@ impl GroupCommit for WriterThread {
                     readings: entry.clone(),
                 });
         }
+        let overflow = (kept.before + kept.rejected.len() as u64)
+            .saturating_sub(kept.replaces.len() as u64)
+            .saturating_sub(kept_now);
+        if overflow > 0 {
+            metrics.drop_readings("rejected_overflow", overflow);
+        }
+        shared.kept.store(kept_now, Ordering::Release);
+        metrics.rejected_kept.set(kept_now as i64);
         shared.pending.fetch_add(added, Ordering::AcqRel);
         shared.pending.fetch_sub(acked, Ordering::AcqRel);
         shared.appended.fetch_add(added, Ordering::AcqRel);
@@ -168,6 +192,17 @@ impl GroupCommit for WriterThread {
     }
 }
 
+/// The kept rejections of a group.
+#[derive(Default)]
+struct Kept {
+    /// To insert.
+    rejected: Vec<KeptRejection>,
+    /// Rows to delete (re-ingested).
+    replaces: Vec<i64>,
+    /// Rows before the commit.
+    before: u64,
+}
+
 /// The gateway of an entry, or `None` when its readings come from several.
 fn entry_gateway(readings: &[LoggedReading]) -> Option<&str> {
     let first = readings.first()?;
@@ -178,14 +213,41 @@ fn entry_gateway(readings: &[LoggedReading]) -> Option<&str> {
 }
 
 /// Commits a group: the admitted readings as one entry (returning its id,
-/// if there were any) and the acknowledgements and dead letters (returning
-/// the readings the acknowledgements removed).
+/// if there were any), the kept rejections (returning how many rows the
+/// table holds after it), and the acknowledgements and dead letters
+/// (returning the readings the acknowledgements removed).
 fn commit(
     conn: &mut Connection,
     readings: &[LoggedReading],
+    kept: &Kept,
     others: &[Other],
-) -> rusqlite::Result<(Option<i64>, u64)> {
+) -> rusqlite::Result<(Option<i64>, u64, u64)> {
     let tx = conn.transaction()?;
+    let mut kept_now = kept.before;
+    if !kept.rejected.is_empty() || !kept.replaces.is_empty() {
+        let mut remove = tx.prepare_cached("DELETE FROM rejected WHERE id = ?1")?;
+        for id in &kept.replaces {
+            kept_now = kept_now.saturating_sub(remove.execute([id])? as u64);
+        }
+        let mut keep = tx.prepare_cached(
+            "INSERT INTO rejected (at_ms, gateway, sensor, reason, message, reading)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )?;
+        for r in &kept.rejected {
+            keep.execute(params![
+                r.at_ms, r.gateway, r.sensor, r.reason, r.message, r.reading
+            ])?;
+            kept_now += 1;
+        }
+        if kept_now > MAX_KEPT_REJECTIONS {
+            let excess = kept_now - MAX_KEPT_REJECTIONS;
+            tx.execute(
+                "DELETE FROM rejected WHERE id IN (SELECT id FROM rejected ORDER BY id LIMIT ?1)",
+                [excess as i64],
+            )?;
+            kept_now = MAX_KEPT_REJECTIONS;
+        }
+    }
     let mut id = None;
     let mut acked = 0u64;
     {
@@ -235,5 +297,5 @@ fn commit(
         }
     }
     tx.commit()?;
-    Ok((id, acked))
+    Ok((id, acked, kept_now))
 }

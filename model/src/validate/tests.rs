@@ -133,6 +133,94 @@ fn keeps_good_readings_and_reports_each_bad_one() {
     assert!(r.to_string().contains("outside the valid range"));
 }
 
+/// Time to check `payload`, the fastest of a few runs.
+fn check_time(payload: &str) -> std::time::Duration {
+    (0..5)
+        .map(|_| {
+            let t = std::time::Instant::now();
+            let _ = check(payload);
+            t.elapsed()
+        })
+        .min()
+        .unwrap_or_default()
+}
+
+/// A reading whose values object has `keys` distinct keys.
+fn many_keys(keys: usize) -> String {
+    let values: Vec<String> = (0..keys).map(|i| format!(r#""k{i:05}":1"#)).collect();
+    format!(
+        r#"{{"sensor":"fl-a","ts":"2026-11-28T06:00:00Z","values":{{{}}}}}"#,
+        values.join(",")
+    )
+}
+
+#[test]
+fn a_reading_with_thousands_of_keys_is_refused_in_linear_time() {
+    // 30 000 keys, about 256 KiB: refused as malformed...
+    let hostile = env(&many_keys(30_000));
+    assert!(hostile.len() > 250_000, "{}", hostile.len());
+    let c = check(&hostile).unwrap();
+    assert_eq!(c.rejected.len(), 1);
+    assert!(
+        c.rejected[0].to_string().contains("more than"),
+        "{}",
+        c.rejected[0]
+    );
+    // ...within 10 ms, and at no more per byte than parsing a benign
+    // envelope of the same size (many ordinary readings).
+    let took = check_time(&hostile);
+    assert!(took < std::time::Duration::from_millis(10), "{took:?}");
+    let one = r#"{"sensor":"fl-a","ts":"2026-11-28T06:00:00Z","values":{"water_level_cm":1}}"#;
+    let benign = env(&vec![one; hostile.len() / one.len()].join(","));
+    let per_byte = |d: std::time::Duration, n: usize| d.as_nanos() as f64 / n as f64;
+    assert!(
+        per_byte(took, hostile.len()) <= 2.0 * per_byte(check_time(&benign), benign.len()),
+        "hostile {took:?} for {} bytes vs benign {:?} for {} bytes",
+        hostile.len(),
+        check_time(&benign),
+        benign.len()
+    );
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+    /// Hostile shapes (many keys, repeated keys, deep nesting, long
+    /// strings) never cost more per byte than benign input of their size.
+    #[test]
+    fn hostile_shapes_cost_no_more_per_byte_than_benign_input(
+        keys in 1usize..20_000,
+        depth in 1usize..100,
+        long in 1usize..100_000,
+        shape in 0u8..3,
+    ) {
+        let reading = match shape {
+            0 => many_keys(keys),
+            1 => format!(
+                r#"{{"sensor":"fl-a","ts":"2026-11-28T06:00:00Z","values":{{"water_level_cm":{}1{}}}}}"#,
+                "[".repeat(depth),
+                "]".repeat(depth)
+            ),
+            _ => format!(
+                r#"{{"sensor":"fl-a","ts":"2026-11-28T06:00:00Z","values":{{"water_level_cm":"{}"}}}}"#,
+                "x".repeat(long)
+            ),
+        };
+        let hostile = env(&reading);
+        let one = r#"{"sensor":"fl-a","ts":"2026-11-28T06:00:00Z","values":{"water_level_cm":1}}"#;
+        let benign = env(&vec![one; (hostile.len() / one.len()).max(1)].join(","));
+        let per_byte = |d: std::time::Duration, n: usize| d.as_nanos() as f64 / n as f64;
+        let (h, b) = (check_time(&hostile), check_time(&benign));
+        // Small inputs are all overhead: compare from 2 µs up.
+        let h = h.max(std::time::Duration::from_micros(2));
+        let b = b.max(std::time::Duration::from_micros(2));
+        prop_assert!(
+            per_byte(h, hostile.len()) <= 3.0 * per_byte(b, benign.len()),
+            "shape {} ({} bytes) {:?} vs benign ({} bytes) {:?}",
+            shape, hostile.len(), h, benign.len(), b
+        );
+    }
+}
+
 #[test]
 fn rejects_duplicated_keys() {
     let c = check(&env(
