@@ -94,6 +94,86 @@ pub(crate) async fn add_gateway(
     ))
 }
 
+/// The gateway named in a path, or a 400.
+fn path_gateway(id: &str) -> Result<GatewayId, ApiError> {
+    GatewayId::new(id).map_err(|e| ApiError::BadParam {
+        param: "id",
+        message: e.to_string(),
+    })
+}
+
+/// A state answer for a gateway: unknown → 404.
+fn gateway_state<T>(r: Result<T, pantau_state::Error>) -> Result<T, ApiError> {
+    r.map_err(|e| match e {
+        pantau_state::Error::UnknownGateway(g) => ApiError::NotFound(format!("gateway {g}")),
+        e => e.into(),
+    })
+}
+
+/// A revoked gateway.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct Revoked {
+    gateway: String,
+    revoked: bool,
+}
+
+/// Revokes a gateway (admin): its token and client certificates stop
+/// working and its live connection ends within a second.
+#[utoipa::path(post, path = "/api/v1/admin/gateways/{id}/revoke", tag = "admin",
+    params(("id" = String, Path, description = "Gateway id", pattern = r"^[a-z0-9-]{1,64}$")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Revoked", body = Revoked),
+        (status = 400, description = "A bad id", body = ErrorBody),
+        (status = 401, description = "No usable token", body = ErrorBody),
+        (status = 403, description = "Not an admin token", body = ErrorBody),
+        (status = 404, description = "No such gateway", body = ErrorBody),
+    ))]
+pub(crate) async fn revoke_gateway(
+    agency: Agency,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Revoked>, ApiError> {
+    agency.require_admin()?;
+    let id = path_gateway(&id)?;
+    let (db, gw) = (state.state.clone(), id.clone());
+    gateway_state(tokio::task::spawn_blocking(move || db.revoke_gateway(&gw)).await?)?;
+    tracing::warn!(gateway = %id, by = %agency.name, "Gateway revoked through the API.");
+    Ok(Json(Revoked {
+        gateway: id.to_string(),
+        revoked: true,
+    }))
+}
+
+/// Gives a gateway a new token (admin); answers it once. The old token
+/// stops working at once.
+#[utoipa::path(post, path = "/api/v1/admin/gateways/{id}/rotate", tag = "admin",
+    params(("id" = String, Path, description = "Gateway id", pattern = r"^[a-z0-9-]{1,64}$")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The new credentials", body = GatewayCredentials),
+        (status = 400, description = "A bad id", body = ErrorBody),
+        (status = 401, description = "No usable token", body = ErrorBody),
+        (status = 403, description = "Not an admin token", body = ErrorBody),
+        (status = 404, description = "No such gateway", body = ErrorBody),
+    ))]
+pub(crate) async fn rotate_gateway(
+    agency: Agency,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<GatewayCredentials>, ApiError> {
+    agency.require_admin()?;
+    let id = path_gateway(&id)?;
+    let (db, gw) = (state.state.clone(), id.clone());
+    let token = gateway_state(tokio::task::spawn_blocking(move || db.rotate_gateway(&gw)).await?)?;
+    tracing::info!(gateway = %id, by = %agency.name, "Gateway token rotated through the API.");
+    Ok(Json(GatewayCredentials {
+        gateway: id.to_string(),
+        username: id.to_string(),
+        password: token,
+    }))
+}
+
 /// `POST /api/v1/admin/sensors` body.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

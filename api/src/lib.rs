@@ -120,6 +120,14 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/live", get(agency::live))
         .route("/api/v1/live/ws", get(agency::live_ws))
         .route("/api/v1/admin/gateways", post(admin::add_gateway))
+        .route(
+            "/api/v1/admin/gateways/{id}/revoke",
+            post(admin::revoke_gateway),
+        )
+        .route(
+            "/api/v1/admin/gateways/{id}/rotate",
+            post(admin::rotate_gateway),
+        )
         .route("/api/v1/admin/sensors", post(admin::add_sensor))
         .route(
             "/api/v1/admin/sensors/{id}/thresholds",

@@ -124,6 +124,8 @@ impl Modify for BearerAuth {
         crate::agency::live,
         crate::agency::live_ws,
         crate::admin::add_gateway,
+        crate::admin::revoke_gateway,
+        crate::admin::rotate_gateway,
         crate::admin::add_sensor,
         crate::admin::set_thresholds,
         crate::rejected::list,

@@ -50,7 +50,7 @@ pub(crate) async fn session<S: AsyncRead + AsyncWrite + Unpin>(
 ) {
     // A newer connection of the same gateway takes over: the older one is
     // told to end (rumqttd would do the same for its own sessions).
-    let (session_id, taken_over) = shared.sessions.begin(acc.gateway.as_str());
+    let (session_id, live) = shared.sessions.begin(acc.gateway.as_str());
     let mut conn = Conn {
         wire,
         shared: shared.clone(),
@@ -67,7 +67,7 @@ pub(crate) async fn session<S: AsyncRead + AsyncWrite + Unpin>(
             Quota::per_second(rate_of(shared.config.publish_rate))
                 .allow_burst(rate_of(shared.config.publish_burst)),
         ),
-        taken_over,
+        live,
     };
     // rumqttd links cost ~150 KiB each, so a gateway gets its own link only
     // when it needs one: a persistent session (its subscriptions live in
@@ -116,7 +116,10 @@ pub(crate) async fn session<S: AsyncRead + AsyncWrite + Unpin>(
     tracing::info!(%peer, gateway = %gw, session_present, "Gateway connected.");
     let end = conn.run(acc.keep_alive).await;
     conn.wire.shutdown().await;
-    if let (true, Some(will)) = (end != End::Disconnect, acc.will) {
+    // Whether this was still the gateway's live connection: the will of one
+    // that was taken over is stale and never overwrites the new one's status.
+    let still_live = shared.sessions.end(&gw, session_id);
+    if let (true, true, Some(will)) = (end != End::Disconnect, still_live, acc.will) {
         // rumqttd never fires wills for in-process links, so the gatekeeper
         // publishes the (already authorised) will itself.
         shared.presence.status(&gw, &will.message);
@@ -126,7 +129,6 @@ pub(crate) async fn session<S: AsyncRead + AsyncWrite + Unpin>(
             .await;
     }
     conn.close_link(end).await;
-    let still_live = shared.sessions.end(&gw, session_id);
     shared.metrics.disconnected();
     if still_live {
         shared.presence.disconnected(&gw, end.as_str());
@@ -148,8 +150,9 @@ struct Conn<S> {
     clean_session: bool,
     /// This gateway's own rumqttd link, made on first need.
     link: Option<(LinkKey, LinkRx)>,
-    /// Fired when a newer connection of the same gateway arrives.
-    taken_over: tokio_util::sync::CancellationToken,
+    /// Fired when a newer connection of the same gateway arrives, or the
+    /// gateway is revoked.
+    live: crate::sessions::Live,
     peer: SocketAddr,
     /// Publish rate limit of this connection (token bucket).
     limiter: RateLimiter<
@@ -245,7 +248,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                     self.on_committed(outcome).await
                 }
                 note = next_note(&mut self.link) => self.on_note(note).await,
-                _ = self.taken_over.cancelled() => Err(End::TakenOver),
+                _ = self.live.end.cancelled() => Err(
+                    if self.live.revoked.load(std::sync::atomic::Ordering::Acquire) {
+                        End::Revoked
+                    } else {
+                        End::TakenOver
+                    }
+                ),
                 _ = shutdown.cancelled() => Err(End::ServerShutdown),
             };
             if let Err(end) = step {

@@ -165,6 +165,64 @@ pub struct BrokerDeps {
     pub metrics: BrokerMetrics,
     /// Where gateway presence is kept (read by the API).
     pub presence: Arc<Presence>,
+    /// Revoked certificate serials, shared with the TLS configuration's
+    /// client verifier (`tls::server_config_with`); refreshed here.
+    pub revoked_certs: tls::Denylist,
+}
+
+/// How often the state database is asked for new revocations (the CLI
+/// revokes from another process).
+const REVOCATION_POLL: Duration = Duration::from_millis(250);
+
+/// Loads the revoked certificate serials into the denylist.
+async fn reload_denylist(state: &Arc<StateDb>, revoked: &tls::Denylist) {
+    let (state, revoked) = (state.clone(), revoked.clone());
+    let loaded = tokio::task::spawn_blocking(move || {
+        let serials = state.revoked_serials()?;
+        *revoked.write().unwrap_or_else(|p| p.into_inner()) = serials;
+        Ok::<_, pantau_state::Error>(())
+    })
+    .await;
+    if let Ok(Err(e)) = loaded {
+        tracing::error!(error = %e, "Reading revoked certificates failed.");
+    }
+}
+
+/// Ends the live session of every gateway revoked from now on, within
+/// [`REVOCATION_POLL`], and keeps the certificate denylist current.
+async fn watch_revocations(shared: Arc<Shared>, revoked: tls::Denylist) {
+    let state = shared.state.clone();
+    reload_denylist(&state, &revoked).await;
+    let s = state.clone();
+    let mut last = tokio::task::spawn_blocking(move || s.last_revocation())
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or(0);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(REVOCATION_POLL) => {}
+            _ = shared.shutdown.cancelled() => return,
+        }
+        let (s, after) = (state.clone(), last);
+        let new = match tokio::task::spawn_blocking(move || s.revocations_after(after)).await {
+            Ok(Ok(new)) => new,
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "Reading revocations failed.");
+                continue;
+            }
+            Err(_) => continue,
+        };
+        if new.is_empty() {
+            continue;
+        }
+        reload_denylist(&state, &revoked).await;
+        for (id, gateway) in new {
+            last = id;
+            let connected = shared.sessions.revoke(&gateway);
+            tracing::info!(gateway, connected, "Gateway revoked; its connection ends.");
+        }
+    }
 }
 
 /// Serves MQTT over TLS on `listener` until `shutdown` fires, then closes
@@ -197,6 +255,7 @@ pub async fn run(
         shutdown: shutdown.clone(),
     });
     let tracker = TaskTracker::new();
+    tracker.spawn(watch_revocations(shared.clone(), deps.revoked_certs));
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {

@@ -123,6 +123,8 @@ pub(crate) enum End {
     RouterDropped,
     /// A newer connection of the same gateway took over.
     TakenOver,
+    /// The gateway's credentials were revoked.
+    Revoked,
     /// The server is shutting down.
     ServerShutdown,
 }
@@ -149,6 +151,7 @@ impl End {
             End::RouterDisconnect => "router_disconnect",
             End::RouterDropped => "taken_over",
             End::TakenOver => "taken_over",
+            End::Revoked => "revoked",
             End::ServerShutdown => "server_shutdown",
         }
     }

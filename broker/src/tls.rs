@@ -9,10 +9,15 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use std::collections::HashSet;
+use std::sync::RwLock;
+
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, SanType,
+    Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
 };
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use time::{Duration, OffsetDateTime};
@@ -139,13 +144,106 @@ fn ca_issuer(files: &TlsFiles) -> Result<Issuer<'static, KeyPair>, TlsError> {
     Ok(Issuer::new(ca_params(), key))
 }
 
-/// Ensures the CA and a server certificate exist (generating what is
-/// missing) and builds the listener's rustls configuration with the ring
-/// provider. `names` are extra DNS names or IP addresses for the server
-/// certificate besides `localhost`, `127.0.0.1` and `::1`.
+/// Serials (hex) of revoked gateway certificates, checked at every
+/// handshake; the gatekeeper refreshes it from the state database.
+pub type Denylist = Arc<RwLock<HashSet<String>>>;
+
+/// The serial number of a certificate, as lowercase hex.
+pub fn cert_serial(cert: &CertificateDer<'_>) -> Option<String> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
+    Some(
+        parsed
+            .tbs_certificate
+            .raw_serial()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect(),
+    )
+}
+
+/// A client-certificate verifier that also refuses revoked serials.
+#[derive(Debug)]
+struct Revocable {
+    inner: Arc<dyn ClientCertVerifier>,
+    revoked: Denylist,
+}
+
+impl ClientCertVerifier for Revocable {
+    fn offer_client_auth(&self) -> bool {
+        self.inner.offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.inner.client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: rustls_pki_types::UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let verified = self
+            .inner
+            .verify_client_cert(end_entity, intermediates, now)?;
+        let revoked = cert_serial(end_entity).is_some_and(|serial| {
+            self.revoked
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(&serial)
+        });
+        if revoked {
+            return Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::Revoked,
+            ));
+        }
+        Ok(verified)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// [`server_config_with`] with an empty denylist.
 pub fn server_config(
     files: &TlsFiles,
     names: &[String],
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    server_config_with(files, names, Denylist::default())
+}
+
+/// Ensures the CA and a server certificate exist (generating what is
+/// missing) and builds the listener's rustls configuration with the ring
+/// provider. `names` are extra DNS names or IP addresses for the server
+/// certificate besides `localhost`, `127.0.0.1` and `::1`. A client
+/// certificate whose serial is in `revoked` fails the handshake.
+pub fn server_config_with(
+    files: &TlsFiles,
+    names: &[String],
+    revoked: Denylist,
 ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let (certs, key) = server_identity(files, names)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -166,6 +264,10 @@ pub fn server_config(
     .allow_unauthenticated()
     .build()
     .map_err(|e| TlsError::Verifier(e.to_string()))?;
+    let verifier = Arc::new(Revocable {
+        inner: verifier,
+        revoked,
+    });
     let config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_client_cert_verifier(verifier)
@@ -236,13 +338,14 @@ fn server_identity(
 }
 
 /// Issues a client certificate for a gateway (CN = gateway id, client
-/// authentication only, 2 years) signed by the platform CA; writes
-/// `DIR/{id}.pem` and `DIR/{id}-key.pem` (mode 0600) and returns their paths.
+/// authentication only, 2 years, a random 128-bit serial) signed by the
+/// platform CA; writes `DIR/{id}.pem` and `DIR/{id}-key.pem` (mode 0600)
+/// and returns their paths and the serial (hex, for revocation).
 pub fn issue_gateway_cert(
     files: &TlsFiles,
     gateway: &str,
     dir: &Path,
-) -> Result<(PathBuf, PathBuf), TlsError> {
+) -> Result<(PathBuf, PathBuf, String), TlsError> {
     ensure_ca(files)?;
     fs::create_dir_all(dir).map_err(io(dir))?;
     let mut p = CertificateParams::default();
@@ -255,8 +358,16 @@ pub fn issue_gateway_cert(
     let now = OffsetDateTime::now_utc();
     p.not_before = now - Duration::days(1);
     p.not_after = now + Duration::days(730);
+    let mut serial = [0u8; 16];
+    rustls::crypto::ring::default_provider()
+        .secure_random
+        .fill(&mut serial)
+        .map_err(|_| TlsError::Verifier("no system randomness for a serial".into()))?;
+    serial[0] &= 0x7f; // a positive INTEGER
+    p.serial_number = Some(SerialNumber::from_slice(&serial));
     let key = KeyPair::generate()?;
     let cert = p.signed_by(&key, &ca_issuer(files)?)?;
+    let serial = cert_serial(cert.der()).unwrap_or_default();
     let cert_path = dir.join(format!("{gateway}.pem"));
     let key_path = dir.join(format!("{gateway}-key.pem"));
     // A re-issue replaces the files.
@@ -264,7 +375,7 @@ pub fn issue_gateway_cert(
     let _ = fs::remove_file(&key_path);
     write_file(&key_path, &key.serialize_pem(), true)?;
     write_file(&cert_path, &cert.pem(), false)?;
-    Ok((cert_path, key_path))
+    Ok((cert_path, key_path, serial))
 }
 
 /// The gateway identity of a verified client certificate: its subject CN.
@@ -293,13 +404,16 @@ mod tests {
         fs::remove_file(&files.server_cert).unwrap();
         fs::remove_file(&files.server_key).unwrap();
         server_config(&files, &[]).unwrap();
-        let (cert, key) = issue_gateway_cert(&files, "gw-a", &dir.path().join("gateways")).unwrap();
+        let (cert, key, serial) =
+            issue_gateway_cert(&files, "gw-a", &dir.path().join("gateways")).unwrap();
         let der = CertificateDer::pem_file_iter(&cert)
             .unwrap()
             .next()
             .unwrap()
             .unwrap();
         assert_eq!(cert_identity(&der).as_deref(), Some("gw-a"));
+        assert_eq!(cert_serial(&der).as_deref(), Some(serial.as_str()));
+        assert_eq!(serial.len(), 32);
         assert!(key.exists());
         #[cfg(unix)]
         {

@@ -99,6 +99,7 @@ async fn start_with(config: BrokerConfig, log_max: u64, limits: RouterLimits) ->
         state,
         metrics: metrics.clone(),
         presence: presence.clone(),
+        revoked_certs: Default::default(),
     };
     let task = tokio::spawn(pantau_broker::run(config, deps, listener, shutdown.clone()));
     Harness {
@@ -963,4 +964,54 @@ async fn a_gateway_that_floods_pingreq_without_reading_is_cut_at_the_write_deadl
         .expect("shutdown hung")
         .unwrap()
         .unwrap();
+}
+
+#[tokio::test]
+async fn the_last_will_of_a_connection_taken_over_is_never_published() {
+    let h = start(BrokerConfig::default()).await;
+    let will = r#"{"online":false}"#;
+    let mut old = Client::connect_tls(&h).await;
+    old.send(Packet::Connect(
+        Connect {
+            keep_alive: 30,
+            client_id: "gw-a".into(),
+            clean_session: true,
+        },
+        None,
+        Some(rumqttd::protocol::LastWill {
+            topic: "pantau/v1/gw/gw-a/status".into(),
+            message: will.into(),
+            qos: rumqttd::protocol::QoS::AtLeastOnce,
+            retain: true,
+        }),
+        None,
+        Some(Login {
+            username: "gw-a".into(),
+            password: h.tokens[0].1.clone(),
+        }),
+    ))
+    .await;
+    assert!(matches!(old.recv().await, Some(Packet::ConnAck(..))));
+    // A newer connection of the same gateway takes over: the gateway is
+    // online, so the old connection's will would be a lie.
+    let mut new = Client::login(&h, "gw-a", 30).await;
+    let closed = tokio::time::timeout(Duration::from_secs(5), old.recv()).await;
+    assert_eq!(closed.expect("old connection closed"), None);
+    new.send_raw(&publish_qos1(
+        "pantau/v1/gw/gw-a/telemetry",
+        4,
+        &envelope("gw-a", "fl-a", 1.0),
+    ))
+    .await;
+    assert!(matches!(new.recv().await, Some(Packet::PubAck(..))));
+    let p = h.presence.get("gw-a").unwrap();
+    assert!(p.connected);
+    assert_ne!(p.last_status.as_deref(), Some(will), "stale will published");
+    // The live connection's own will still fires when it goes away.
+    drop(new);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while h.presence.get("gw-a").is_some_and(|p| p.connected) {
+        assert!(tokio::time::Instant::now() < deadline, "not seen gone");
+        tokio::task::yield_now().await;
+    }
 }

@@ -137,6 +137,24 @@ enum GatewayCommand {
         #[arg(long, env = "PANTAU_DATA_DIR")]
         data_dir: Option<PathBuf>,
     },
+    /// Revoke a gateway: its token and client certificates stop working,
+    /// and a running platform disconnects it within a second.
+    Revoke {
+        /// Gateway id.
+        id: String,
+        /// Data directory [default: ./pantau-data].
+        #[arg(long, env = "PANTAU_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+    },
+    /// Give a gateway a new token; prints its credentials once, as JSON.
+    /// The old token stops working at once.
+    Rotate {
+        /// Gateway id.
+        id: String,
+        /// Data directory [default: ./pantau-data].
+        #[arg(long, env = "PANTAU_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+    },
 }
 
 /// Entry point of the `pantau` binary.
@@ -184,6 +202,12 @@ pub fn main() -> ExitCode {
             cert,
             data_dir.unwrap_or_else(|| DEFAULT_DATA_DIR.into()),
         ),
+        Command::Gateway {
+            command: GatewayCommand::Revoke { id, data_dir },
+        } => gateway_revoke(&id, data_dir.unwrap_or_else(|| DEFAULT_DATA_DIR.into())),
+        Command::Gateway {
+            command: GatewayCommand::Rotate { id, data_dir },
+        } => gateway_rotate(&id, data_dir.unwrap_or_else(|| DEFAULT_DATA_DIR.into())),
         Command::Token {
             command:
                 TokenCommand::Create {
@@ -260,8 +284,32 @@ fn token_revoke(name: &str, data_dir: PathBuf) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn gateway_id(id: &str) -> anyhow::Result<GatewayId> {
+    GatewayId::new(id).map_err(|e| anyhow::anyhow!("invalid gateway id {id:?}: {e}"))
+}
+
+fn gateway_revoke(id: &str, data_dir: PathBuf) -> anyhow::Result<()> {
+    let id = gateway_id(id)?;
+    StateDb::open(&data_dir)?.revoke_gateway(&id)?;
+    println!(
+        "{}",
+        serde_json::json!({"gateway": id.as_str(), "revoked": true})
+    );
+    Ok(())
+}
+
+fn gateway_rotate(id: &str, data_dir: PathBuf) -> anyhow::Result<()> {
+    let id = gateway_id(id)?;
+    let token = StateDb::open(&data_dir)?.rotate_gateway(&id)?;
+    println!(
+        "{}",
+        serde_json::json!({"gateway": id.as_str(), "username": id.as_str(), "password": token})
+    );
+    Ok(())
+}
+
 fn gateway_add(id: &str, cert: bool, data_dir: PathBuf) -> anyhow::Result<()> {
-    let id = GatewayId::new(id).map_err(|e| anyhow::anyhow!("invalid gateway id {id:?}: {e}"))?;
+    let id = gateway_id(id)?;
     std::fs::create_dir_all(&data_dir)
         .map_err(|e| anyhow::anyhow!("cannot create data dir {}: {e}", data_dir.display()))?;
     let files = TlsFiles::in_data_dir(&data_dir);
@@ -276,8 +324,9 @@ fn gateway_add(id: &str, cert: bool, data_dir: PathBuf) -> anyhow::Result<()> {
         "ca_file": abs(files.ca_cert.clone()),
     });
     if cert {
-        let (cert_file, key_file) =
+        let (cert_file, key_file, serial) =
             issue_gateway_cert(&files, id.as_str(), &data_dir.join("gateways"))?;
+        state.record_gateway_cert(&id, &serial)?;
         out["cert_file"] = serde_json::json!(abs(cert_file));
         out["key_file"] = serde_json::json!(abs(key_file));
     }

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use pantau_broker::tls::{server_config, TlsFiles};
+use pantau_broker::tls::{server_config_with, TlsFiles};
 use pantau_broker::{BrokerDeps, BrokerMetrics, Presence, RouterHandle, RouterLimits};
 use pantau_ingest::{Health, IngestMetrics, Ingestor, Part};
 use pantau_model::Registry;
@@ -59,7 +59,8 @@ pub async fn up(cfg: UpConfig) -> anyhow::Result<()> {
     )
     .await?;
     let files = TlsFiles::in_data_dir(&cfg.data_dir);
-    let tls = server_config(&files, &cfg.tls_names)?;
+    let revoked_certs = pantau_broker::tls::Denylist::default();
+    let tls = server_config_with(&files, &cfg.tls_names, revoked_certs.clone())?;
 
     let http = bind(cfg.http_listen, "HTTP API").await?;
     let mqtt = bind(cfg.mqtt_listen, "MQTT over TLS").await?;
@@ -104,6 +105,7 @@ pub async fn up(cfg: UpConfig) -> anyhow::Result<()> {
         state: state.clone(),
         metrics: broker_metrics,
         presence: presence.clone(),
+        revoked_certs,
     };
     let broker_config = cfg.broker.to_config();
     sup.spawn_critical(broker_stage, "broker", Some(Part::Broker), |stop| {

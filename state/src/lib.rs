@@ -38,6 +38,9 @@ pub enum Error {
     /// The gateway is already registered.
     #[error("gateway {0} is already registered")]
     DuplicateGateway(String),
+    /// No gateway of that id is registered.
+    #[error("no gateway {0} is registered")]
+    UnknownGateway(String),
     /// An API token of that name exists (revoked names stay taken, so an
     /// audit trail never shows two tokens under one name).
     #[error("an API token named {0:?} exists")]
@@ -111,7 +114,17 @@ impl StateDb {
                  spec TEXT NOT NULL,
                  updated_ms INTEGER NOT NULL,
                  updated_by TEXT NOT NULL
-             ) WITHOUT ROWID;",
+             ) WITHOUT ROWID;
+             CREATE TABLE IF NOT EXISTS gateway_certs (
+                 serial TEXT PRIMARY KEY,
+                 gateway TEXT NOT NULL,
+                 revoked INTEGER NOT NULL DEFAULT 0
+             ) WITHOUT ROWID;
+             CREATE TABLE IF NOT EXISTS revocations (
+                 id INTEGER PRIMARY KEY AUTOINCREMENT,
+                 gateway TEXT NOT NULL,
+                 at_ms INTEGER NOT NULL
+             );",
         )
         .map_err(sql)?;
         Ok(Self {
@@ -188,6 +201,93 @@ impl StateDb {
             )
             .map_err(|e| self.sql(e))?;
         Ok(token)
+    }
+
+    /// Replaces the token of a registered gateway; returns the new one.
+    /// The old token stops working at once (a live connection that used it
+    /// stays until it reconnects).
+    pub fn rotate_gateway(&self, id: &GatewayId) -> Result<String> {
+        let token = new_token()?;
+        let n = self
+            .conn()
+            .execute(
+                "UPDATE gateways SET token_sha256 = ?2 WHERE id = ?1",
+                params![id.as_str(), hash(&token)],
+            )
+            .map_err(|e| self.sql(e))?;
+        if n == 0 {
+            return Err(Error::UnknownGateway(id.to_string()));
+        }
+        Ok(token)
+    }
+
+    /// Revokes a gateway: its token and every client certificate issued to
+    /// it stop working, and the revocation is recorded so that a running
+    /// gatekeeper (in this process or another) disconnects it at once.
+    pub fn revoke_gateway(&self, id: &GatewayId) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(|e| self.sql(e))?;
+        let n = tx
+            .execute("DELETE FROM gateways WHERE id = ?1", [id.as_str()])
+            .map_err(|e| self.sql(e))?;
+        if n == 0 {
+            return Err(Error::UnknownGateway(id.to_string()));
+        }
+        tx.execute(
+            "UPDATE gateway_certs SET revoked = 1 WHERE gateway = ?1",
+            [id.as_str()],
+        )
+        .map_err(|e| self.sql(e))?;
+        tx.execute(
+            "INSERT INTO revocations (gateway, at_ms) VALUES (?1, ?2)",
+            params![id.as_str(), Timestamp::now().millis()],
+        )
+        .map_err(|e| self.sql(e))?;
+        tx.commit().map_err(|e| self.sql(e))
+    }
+
+    /// Records the serial (hex) of a client certificate issued to `gateway`.
+    pub fn record_gateway_cert(&self, gateway: &GatewayId, serial: &str) -> Result<()> {
+        self.conn()
+            .execute(
+                "INSERT INTO gateway_certs (serial, gateway) VALUES (?1, ?2)
+                 ON CONFLICT (serial) DO UPDATE SET gateway = excluded.gateway",
+                params![serial, gateway.as_str()],
+            )
+            .map(drop)
+            .map_err(|e| self.sql(e))
+    }
+
+    /// Serials (hex) of every revoked client certificate.
+    pub fn revoked_serials(&self) -> Result<std::collections::HashSet<String>> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached("SELECT serial FROM gateway_certs WHERE revoked = 1")
+            .map_err(|e| self.sql(e))?;
+        let rows = stmt.query_map([], |r| r.get(0)).map_err(|e| self.sql(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.sql(e))
+    }
+
+    /// Revocations recorded after `after` (their id and gateway), oldest
+    /// first; `last_revocation()` gives where to start.
+    pub fn revocations_after(&self, after: i64) -> Result<Vec<(i64, String)>> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached("SELECT id, gateway FROM revocations WHERE id > ?1 ORDER BY id")
+            .map_err(|e| self.sql(e))?;
+        let rows = stmt
+            .query_map([after], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(|e| self.sql(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.sql(e))
+    }
+
+    /// The id of the newest revocation (0 when none).
+    pub fn last_revocation(&self) -> Result<i64> {
+        self.conn()
+            .query_row("SELECT coalesce(max(id), 0) FROM revocations", [], |r| {
+                r.get(0)
+            })
+            .map_err(|e| self.sql(e))
     }
 
     /// Whether `token` is the secret of gateway `id`.

@@ -106,3 +106,26 @@ pub async fn status_where(
     })
     .await
 }
+
+/// A gateway's connection to `pantau` over TLS with its token (rumqttc),
+/// once its CONNACK arrived.
+pub async fn connect_gateway(
+    p: &crate::Pantau,
+    creds: &crate::GatewayCreds,
+) -> anyhow::Result<(rumqttc::AsyncClient, rumqttc::EventLoop)> {
+    use rumqttc::{AsyncClient, Event, MqttOptions, Packet, TlsConfiguration, Transport};
+    let tls = pantau_edge_agent::uplink::client_tls(&creds.ca_file)?;
+    let mut opts = MqttOptions::new(creds.gateway.clone(), "127.0.0.1", p.mqtt.port());
+    opts.set_credentials(creds.gateway.clone(), creds.password.clone());
+    opts.set_transport(Transport::Tls(TlsConfiguration::Rustls(tls)));
+    let (client, mut eventloop) = AsyncClient::new(opts, 10);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match tokio::time::timeout_at(deadline, eventloop.poll()).await {
+            Ok(Ok(Event::Incoming(Packet::ConnAck(_)))) => return Ok((client, eventloop)),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => anyhow::bail!("gateway connection failed: {e}"),
+            Err(_) => anyhow::bail!("no CONNACK within 10 s"),
+        }
+    }
+}

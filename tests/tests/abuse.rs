@@ -8,6 +8,7 @@
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
+use pantau_tests::mqtt::connect_gateway;
 use pantau_tests::*;
 use rumqttc::{
     AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS, TlsConfiguration, Transport,
@@ -17,24 +18,6 @@ use tokio::time::Instant;
 
 const SLOW: usize = 2_000;
 const PUBLISHES: usize = 100;
-
-/// A gateway connection over TLS.
-async fn gateway(p: &Pantau, creds: &GatewayCreds) -> Result<(AsyncClient, EventLoop)> {
-    let tls = pantau_edge_agent::uplink::client_tls(&creds.ca_file)?;
-    let mut opts = MqttOptions::new(creds.gateway.clone(), "127.0.0.1", p.mqtt.port());
-    opts.set_credentials(creds.gateway.clone(), creds.password.clone());
-    opts.set_transport(Transport::Tls(TlsConfiguration::Rustls(tls)));
-    let (client, mut eventloop) = AsyncClient::new(opts, 10);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        match tokio::time::timeout_at(deadline, eventloop.poll()).await {
-            Ok(Ok(Event::Incoming(Packet::ConnAck(_)))) => return Ok((client, eventloop)),
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => anyhow::bail!("gateway connection failed: {e}"),
-            Err(_) => anyhow::bail!("no CONNACK within 10 s"),
-        }
-    }
-}
 
 /// Publishes `n` envelopes one at a time; the time from each publish to
 /// its PUBACK.
@@ -91,7 +74,7 @@ async fn half_open_http_connections_cannot_starve_the_gateways() -> Result<()> {
         ],
     )
     .await?;
-    let (client, mut eventloop) = gateway(&p, &creds).await?;
+    let (client, mut eventloop) = connect_gateway(&p, &creds).await?;
     let idle = p99(puback_times(&client, &mut eventloop, &creds.gateway, 0).await?);
 
     let mut slow = Vec::with_capacity(SLOW);
@@ -108,7 +91,7 @@ async fn half_open_http_connections_cannot_starve_the_gateways() -> Result<()> {
         slow.push(s);
     }
     // Under that load a gateway connects and publishes as before.
-    let (client2, mut eventloop2) = gateway(&p, &creds).await?;
+    let (client2, mut eventloop2) = connect_gateway(&p, &creds).await?;
     drop((client, eventloop));
     let loaded = p99(puback_times(&client2, &mut eventloop2, &creds.gateway, 1_000).await?);
     // Below 10 ms the machine's noise dominates: compare from there.
@@ -187,7 +170,7 @@ async fn sockets_that_never_finish_tls_or_connect_are_capped_per_address() -> Re
     }
     // A gateway from another address connects and is acknowledged at once.
     let started = Instant::now();
-    let (client, mut eventloop) = gateway(&p, &creds).await?;
+    let (client, mut eventloop) = connect_gateway(&p, &creds).await?;
     let topic = format!("pantau/v1/gw/{}/telemetry", creds.gateway);
     client
         .publish(

@@ -14,7 +14,7 @@ use std::process::Command;
 use anyhow::{ensure, Context, Result};
 use pantau_tests::*;
 
-const ROUTES: [&str; 21] = [
+const ROUTES: [&str; 23] = [
     "/api/v1/public/conditions",
     "/api/v1/public/sensors",
     "/api/v1/public/sensors/{id}/history",
@@ -28,6 +28,8 @@ const ROUTES: [&str; 21] = [
     "/api/v1/live",
     "/api/v1/live/ws",
     "/api/v1/admin/gateways",
+    "/api/v1/admin/gateways/{id}/revoke",
+    "/api/v1/admin/gateways/{id}/rotate",
     "/api/v1/admin/sensors",
     "/api/v1/admin/sensors/{id}/thresholds",
     "/api/v1/admin/rejected",
