@@ -10,9 +10,7 @@ use std::time::Duration;
 use anyhow::{ensure, Context, Result};
 use pantau_tests::mqtt::connect_gateway;
 use pantau_tests::*;
-use rumqttc::{
-    AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS, TlsConfiguration, Transport,
-};
+use rumqttc::{AsyncClient, Event, EventLoop, Packet, QoS};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 
