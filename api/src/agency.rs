@@ -325,14 +325,19 @@ pub(crate) async fn gateways(
         (status = 200, description = "An event stream", content_type = "text/event-stream", body = String),
         (status = 400, description = "A bad filter", body = ErrorBody),
         (status = 401, description = "No usable token", body = ErrorBody),
+        (status = 429, description = "Too many live streams from this address", body = ErrorBody),
+        (status = 503, description = "Live feeds at capacity", body = ErrorBody),
     ))]
 pub(crate) async fn live(
     agency: Agency,
     State(state): State<AppState>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
+    headers: axum::http::HeaderMap,
     Q(p): Q<live::Params>,
 ) -> Result<impl IntoResponse, ApiError> {
     let filter = Filter::parse(&p)?;
-    Ok(live::sse(&state, filter, agency_event(agency)))
+    let admitted = live::admit(&state, peer, &headers)?;
+    Ok(live::sse(&state, admitted, filter, agency_event(agency)))
 }
 
 /// An agency live event: sensors of the token's kinds, every field.
@@ -362,10 +367,14 @@ fn agency_event(
         (status = 101, description = "Switching to the WebSocket protocol"),
         (status = 400, description = "A bad filter, or not a WebSocket upgrade", body = ErrorBody),
         (status = 401, description = "No usable token", body = ErrorBody),
+        (status = 429, description = "Too many live streams from this address", body = ErrorBody),
+        (status = 503, description = "Live feeds at capacity", body = ErrorBody),
     ))]
 pub(crate) async fn live_ws(
     agency: Agency,
     State(state): State<AppState>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
+    headers: axum::http::HeaderMap,
     Q(p): Q<live::Params>,
     ws: Result<
         axum::extract::ws::WebSocketUpgrade,
@@ -377,5 +386,12 @@ pub(crate) async fn live_ws(
         param: "upgrade",
         message: e.body_text(),
     })?;
-    Ok(live::websocket(ws, &state, filter, agency_event(agency)))
+    let admitted = live::admit(&state, peer, &headers)?;
+    Ok(live::websocket(
+        ws,
+        &state,
+        admitted,
+        filter,
+        agency_event(agency),
+    ))
 }

@@ -37,6 +37,12 @@ pub enum ApiError {
         /// Seconds until a request would be allowed.
         retry_after_s: u64,
     },
+    /// This client address has as many live streams open as it may.
+    #[error("too many live streams from this address")]
+    TooManyStreams,
+    /// The server is at a capacity limit; try again shortly.
+    #[error("busy: {0}")]
+    Busy(&'static str),
     /// Something failed inside; details go to the log only.
     #[error("internal error: {0}")]
     Internal(#[from] Internal),
@@ -137,6 +143,22 @@ impl IntoResponse for ApiError {
                     "message": format!("too many requests; retry after {retry_after_s} s"),
                     "retry_after_s": retry_after_s,
                 })),
+            )
+                .into_response(),
+            ApiError::TooManyStreams => (
+                StatusCode::TOO_MANY_REQUESTS,
+                [(axum::http::header::RETRY_AFTER, "5".to_string())],
+                Json(serde_json::json!({
+                    "error": "too_many_streams",
+                    "message": "too many live streams from this address; close one or retry later",
+                    "retry_after_s": 5,
+                })),
+            )
+                .into_response(),
+            ApiError::Busy(message) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                [(axum::http::header::RETRY_AFTER, "5".to_string())],
+                Json(serde_json::json!({"error": "busy", "message": message, "retry_after_s": 5})),
             )
                 .into_response(),
             ApiError::Internal(detail) => {

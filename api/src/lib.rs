@@ -36,6 +36,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use error::ApiError;
 pub use listener::{ApiListener, HandshakeLimits};
+pub use live::LiveGate;
 pub use ratelimit::{PublicLimiter, TrustedProxies};
 pub use serve::{ConnGate, ConnLimits, ConnMetrics};
 
@@ -82,6 +83,8 @@ pub struct AppState {
     pub trusted_proxies: Arc<TrustedProxies>,
     /// Most live events per second and connection (the rest coalesce).
     pub live_max_per_s: u32,
+    /// Caps on live streams (SSE and WebSocket).
+    pub live_gate: Arc<LiveGate>,
     /// Readiness of the process's parts (`/readyz`).
     pub health: Health,
     /// Traffic level-of-service bands.

@@ -9,6 +9,13 @@
 //! at most `QUEUE` + one event per sensor, never an unbounded buffer, and
 //! cannot slow ingest or other clients. Readings the connection's task itself missed (the broadcast
 //! outran it) are reported as a `lagged` event and counted.
+//!
+//! Streams are bounded too: at most `max_streams` at once and
+//! `max_streams_per_ip` from one client address ([`LiveGate`]; over it a
+//! JSON 503 or 429, counted in `pantau_api_live_refused_total{reason}`);
+//! a WebSocket client may send frames of at most 16 KiB and messages of
+//! at most 64 KiB (it only ever needs to answer pings), and one that does
+//! not answer a ping within [`PONG_DEADLINE`] is disconnected.
 
 use std::collections::{BTreeSet, VecDeque};
 use std::convert::Infallible;
@@ -27,7 +34,101 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::Notify;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
+use pantau_state::admission::{Admission, OverCap, Slot};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+
 use crate::{ApiError, AppState};
+
+/// Largest WebSocket frame a client may send.
+const WS_MAX_FRAME: usize = 16 * 1024;
+/// Largest WebSocket message a client may send.
+const WS_MAX_MESSAGE: usize = 64 * 1024;
+/// How often a WebSocket client is pinged.
+const PING_EVERY: Duration = Duration::from_secs(15);
+/// A WebSocket client silent this long (no pong, nothing) is disconnected.
+pub(crate) const PONG_DEADLINE: Duration = Duration::from_secs(45);
+
+/// The caps on live streams and their counters.
+#[derive(Debug)]
+pub struct LiveGate {
+    admission: Admission,
+    /// Streams open now.
+    pub open: Gauge,
+    /// Streams refused, by reason.
+    pub refused: Family<Vec<(&'static str, &'static str)>, Counter>,
+    /// Streams ended by the server, by reason.
+    pub closed: Family<Vec<(&'static str, &'static str)>, Counter>,
+}
+
+impl LiveGate {
+    /// At most `max` streams, `max_per_ip` from one client address.
+    pub fn new(max: usize, max_per_ip: usize) -> Self {
+        Self {
+            admission: Admission::new(max, max_per_ip),
+            open: Gauge::default(),
+            refused: Family::default(),
+            closed: Family::default(),
+        }
+    }
+
+    /// Registers the counters under `pantau_api_live_*`.
+    pub fn register(&self, registry: &mut prometheus_client::registry::Registry) {
+        let r = registry.sub_registry_with_prefix("pantau_api_live");
+        r.register("streams", "Live streams open now", self.open.clone());
+        r.register(
+            "refused",
+            "Live streams refused over a cap, by reason",
+            self.refused.clone(),
+        );
+        r.register(
+            "closed",
+            "Live streams ended by the server, by reason",
+            self.closed.clone(),
+        );
+    }
+
+    /// A stream for `client`, or the answer over a cap (counted).
+    pub(crate) fn admit(self: &Arc<Self>, client: std::net::IpAddr) -> Result<Admitted, ApiError> {
+        let slot = self.admission.admit(client);
+        let refuse = |reason| {
+            self.refused.get_or_create(&vec![("reason", reason)]).inc();
+        };
+        match slot.over {
+            None => {
+                self.open.inc();
+                Ok(Admitted {
+                    _slot: slot,
+                    gate: self.clone(),
+                })
+            }
+            Some(OverCap::Global) => {
+                refuse("streams_cap");
+                Err(ApiError::Busy(
+                    "live feeds are at capacity; try again shortly",
+                ))
+            }
+            Some(OverCap::PerIp) => {
+                refuse("streams_cap_per_ip");
+                Err(ApiError::TooManyStreams)
+            }
+        }
+    }
+}
+
+/// An admitted live stream; dropping it frees its place.
+#[derive(Debug)]
+pub(crate) struct Admitted {
+    _slot: Slot,
+    gate: Arc<LiveGate>,
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.gate.open.dec();
+    }
+}
 
 /// Filters of a live feed, each a comma-separated list.
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
@@ -43,6 +144,17 @@ pub(crate) struct Params {
     sensor: Option<String>,
     /// Districts (kecamatan), e.g. `Dumai Kota`.
     district: Option<String>,
+}
+
+/// The client address of a request (through trusted proxies) admitted to
+/// a live stream, or the 429/503 answer.
+pub(crate) fn admit(
+    state: &AppState,
+    peer: std::net::SocketAddr,
+    headers: &axum::http::HeaderMap,
+) -> Result<Admitted, ApiError> {
+    let client = state.trusted_proxies.client(peer.ip(), headers);
+    state.live_gate.admit(client)
 }
 
 /// Parsed filters.
@@ -143,12 +255,19 @@ struct Feed {
     tick: tokio::time::Interval,
     /// Stops the connection's task when the client goes away.
     _stop: DropGuard,
+    /// Its place under the stream caps, freed with the stream.
+    _admitted: Admitted,
 }
 
 /// A connection's feed of the readings `project` lets through (it returns
 /// the event's JSON, or `None` for a reading the caller may not see), at
 /// most `live_max_per_s` items a second.
-pub(crate) fn subscribe<P>(state: &AppState, filter: Filter, project: P) -> impl Stream<Item = Item>
+pub(crate) fn subscribe<P>(
+    state: &AppState,
+    admitted: Admitted,
+    filter: Filter,
+    project: P,
+) -> impl Stream<Item = Item>
 where
     P: Fn(&Sensor, &LiveReading) -> Option<JsonValue> + Send + 'static,
 {
@@ -196,6 +315,7 @@ where
         pending,
         tick,
         _stop: stop.drop_guard(),
+        _admitted: admitted,
     };
     futures::stream::unfold(start, |mut f| async move {
         loop {
@@ -222,13 +342,14 @@ where
 /// heartbeat comment every 15 s.
 pub(crate) fn sse<P>(
     state: &AppState,
+    admitted: Admitted,
     filter: Filter,
     project: P,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>>
 where
     P: Fn(&Sensor, &LiveReading) -> Option<JsonValue> + Send + 'static,
 {
-    let stream = subscribe(state, filter, project).map(|item| {
+    let stream = subscribe(state, admitted, filter, project).map(|item| {
         Ok(match item {
             Item::Reading(v) => Event::default().event("reading").data(v.to_string()),
             Item::Lagged(n) => Event::default()
@@ -242,21 +363,27 @@ where
 /// The feed over a WebSocket: one JSON text message per item
 /// (`{"event":"reading","data":{..}}` or `{"event":"lagged","data":{"skipped":n}}`),
 /// a ping every 15 s; the connection ends when the client closes it or
-/// stops answering.
+/// stops answering (nothing heard for [`PONG_DEADLINE`]).
 pub(crate) fn websocket<P>(
     ws: WebSocketUpgrade,
     state: &AppState,
+    admitted: Admitted,
     filter: Filter,
     project: P,
 ) -> Response
 where
     P: Fn(&Sensor, &LiveReading) -> Option<JsonValue> + Send + 'static,
 {
-    let items = subscribe(state, filter, project);
+    let gate = admitted.gate.clone();
+    let items = subscribe(state, admitted, filter, project);
+    let ws = ws
+        .max_frame_size(WS_MAX_FRAME)
+        .max_message_size(WS_MAX_MESSAGE);
     ws.on_upgrade(move |socket| async move {
         let (mut tx, mut rx) = socket.split();
         let mut items = std::pin::pin!(items);
-        let mut ping = tokio::time::interval(Duration::from_secs(15));
+        let mut ping = tokio::time::interval(PING_EVERY);
+        let mut heard = tokio::time::Instant::now();
         loop {
             let msg = tokio::select! {
                 item = items.next() => match item {
@@ -265,14 +392,27 @@ where
                     None => return,
                 },
                 _ = ping.tick() => {
+                    if heard.elapsed() >= PONG_DEADLINE {
+                        gate.closed.get_or_create(&vec![("reason", "pong_timeout")]).inc();
+                        return;
+                    }
                     if tx.send(Message::Ping(Default::default())).await.is_err() {
                         return;
                     }
                     continue;
                 }
                 incoming = rx.next() => match incoming {
-                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
-                    Some(Ok(_)) => continue,
+                    Some(Ok(Message::Close(_))) | None => return,
+                    Some(Err(e)) => {
+                        // Over the frame or message limit, or broken.
+                        gate.closed.get_or_create(&vec![("reason", "bad_message")]).inc();
+                        tracing::debug!(error = %e, "Live WebSocket closed.");
+                        return;
+                    }
+                    Some(Ok(_)) => {
+                        heard = tokio::time::Instant::now();
+                        continue;
+                    }
                 },
             };
             if tx

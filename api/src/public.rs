@@ -251,14 +251,18 @@ pub(crate) async fn sensors(State(state): State<AppState>) -> Response {
     responses(
         (status = 200, description = "An event stream", content_type = "text/event-stream", body = String),
         (status = 400, description = "A bad filter", body = ErrorBody),
-        (status = 429, description = "Rate limited", body = ErrorBody),
+        (status = 429, description = "Rate limited, or too many live streams from this address", body = ErrorBody),
+        (status = 503, description = "Live feeds at capacity", body = ErrorBody),
     ))]
 pub(crate) async fn live(
     State(state): State<AppState>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
+    headers: axum::http::HeaderMap,
     Q(p): Q<live::Params>,
 ) -> Result<Response, ApiError> {
     let filter = Filter::parse(&p)?;
-    Ok(live::sse(&state, filter, public_event).into_response())
+    let admitted = live::admit(&state, peer, &headers)?;
+    Ok(live::sse(&state, admitted, filter, public_event).into_response())
 }
 
 /// A public live event: public sensors only, no restricted field.
@@ -292,10 +296,13 @@ fn public_event(s: &Sensor, r: &pantau_ingest::LiveReading) -> Option<JsonValue>
     responses(
         (status = 101, description = "Switching to the WebSocket protocol"),
         (status = 400, description = "A bad filter, or not a WebSocket upgrade", body = ErrorBody),
-        (status = 429, description = "Rate limited", body = ErrorBody),
+        (status = 429, description = "Rate limited, or too many live streams from this address", body = ErrorBody),
+        (status = 503, description = "Live feeds at capacity", body = ErrorBody),
     ))]
 pub(crate) async fn live_ws(
     State(state): State<AppState>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
+    headers: axum::http::HeaderMap,
     Q(p): Q<live::Params>,
     ws: Result<
         axum::extract::ws::WebSocketUpgrade,
@@ -307,7 +314,8 @@ pub(crate) async fn live_ws(
         param: "upgrade",
         message: e.body_text(),
     })?;
-    Ok(live::websocket(ws, &state, filter, public_event))
+    let admitted = live::admit(&state, peer, &headers)?;
+    Ok(live::websocket(ws, &state, admitted, filter, public_event))
 }
 
 /// Adds a weak `ETag` (a hash of the body) to successful JSON answers and

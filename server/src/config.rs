@@ -81,6 +81,12 @@ pub struct ApiArgs {
     /// coalesce to the latest per sensor.
     #[arg(long, env = "PANTAU_LIVE_MAX_PER_S", default_value = "50")]
     pub live_max_per_s: std::num::NonZeroU32,
+    /// Most live streams (SSE and WebSocket) at once.
+    #[arg(long, env = "PANTAU_LIVE_MAX_STREAMS", default_value_t = 4_096)]
+    pub live_max_streams: usize,
+    /// Most live streams from one client address.
+    #[arg(long, env = "PANTAU_LIVE_MAX_STREAMS_PER_IP", default_value_t = 512)]
+    pub live_max_streams_per_ip: usize,
     /// Serve HTTPS on the HTTP listener even on a loopback address (it
     /// always does on any other address).
     #[arg(long, env = "PANTAU_HTTP_TLS")]
@@ -195,6 +201,10 @@ impl ApiArgs {
             "Public requests refused by the per-client rate limit",
             limiter.refused.clone(),
         );
+        let live_gate =
+            pantau_api::LiveGate::new(self.live_max_streams, self.live_max_streams_per_ip);
+        live_gate.register(&mut metrics);
+        let live_gate = std::sync::Arc::new(live_gate);
         Ok(pantau_api::AppState {
             ingestor,
             history,
@@ -204,6 +214,7 @@ impl ApiArgs {
             public_limit: std::sync::Arc::new(limiter),
             trusted_proxies: std::sync::Arc::new(trusted_proxies),
             live_max_per_s: self.live_max_per_s.get(),
+            live_gate,
             health,
             los: std::sync::Arc::new(los),
             caches: std::sync::Arc::default(),
