@@ -231,10 +231,29 @@ async fn healthz() -> impl IntoResponse {
     axum::Json(serde_json::json!({"status": "ok"}))
 }
 
-/// Prometheus metrics (OpenMetrics text).
+/// Prometheus metrics (OpenMetrics text). Open to clients on loopback
+/// (a local Prometheus or agent); any other client — also one forwarded by
+/// a trusted reverse proxy — needs an admin token.
 #[utoipa::path(get, path = "/metrics", tag = "operations",
-    responses((status = 200, description = "Metrics", content_type = "application/openmetrics-text", body = String)))]
-async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+    security((), ("bearer" = [])),
+    responses(
+        (status = 200, description = "Metrics", content_type = "application/openmetrics-text", body = String),
+        (status = 401, description = "Off loopback: no usable token", body = openapi::ErrorBody),
+        (status = 403, description = "Off loopback: not an admin token", body = openapi::ErrorBody),
+    ))]
+async fn metrics(
+    State(state): State<AppState>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
+    headers: axum::http::HeaderMap,
+    agency: Result<auth::Agency, ApiError>,
+) -> Result<impl IntoResponse, ApiError> {
+    if !state
+        .trusted_proxies
+        .client(peer.ip(), &headers)
+        .is_loopback()
+    {
+        agency?.require_admin()?;
+    }
     let mut out = String::new();
     prometheus_client::encoding::text::encode(&mut out, &state.metrics)?;
     Ok((

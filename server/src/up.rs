@@ -43,8 +43,49 @@ async fn bind(addr: std::net::SocketAddr, what: &str) -> anyhow::Result<TcpListe
         .with_context(|| format!("cannot listen on {addr} ({what})"))
 }
 
+/// `--demo` replaces the token of every gateway it simulates, so it runs
+/// only on the built-in demo registry and on a data directory that holds
+/// no other gateways: anything else is refused before anything changes.
+fn demo_is_safe(cfg: &UpConfig) -> anyhow::Result<()> {
+    if let Some(path) = &cfg.registry {
+        anyhow::bail!(
+            "--demo runs simulated gateways on the built-in Dumai registry and replaces their \
+             tokens; it refuses --registry {} (a real registry's gateways would be locked out). \
+             Run without --demo to serve that registry.",
+            path.display()
+        );
+    }
+    if !cfg.data_dir.join("state.db").exists() {
+        return Ok(());
+    }
+    let demo: std::collections::BTreeSet<String> = Registry::parse(crate::DEMO_REGISTRY)
+        .context("built-in demo registry")?
+        .gateways()
+        .into_iter()
+        .map(|g| g.to_string())
+        .collect();
+    let foreign: Vec<String> = StateDb::open(&cfg.data_dir)?
+        .gateways()?
+        .into_iter()
+        .map(|g| g.id)
+        .filter(|id| !demo.contains(id))
+        .collect();
+    if !foreign.is_empty() {
+        anyhow::bail!(
+            "--demo would replace gateway tokens in {}, which also holds gateways the demo did \
+             not create ({}); use another --data-dir for the demo",
+            cfg.data_dir.display(),
+            foreign.join(", ")
+        );
+    }
+    Ok(())
+}
+
 /// Runs the platform until SIGINT/SIGTERM.
 pub async fn up(cfg: UpConfig) -> anyhow::Result<()> {
+    if cfg.demo {
+        demo_is_safe(&cfg)?;
+    }
     let file = load_registry(&cfg)?;
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("cannot create data dir {}", cfg.data_dir.display()))?;
