@@ -491,39 +491,50 @@ fn remaining_length(buf: &mut Vec<u8>, mut len: usize) {
     }
 }
 
-async fn bench_fanin() -> Result<()> {
-    let clients = 20;
-    let rounds = 3;
-    let duration = Duration::from_secs(5);
-    let dir = tempfile::tempdir()?;
-    // Pantau: sensors fl-f{g} on gw-f{g}.
-    let reg = dir.path().join("registry.toml");
+/// A Pantau for the fan-in benches: sensors `fl-f{g}` on gateways
+/// `gw-f{g}` (public when `public`), no publish rate limit, and the
+/// gateways' credentials.
+async fn fanin_pantau(
+    dir: &std::path::Path,
+    clients: usize,
+    public: bool,
+    extra: &[&str],
+) -> Result<(Pantau, Vec<(String, String)>)> {
+    let reg = dir.join("registry.toml");
     let mut registry = String::new();
     for g in 0..clients {
         registry.push_str(&format!(
-            "[[sensor]]\nid = \"fl-f{g}\"\nkind = \"flood_gauge\"\ngateway = \"gw-f{g}\"\nname = \"F{g}\"\nlat = 1.0\nlon = 101.0\n\n"
+            "[[sensor]]\nid = \"fl-f{g}\"\nkind = \"flood_gauge\"\ngateway = \"gw-f{g}\"\nname = \"F{g}\"\nlat = 1.0\nlon = 101.0\npublic = {public}\n\n"
         ));
     }
     std::fs::write(&reg, registry)?;
-    let data = dir.path().join("data");
+    let data = dir.join("data");
     std::fs::create_dir_all(&data)?;
-    let p = Pantau::start(
-        &data,
-        &[
-            "--registry",
-            reg.to_str().unwrap(),
-            "--publish-rate",
-            "1000000",
-            "--publish-burst",
-            "1000000",
-        ],
-    )
-    .await?;
+    let mut args = vec![
+        "--registry",
+        reg.to_str().unwrap(),
+        "--publish-rate",
+        "1000000",
+        "--publish-burst",
+        "1000000",
+    ];
+    args.extend_from_slice(extra);
+    let p = Pantau::start(&data, &args).await?;
     let mut creds = Vec::new();
     for g in 0..clients {
         let c = gateway_add(&data, &format!("gw-f{g}"))?;
         creds.push((c.gateway, c.password));
     }
+    Ok((p, creds))
+}
+
+async fn bench_fanin() -> Result<()> {
+    let clients = 20;
+    let rounds = 3;
+    let duration = Duration::from_secs(5);
+    let dir = tempfile::tempdir()?;
+    let (p, creds) = fanin_pantau(dir.path(), clients, false, &[]).await?;
+    let data = p.data_dir.clone();
     let tls = pantau_edge_agent::uplink::client_tls(&data.join("tls").join("ca.pem"))?;
     // Mosquitto over TLS with the same server certificate, in memory.
     let mosq = Mosquitto::start_tls(
@@ -585,6 +596,101 @@ async fn bench_fanin() -> Result<()> {
     ratios.sort_by(f64::total_cmp);
     println!(
         "  ratio (median of {rounds} rounds): {:.2}",
+        ratios[rounds / 2]
+    );
+    Ok(())
+}
+
+/// Fan-in while anonymous clients hold the HTTP side: alternating rounds
+/// on one Pantau, quiet ones and ones with 2 000 idle HTTP connections
+/// (from two loopback addresses, under the per-address cap) and 500 public
+/// SSE streams open (each receiving its coalesced share of the readings);
+/// the ratio of each loaded round to the quiet round before it.
+async fn bench_fanin_loaded() -> Result<()> {
+    // PANTAU_BENCH_IDLE / PANTAU_BENCH_STREAMS size each half of the load
+    // (to tell which one costs).
+    let env = |name: &str, default: usize| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let (idle_n, streams_n) = (
+        env("PANTAU_BENCH_IDLE", 2_000),
+        env("PANTAU_BENCH_STREAMS", 500),
+    );
+    rlimit::increase_nofile_limit(16_384)?;
+    let clients = 20;
+    let rounds = 3;
+    let duration = Duration::from_secs(5);
+    let dir = tempfile::tempdir()?;
+    let (p, creds) = fanin_pantau(
+        dir.path(),
+        clients,
+        true,
+        &["--public-rate-per-s", "100000", "--public-burst", "100000"],
+    )
+    .await?;
+    let tls = pantau_edge_agent::uplink::client_tls(&p.data_dir.join("tls").join("ca.pem"))?;
+    println!("fanin-loaded: {clients} TLS publishers, {FANIN_WINDOW} in flight each; {rounds} pairs of {}s rounds, quiet then with {idle_n} idle HTTP connections and {streams_n} SSE streams", duration.as_secs());
+    let day_ago = Timestamp::now().millis() - 86_400_000;
+    let mut ratios = Vec::new();
+    for round in 1..=rounds {
+        let base = day_ago + round as i64 * 20_000_000;
+        let quiet = fanin_load(p.mqtt.port(), clients, &creds, tls.clone(), duration, base).await?;
+        // The load: idle sockets that never send a byte, and live streams.
+        let mut idle = Vec::with_capacity(idle_n);
+        for i in 0..idle_n {
+            let socket = tokio::net::TcpSocket::new_v4()?;
+            socket.bind(format!("127.0.0.{}:0", 2 + i % 2).parse()?)?;
+            idle.push(socket.connect(p.http).await?);
+        }
+        let sse = reqwest::Client::builder()
+            .local_address("127.0.0.4".parse::<std::net::IpAddr>()?)
+            .build()?;
+        let mut streams = Vec::with_capacity(streams_n);
+        for _ in 0..streams_n {
+            let r = sse.get(p.url("/api/v1/public/live")).send().await?;
+            anyhow::ensure!(
+                r.status().is_success(),
+                "SSE stream refused: {}",
+                r.status()
+            );
+            // Read by a task, as a client would.
+            let mut body = r.bytes_stream();
+            streams.push(tokio::spawn(async move {
+                use futures::StreamExt;
+                let mut events = 0u64;
+                while let Some(Ok(chunk)) = body.next().await {
+                    events += chunk.iter().filter(|b| **b == b'\n').count() as u64;
+                }
+                events
+            }));
+        }
+        let loaded = fanin_load(
+            p.mqtt.port(),
+            clients,
+            &creds,
+            tls.clone(),
+            duration,
+            base + 10_000_000,
+        )
+        .await?;
+        drop(idle);
+        for s in &streams {
+            s.abort();
+        }
+        let ratio = loaded as f64 / quiet.max(1) as f64;
+        ratios.push(ratio);
+        println!(
+            "  pair {round}: quiet {:>8.0} acks/s, loaded {:>8.0} acks/s, ratio {ratio:.2}",
+            quiet as f64 / duration.as_secs_f64(),
+            loaded as f64 / duration.as_secs_f64()
+        );
+    }
+    ratios.sort_by(f64::total_cmp);
+    println!(
+        "  ratio loaded / quiet (median of {rounds} pairs): {:.2}",
         ratios[rounds / 2]
     );
     Ok(())
@@ -701,6 +807,7 @@ async fn main() -> Result<()> {
         }
         "history" => bench_history().await,
         "fanin" => bench_fanin().await,
+        "fanin-loaded" => bench_fanin_loaded().await,
         "connections" => bench_connections(10_000).await,
         "api" => {
             api::bench_conditions().await?;
@@ -721,6 +828,7 @@ async fn main() -> Result<()> {
             .await?;
             bench_embedded(load).await?;
             bench_fanin().await?;
+            bench_fanin_loaded().await?;
             agent::bench_agent_steady().await?;
             agent::bench_agent_replay(1_000_000).await?;
             api::bench_conditions().await?;
@@ -728,7 +836,7 @@ async fn main() -> Result<()> {
             bench_connections(10_000).await
         }
         other => bail!(
-            "unknown benchmark {other:?}: history, influx, embedded, fanin, agent, api, connections or all"
+            "unknown benchmark {other:?}: history, influx, embedded, fanin, fanin-loaded, agent, api, connections or all"
         ),
     }
     .context(what)
