@@ -71,8 +71,12 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub struct StateDb {
     /// Where the database lives, for error messages.
     path: PathBuf,
-    /// One connection; state operations are rare and short.
+    /// The write connection; writes are rare and short.
     conn: Mutex<Connection>,
+    /// A read connection of its own: with WAL a reader never waits for a
+    /// writer, so MQTT authentication and API token checks do not queue
+    /// behind a write's fsync on a slow disk.
+    reader: Mutex<Connection>,
 }
 
 /// A gateway as registered (no secret).
@@ -127,9 +131,12 @@ impl StateDb {
              );",
         )
         .map_err(sql)?;
+        let reader = Connection::open(&path).map_err(sql)?;
+        reader.busy_timeout(Duration::from_secs(10)).map_err(sql)?;
         Ok(Self {
             path,
             conn: Mutex::new(conn),
+            reader: Mutex::new(reader),
         })
     }
 
@@ -143,6 +150,10 @@ impl StateDb {
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
         // A panic while holding the lock cannot leave SQLite inconsistent.
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn reader(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.reader.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Registers a new gateway and returns its token (shown only once).
@@ -260,7 +271,7 @@ impl StateDb {
 
     /// Serials (hex) of every revoked client certificate.
     pub fn revoked_serials(&self) -> Result<std::collections::HashSet<String>> {
-        let conn = self.conn();
+        let conn = self.reader();
         let mut stmt = conn
             .prepare_cached("SELECT serial FROM gateway_certs WHERE revoked = 1")
             .map_err(|e| self.sql(e))?;
@@ -271,7 +282,7 @@ impl StateDb {
     /// Revocations recorded after `after` (their id and gateway), oldest
     /// first; `last_revocation()` gives where to start.
     pub fn revocations_after(&self, after: i64) -> Result<Vec<(i64, String)>> {
-        let conn = self.conn();
+        let conn = self.reader();
         let mut stmt = conn
             .prepare_cached("SELECT id, gateway FROM revocations WHERE id > ?1 ORDER BY id")
             .map_err(|e| self.sql(e))?;
@@ -283,7 +294,7 @@ impl StateDb {
 
     /// The id of the newest revocation (0 when none).
     pub fn last_revocation(&self) -> Result<i64> {
-        self.conn()
+        self.reader()
             .query_row("SELECT coalesce(max(id), 0) FROM revocations", [], |r| {
                 r.get(0)
             })
@@ -293,7 +304,7 @@ impl StateDb {
     /// Whether `token` is the secret of gateway `id`.
     pub fn verify_gateway(&self, id: &str, token: &str) -> Result<bool> {
         let stored: Option<String> = self
-            .conn()
+            .reader()
             .query_row(
                 "SELECT token_sha256 FROM gateways WHERE id = ?1",
                 [id],
@@ -306,7 +317,7 @@ impl StateDb {
 
     /// Whether a gateway is registered.
     pub fn gateway_exists(&self, id: &str) -> Result<bool> {
-        self.conn()
+        self.reader()
             .query_row("SELECT 1 FROM gateways WHERE id = ?1", [id], |_| Ok(()))
             .optional()
             .map(|o| o.is_some())
@@ -315,7 +326,7 @@ impl StateDb {
 
     /// Every registered gateway.
     pub fn gateways(&self) -> Result<Vec<GatewayRecord>> {
-        let conn = self.conn();
+        let conn = self.reader();
         let mut stmt = conn
             .prepare("SELECT id, created_ms FROM gateways ORDER BY id")
             .map_err(|e| self.sql(e))?;
@@ -380,7 +391,7 @@ impl StateDb {
 
     /// The live (not revoked) token with this secret, if any.
     pub fn verify_token(&self, token: &str) -> Result<Option<ApiToken>> {
-        self.conn()
+        self.reader()
             .query_row(
                 "SELECT name, scopes, created_ms FROM api_tokens
                  WHERE token_sha256 = ?1 AND revoked_ms IS NULL",
@@ -423,7 +434,7 @@ impl StateDb {
 
     /// Every stored sensor, ordered by id.
     pub fn sensors(&self) -> Result<Vec<SensorSpec>> {
-        let conn = self.conn();
+        let conn = self.reader();
         let mut stmt = conn
             .prepare("SELECT id, spec FROM sensors ORDER BY id")
             .map_err(|e| self.sql(e))?;
@@ -463,6 +474,47 @@ fn hex(bytes: &[u8]) -> String {
 /// Compares without an early exit.
 fn equal(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod reader_tests {
+    use super::*;
+
+    #[test]
+    fn reads_never_wait_for_a_write_in_progress() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = std::sync::Arc::new(StateDb::open(dir.path()).unwrap());
+        let id = GatewayId::new("gw-a").unwrap();
+        let token = db.add_gateway(&id).unwrap();
+        // A write holds the writer (as a commit on a slow disk would).
+        let (held_tx, held_rx) = std::sync::mpsc::channel();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let writer = {
+            let db = db.clone();
+            std::thread::spawn(move || {
+                let _writing = db.conn();
+                held_tx.send(()).unwrap();
+                let _ = release_rx.recv();
+            })
+        };
+        held_rx.recv().unwrap();
+        // Authentication and token checks still answer meanwhile.
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let reader = {
+            let db = db.clone();
+            std::thread::spawn(move || {
+                let ok = db.verify_gateway("gw-a", &token).unwrap()
+                    && db.gateway_exists("gw-a").unwrap()
+                    && db.verify_token("nope").unwrap().is_none();
+                done_tx.send(ok).unwrap();
+            })
+        };
+        let answered = done_rx.recv_timeout(std::time::Duration::from_secs(5));
+        release_tx.send(()).unwrap();
+        writer.join().unwrap();
+        reader.join().unwrap();
+        assert_eq!(answered, Ok(true), "reads queued behind the write");
+    }
 }
 
 #[cfg(test)]
