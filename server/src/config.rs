@@ -84,8 +84,9 @@ pub struct ApiArgs {
     /// Most live streams (SSE and WebSocket) at once.
     #[arg(long, env = "PANTAU_LIVE_MAX_STREAMS", default_value_t = 4_096)]
     pub live_max_streams: usize,
-    /// Most live streams from one client address.
-    #[arg(long, env = "PANTAU_LIVE_MAX_STREAMS_PER_IP", default_value_t = 512)]
+    /// Most live streams from one client address (as many as the API's
+    /// connections per address: phones behind a carrier's CGNAT share one).
+    #[arg(long, env = "PANTAU_LIVE_MAX_STREAMS_PER_IP", default_value_t = 1_024)]
     pub live_max_streams_per_ip: usize,
     /// Serve HTTPS on the HTTP listener even on a loopback address (it
     /// always does on any other address).
