@@ -224,9 +224,20 @@ fn open_fds(pid: u32) -> usize {
 async fn out_of_file_descriptors_the_listener_backs_off_and_serves_again() -> anyhow::Result<()> {
     const LIMIT: u64 = 160;
     let dir = tempfile::tempdir()?;
-    // Handshakes that outlive the measurement, so no descriptor frees early.
-    let (p, creds) =
-        minimal_with(dir.path(), &["--tls-handshake-timeout", "60s"], Some(LIMIT)).await?;
+    // Handshakes that outlive the measurement, so no descriptor frees
+    // early, and no per-address cap on pending sockets (which would
+    // otherwise close the flood at once and keep the table from filling).
+    let (p, creds) = minimal_with(
+        dir.path(),
+        &[
+            "--tls-handshake-timeout",
+            "60s",
+            "--max-pending-per-ip",
+            "100000",
+        ],
+        Some(LIMIT),
+    )
+    .await?;
     let pid = p.pid();
     // Hold idle TCP connections until the process has no descriptor left
     // and the kernel queues the rest in the listen backlog.
