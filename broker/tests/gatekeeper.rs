@@ -222,6 +222,30 @@ fn connect_packet(
     )
 }
 
+/// A clean-session CONNECT of `gw` with its token and a retained QoS 1
+/// last will of `message` on `topic`.
+fn connect_with_will(gw: &str, password: String, topic: &str, message: &str) -> Packet {
+    Packet::Connect(
+        Connect {
+            keep_alive: 30,
+            client_id: gw.into(),
+            clean_session: true,
+        },
+        None,
+        Some(rumqttd::protocol::LastWill {
+            topic: topic.to_owned().into(),
+            message: message.to_owned().into(),
+            qos: rumqttd::protocol::QoS::AtLeastOnce,
+            retain: true,
+        }),
+        None,
+        Some(Login {
+            username: gw.into(),
+            password,
+        }),
+    )
+}
+
 /// A SUBSCRIBE to one filter at QoS 1.
 fn subscribe_packet(pkid: u16, path: &str) -> Packet {
     Packet::Subscribe(
@@ -421,24 +445,11 @@ async fn a_foreign_last_will_is_refused_at_connect() {
     let h = start(BrokerConfig::default()).await;
     let mut c = Client::connect_tls(&h).await;
     let token = h.tokens[0].1.clone();
-    c.send(Packet::Connect(
-        Connect {
-            keep_alive: 30,
-            client_id: "gw-a".into(),
-            clean_session: true,
-        },
-        None,
-        Some(rumqttd::protocol::LastWill {
-            topic: "pantau/v1/gw/gw-b/status".into(),
-            message: r#"{"online":false}"#.into(),
-            qos: rumqttd::protocol::QoS::AtLeastOnce,
-            retain: true,
-        }),
-        None,
-        Some(Login {
-            username: "gw-a".into(),
-            password: token,
-        }),
+    c.send(connect_with_will(
+        "gw-a",
+        token,
+        "pantau/v1/gw/gw-b/status",
+        r#"{"online":false}"#,
     ))
     .await;
     match c.recv().await {
@@ -971,24 +982,11 @@ async fn the_last_will_of_a_connection_taken_over_is_never_published() {
     let h = start(BrokerConfig::default()).await;
     let will = r#"{"online":false}"#;
     let mut old = Client::connect_tls(&h).await;
-    old.send(Packet::Connect(
-        Connect {
-            keep_alive: 30,
-            client_id: "gw-a".into(),
-            clean_session: true,
-        },
-        None,
-        Some(rumqttd::protocol::LastWill {
-            topic: "pantau/v1/gw/gw-a/status".into(),
-            message: will.into(),
-            qos: rumqttd::protocol::QoS::AtLeastOnce,
-            retain: true,
-        }),
-        None,
-        Some(Login {
-            username: "gw-a".into(),
-            password: h.tokens[0].1.clone(),
-        }),
+    old.send(connect_with_will(
+        "gw-a",
+        h.tokens[0].1.clone(),
+        "pantau/v1/gw/gw-a/status",
+        will,
     ))
     .await;
     assert!(matches!(old.recv().await, Some(Packet::ConnAck(..))));
