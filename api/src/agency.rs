@@ -337,26 +337,12 @@ pub(crate) async fn live(
 ) -> Result<impl IntoResponse, ApiError> {
     let filter = Filter::parse(&p)?;
     let admitted = live::admit(&state, peer, &headers)?;
-    Ok(live::sse(&state, admitted, filter, agency_event(agency)))
-}
-
-/// An agency live event: sensors of the token's kinds, every field.
-fn agency_event(
-    agency: Agency,
-) -> impl Fn(&pantau_model::Sensor, &pantau_ingest::LiveReading) -> Option<JsonValue> + Send + 'static
-{
-    move |s, r| {
-        agency.reads(s.kind).then(|| {
-            json!({
-                "sensor": r.sensor,
-                "kind": r.kind,
-                "district": s.district,
-                "gateway": r.gateway,
-                "ts": r.ts.to_rfc3339(),
-                "values": r.values,
-            })
-        })
-    }
+    Ok(live::sse(
+        &state,
+        admitted,
+        filter,
+        live::Audience::Agency(agency),
+    ))
 }
 
 /// The agency live feed over a WebSocket (same filters and events as the
@@ -392,6 +378,6 @@ pub(crate) async fn live_ws(
         &state,
         admitted,
         filter,
-        agency_event(agency),
+        live::Audience::Agency(agency),
     ))
 }

@@ -118,7 +118,7 @@ impl ApiListener {
                 };
                 let (acceptor, permits, ready) = (acceptor.clone(), permits.clone(), ready.clone());
                 tokio::spawn(async move {
-                    let _ = tcp.set_nodelay(true);
+                    tune(&tcp);
                     let handshake = async {
                         let _permit = permits.acquire().await.ok()?;
                         acceptor.accept(tcp).await.ok()
@@ -162,8 +162,7 @@ impl ApiListener {
                 let Some(slot) = self.gate.admit(peer) else {
                     continue;
                 };
-                // Live events are small writes: no Nagle delay on them.
-                let _ = io.set_nodelay(true);
+                tune(&io);
                 return (Either::Left(io), peer, slot);
             },
             Inner::Tls(rx) => match rx.recv().await {
@@ -177,5 +176,22 @@ impl ApiListener {
     /// The bound address.
     pub fn local_addr(&self) -> SocketAddr {
         self.local
+    }
+}
+
+/// Unsent bytes the kernel holds for one API connection before the socket
+/// stops being writable.
+pub(crate) const NOTSENT_LOWAT: u32 = 64 * 1024;
+
+/// Socket options of an API connection: no Nagle delay (live events are
+/// small writes), and at most [`NOTSENT_LOWAT`] of unsent data in the
+/// kernel — without it the send buffer autotunes to 4 MiB for a client
+/// that stopped reading, and a few thousand stalled live streams would
+/// hold gigabytes of the kernel's TCP memory that the gateways share.
+fn tune(tcp: &tokio::net::TcpStream) {
+    let _ = tcp.set_nodelay(true);
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    if let Err(e) = socket2::SockRef::from(tcp).set_tcp_notsent_lowat(NOTSENT_LOWAT) {
+        tracing::debug!(error = %e, "TCP_NOTSENT_LOWAT not set.");
     }
 }

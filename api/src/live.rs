@@ -1,14 +1,15 @@
-//! Live feeds over Server-Sent Events, public and agency.
+//! Live feeds over Server-Sent Events and WebSockets, public and agency.
 //!
-//! Each connection gets a small task that reads the platform's broadcast of
-//! stored readings and keeps those the caller may see and asked for (kinds,
-//! sensors, districts) in a short queue; the stream sends them in order, at
-//! most `max_per_s` a second. When the queue is full (the client is slow or
-//! over its rate), a new reading replaces the queued one of its sensor —
-//! it coalesces to the latest value per sensor — so a stalled client holds
-//! at most `QUEUE` + one event per sensor, never an unbounded buffer, and
-//! cannot slow ingest or other clients. Readings the connection's task itself missed (the broadcast
-//! outran it) are reported as a `lagged` event and counted.
+//! One [`hub`] per process reads the platform's broadcast of stored
+//! readings and renders each once; every stream is a cursor into the hub
+//! that takes, at most `max_per_s` times a second, the next event its
+//! caller may see and asked for (kinds, sensors, districts). A stream that
+//! falls behind (a slow client, or one over its rate) takes the latest
+//! reading of each sensor instead — it coalesces, counted in
+//! `pantau_ingest_live_coalesced_total` — so a stalled client holds no
+//! buffer of its own and cannot slow ingest or other clients. Readings the
+//! hub missed (the broadcast outran it) reach the streams as a `lagged`
+//! event and are counted.
 //!
 //! Streams are bounded too: at most `max_streams` at once and
 //! `max_streams_per_ip` from one client address ([`LiveGate`]; over it a
@@ -17,22 +18,23 @@
 //! at most 64 KiB (it only ever needs to answer pings), and one that does
 //! not answer a ping within [`PONG_DEADLINE`] is disconnected.
 
-use std::collections::{BTreeSet, VecDeque};
+mod hub;
+
+use std::collections::BTreeSet;
 use std::convert::Infallible;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use axum::extract::ws::{Message, WebSocketUpgrade};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::Response;
 use futures::{SinkExt, Stream, StreamExt};
-use pantau_ingest::LiveReading;
-use pantau_model::{Sensor, SensorKind};
+use pantau_ingest::Ingestor;
+use pantau_model::SensorKind;
 use serde::Deserialize;
-use serde_json::{json, Value as JsonValue};
-use tokio::sync::broadcast::error::RecvError;
-use tokio::sync::Notify;
-use tokio_util::sync::{CancellationToken, DropGuard};
+use serde_json::json;
+
+use hub::{Ev, Hub, Next};
 
 use pantau_state::admission::{Admission, OverCap, Slot};
 use prometheus_client::metrics::counter::Counter;
@@ -60,6 +62,8 @@ pub struct LiveGate {
     pub refused: Family<Vec<(&'static str, &'static str)>, Counter>,
     /// Streams ended by the server, by reason.
     pub closed: Family<Vec<(&'static str, &'static str)>, Counter>,
+    /// The hub every stream reads, started with the first stream.
+    hub: OnceLock<Arc<Hub>>,
 }
 
 impl LiveGate {
@@ -70,7 +74,15 @@ impl LiveGate {
             open: Gauge::default(),
             refused: Family::default(),
             closed: Family::default(),
+            hub: OnceLock::new(),
         }
+    }
+
+    /// The hub over `ingestor`'s live broadcast (started on first use).
+    fn hub(&self, ingestor: &Arc<Ingestor>) -> Arc<Hub> {
+        self.hub
+            .get_or_init(|| Hub::start(ingestor.clone(), self.open.clone()))
+            .clone()
     }
 
     /// Registers the counters under `pantau_api_live_*`.
@@ -202,12 +214,12 @@ impl Filter {
         })
     }
 
-    fn matches(&self, s: &Sensor) -> bool {
+    fn matches(&self, s: &Ev) -> bool {
         self.kinds.as_ref().is_none_or(|k| k.contains(&s.kind))
             && self
                 .sensors
                 .as_ref()
-                .is_none_or(|ids| ids.contains(s.id.as_str()))
+                .is_none_or(|ids| ids.contains(s.sensor.as_str()))
             && self
                 .districts
                 .as_ref()
@@ -215,124 +227,93 @@ impl Filter {
     }
 }
 
-/// Events a connection queues before it starts coalescing.
-const QUEUE: usize = 256;
-
-/// What a connection has not sent yet.
-#[derive(Debug, Default)]
-struct Pending {
-    queue: VecDeque<(String, JsonValue)>,
-    /// Readings the connection's task missed since the last report.
-    lagged: u64,
+/// Who a stream is for: what it may see of an event.
+#[derive(Debug, Clone)]
+pub(crate) enum Audience {
+    /// Public sensors, no restricted field.
+    Public,
+    /// Sensors of the token's kinds, every field.
+    Agency(crate::auth::Agency),
 }
 
-impl Pending {
-    /// Queues an event; when the queue is full, replaces the queued event
-    /// of the same sensor instead (returns true when it coalesced).
-    fn push(&mut self, sensor: &str, event: JsonValue) -> bool {
-        if self.queue.len() >= QUEUE {
-            if let Some(slot) = self.queue.iter_mut().rev().find(|(s, _)| s == sensor) {
-                slot.1 = event;
-                return true;
-            }
+impl Audience {
+    fn view(&self, ev: &Ev) -> Option<Arc<str>> {
+        match self {
+            Self::Public => ev.public.clone(),
+            Self::Agency(a) => a.reads(ev.kind).then(|| ev.agency.clone()),
         }
-        self.queue.push_back((sensor.to_owned(), event));
-        false
     }
 }
 
 /// One item of a connection's feed.
 #[derive(Debug)]
 pub(crate) enum Item {
-    /// A reading, as the caller may see it.
-    Reading(JsonValue),
-    /// Readings this connection missed (the broadcast outran its task).
+    /// A reading, as the caller may see it (JSON).
+    Reading(Arc<str>),
+    /// Readings the live feed missed (the broadcast outran the hub).
     Lagged(u64),
 }
 
 struct Feed {
-    pending: Arc<(Mutex<Pending>, Notify)>,
+    hub: Arc<Hub>,
+    head: tokio::sync::watch::Receiver<u64>,
+    /// The last sequence number this stream took.
+    cursor: u64,
+    filter: Filter,
+    audience: Audience,
     tick: tokio::time::Interval,
-    /// Stops the connection's task when the client goes away.
-    _stop: DropGuard,
+    coalesced: Counter,
     /// Its place under the stream caps, freed with the stream.
     _admitted: Admitted,
 }
 
-/// A connection's feed of the readings `project` lets through (it returns
-/// the event's JSON, or `None` for a reading the caller may not see), at
-/// most `live_max_per_s` items a second.
-pub(crate) fn subscribe<P>(
+/// A connection's feed of the readings `audience` may see and `filter`
+/// keeps, from now on, at most `live_max_per_s` items a second (a stream
+/// also looks for new events at most that often); a stream that falls
+/// behind takes the latest reading of each sensor instead (see [`hub`]).
+pub(crate) fn subscribe(
     state: &AppState,
     admitted: Admitted,
     filter: Filter,
-    project: P,
-) -> impl Stream<Item = Item>
-where
-    P: Fn(&Sensor, &LiveReading) -> Option<JsonValue> + Send + 'static,
-{
-    let pending: Arc<(Mutex<Pending>, Notify)> = Arc::default();
-    let stop = CancellationToken::new();
-    let mut rx = state.ingestor.subscribe_live();
-    let ingestor = state.ingestor.clone();
-    let (task_pending, task_stop) = (pending.clone(), stop.clone());
-    tokio::spawn(async move {
-        loop {
-            let received = tokio::select! {
-                r = rx.recv() => r,
-                _ = task_stop.cancelled() => return,
-            };
-            let (lock, notify) = &*task_pending;
-            match received {
-                Ok(r) => {
-                    let registry = ingestor.registry();
-                    let Some(sensor) = registry.get(&r.sensor) else {
-                        continue;
-                    };
-                    if !filter.matches(sensor) {
-                        continue;
-                    }
-                    let Some(event) = project(sensor, &r) else {
-                        continue;
-                    };
-                    let mut p = lock.lock().unwrap_or_else(|e| e.into_inner());
-                    if p.push(&r.sensor, event) {
-                        ingestor.metrics().live_coalesced.inc();
-                    }
-                }
-                Err(RecvError::Lagged(n)) => {
-                    ingestor.metrics().live_lagged.inc_by(n);
-                    lock.lock().unwrap_or_else(|e| e.into_inner()).lagged += n;
-                }
-                Err(RecvError::Closed) => return,
-            }
-            notify.notify_one();
-        }
-    });
+    audience: Audience,
+) -> impl Stream<Item = Item> {
+    let hub = state.live_gate.hub(&state.ingestor);
+    let cursor = hub.lock().head();
     let mut tick = tokio::time::interval(Duration::from_secs(1) / state.live_max_per_s.max(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let start = Feed {
-        pending,
+        head: hub.watch(),
+        hub,
+        cursor,
+        filter,
+        audience,
         tick,
-        _stop: stop.drop_guard(),
+        coalesced: state.ingestor.metrics().live_coalesced.clone(),
         _admitted: admitted,
     };
     futures::stream::unfold(start, |mut f| async move {
         loop {
+            f.tick.tick().await;
+            f.head.borrow_and_update();
             let next = {
-                let mut p = f.pending.0.lock().unwrap_or_else(|e| e.into_inner());
-                if p.lagged > 0 {
-                    Some(Item::Lagged(std::mem::take(&mut p.lagged)))
-                } else {
-                    p.queue.pop_front().map(|(_, v)| Item::Reading(v))
-                }
+                let (filter, audience) = (&f.filter, &f.audience);
+                f.hub.lock().next(&mut f.cursor, |ev| {
+                    filter.matches(ev).then(|| audience.view(ev)).flatten()
+                })
             };
             match next {
-                Some(item) => {
-                    f.tick.tick().await;
-                    return Some((item, f));
+                Next::Reading(v, skipped) => {
+                    if skipped > 0 {
+                        f.coalesced.inc_by(skipped);
+                    }
+                    return Some((Item::Reading(v), f));
                 }
-                None => f.pending.1.notified().await,
+                Next::Lagged(n) => return Some((Item::Lagged(n), f)),
+                Next::Idle => {
+                    if f.head.changed().await.is_err() {
+                        return None;
+                    }
+                }
             }
         }
     })
@@ -340,18 +321,15 @@ where
 
 /// The feed as Server-Sent Events: `reading` and `lagged` events, a
 /// heartbeat comment every 15 s.
-pub(crate) fn sse<P>(
+pub(crate) fn sse(
     state: &AppState,
     admitted: Admitted,
     filter: Filter,
-    project: P,
-) -> Sse<impl Stream<Item = Result<Event, Infallible>>>
-where
-    P: Fn(&Sensor, &LiveReading) -> Option<JsonValue> + Send + 'static,
-{
-    let stream = subscribe(state, admitted, filter, project).map(|item| {
+    audience: Audience,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let stream = subscribe(state, admitted, filter, audience).map(|item| {
         Ok(match item {
-            Item::Reading(v) => Event::default().event("reading").data(v.to_string()),
+            Item::Reading(v) => Event::default().event("reading").data(&*v),
             Item::Lagged(n) => Event::default()
                 .event("lagged")
                 .data(json!({"skipped": n}).to_string()),
@@ -364,18 +342,15 @@ where
 /// (`{"event":"reading","data":{..}}` or `{"event":"lagged","data":{"skipped":n}}`),
 /// a ping every 15 s; the connection ends when the client closes it or
 /// stops answering (nothing heard for [`PONG_DEADLINE`]).
-pub(crate) fn websocket<P>(
+pub(crate) fn websocket(
     ws: WebSocketUpgrade,
     state: &AppState,
     admitted: Admitted,
     filter: Filter,
-    project: P,
-) -> Response
-where
-    P: Fn(&Sensor, &LiveReading) -> Option<JsonValue> + Send + 'static,
-{
+    audience: Audience,
+) -> Response {
     let gate = admitted.gate.clone();
-    let items = subscribe(state, admitted, filter, project);
+    let items = subscribe(state, admitted, filter, audience);
     let ws = ws
         .max_frame_size(WS_MAX_FRAME)
         .max_message_size(WS_MAX_MESSAGE);
@@ -387,8 +362,8 @@ where
         loop {
             let msg = tokio::select! {
                 item = items.next() => match item {
-                    Some(Item::Reading(v)) => json!({"event": "reading", "data": v}),
-                    Some(Item::Lagged(n)) => json!({"event": "lagged", "data": {"skipped": n}}),
+                    Some(Item::Reading(v)) => format!(r#"{{"event":"reading","data":{v}}}"#),
+                    Some(Item::Lagged(n)) => json!({"event": "lagged", "data": {"skipped": n}}).to_string(),
                     None => return,
                 },
                 _ = ping.tick() => {
@@ -416,7 +391,7 @@ where
                 },
             };
             if tx
-                .send(Message::Text(msg.to_string().into()))
+                .send(Message::Text(msg.into()))
                 .await
                 .is_err()
             {
@@ -424,32 +399,4 @@ where
             }
         }
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_full_queue_coalesces_per_sensor_and_stays_bounded() {
-        let mut p = Pending::default();
-        for i in 0..QUEUE {
-            assert!(!p.push(&format!("s{}", i % 8), json!(i)));
-        }
-        // Full: a sensor already queued is replaced in place...
-        assert!(p.push("s3", json!("new")));
-        assert_eq!(p.queue.len(), QUEUE);
-        assert_eq!(
-            p.queue.iter().filter(|(_, v)| *v == json!("new")).count(),
-            1
-        );
-        // ...a sensor not queued still gets one place; then it coalesces too.
-        assert!(!p.push("other", json!(1)));
-        for i in 0..10_000 {
-            p.push(&format!("s{}", i % 8), json!(i));
-            p.push("other", json!(i));
-        }
-        assert_eq!(p.queue.len(), QUEUE + 1);
-        assert_eq!(p.queue.back().unwrap().1, json!(9_999));
-    }
 }

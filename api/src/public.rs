@@ -262,11 +262,11 @@ pub(crate) async fn live(
 ) -> Result<Response, ApiError> {
     let filter = Filter::parse(&p)?;
     let admitted = live::admit(&state, peer, &headers)?;
-    Ok(live::sse(&state, admitted, filter, public_event).into_response())
+    Ok(live::sse(&state, admitted, filter, live::Audience::Public).into_response())
 }
 
 /// A public live event: public sensors only, no restricted field.
-fn public_event(s: &Sensor, r: &pantau_ingest::LiveReading) -> Option<JsonValue> {
+pub(crate) fn public_event(s: &Sensor, r: &pantau_ingest::LiveReading) -> Option<JsonValue> {
     s.public.then(|| {
         let values = r
             .values
@@ -315,7 +315,13 @@ pub(crate) async fn live_ws(
         message: e.body_text(),
     })?;
     let admitted = live::admit(&state, peer, &headers)?;
-    Ok(live::websocket(ws, &state, admitted, filter, public_event))
+    Ok(live::websocket(
+        ws,
+        &state,
+        admitted,
+        filter,
+        live::Audience::Public,
+    ))
 }
 
 /// Adds a weak `ETag` (a hash of the body) to successful JSON answers and

@@ -10,6 +10,9 @@
 //!   a request held its connection forever);
 //! - a connection with no traffic either way for `idle_timeout` is closed
 //!   (live feeds send heartbeats, so they stay);
+//! - a connection buffers at most [`HTTP1_MAX_BUF`] of a request head and
+//!   of unsent answer (hyper's default is ~400 KiB: a stalled live stream
+//!   held that much each);
 //! - at shutdown every connection is told to finish; one that does not
 //!   within a bound is dropped.
 
@@ -28,6 +31,10 @@ use prometheus_client::registry::Registry;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+
+/// Most bytes an HTTP/1 connection buffers, read (a request head) or
+/// written and not yet taken by the client.
+pub(crate) const HTTP1_MAX_BUF: usize = 64 * 1024;
 use tokio_util::task::TaskTracker;
 
 use crate::ratelimit::TrustedProxies;
@@ -238,7 +245,8 @@ pub(crate) fn spawn_connection<S>(
         builder
             .http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(gate.limits.header_read_timeout);
+            .header_read_timeout(gate.limits.header_read_timeout)
+            .max_buf_size(HTTP1_MAX_BUF);
         let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
         tokio::pin!(conn);
         let idle = gate.limits.idle_timeout;

@@ -1,0 +1,327 @@
+//! The process's one reader of the live broadcast, shared by every stream.
+//!
+//! The hub receives each stored reading once, looks its sensor up once and
+//! renders both projections (public, agency) to JSON once, then appends the
+//! event to a bounded ring and records it as its sensor's latest. Streams
+//! hold only a cursor (the last sequence number they took) and pull at
+//! their own pace: the next matching event from the ring while they keep
+//! up, and — once more than [`BEHIND`] events behind, or past the ring's
+//! start — the latest event of each sensor after their cursor, in sequence
+//! order (a slow client coalesces to the latest value per sensor). The
+//! per-reading cost is paid once however many streams are open, a stream
+//! costs nothing while its client does not read, and the memory is the
+//! ring plus one event per sensor, whatever the clients do.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use pantau_ingest::{Ingestor, LiveReading};
+use pantau_model::{Sensor, SensorKind};
+use prometheus_client::metrics::gauge::Gauge;
+use tokio::sync::broadcast::error::TryRecvError;
+use tokio::sync::watch;
+
+/// Events kept in the ring.
+pub(crate) const RING: usize = 4096;
+/// A stream further behind than this coalesces.
+pub(crate) const BEHIND: u64 = 256;
+/// Readings taken from the broadcast per append.
+const BATCH: usize = 1024;
+
+/// One stored reading, rendered for every audience.
+#[derive(Debug)]
+pub(crate) struct Ev {
+    pub(crate) sensor: String,
+    pub(crate) kind: SensorKind,
+    pub(crate) district: String,
+    /// The public event's JSON; `None` for a sensor that is not public.
+    pub(crate) public: Option<Arc<str>>,
+    /// The agency event's JSON (every field).
+    pub(crate) agency: Arc<str>,
+}
+
+impl Ev {
+    /// Renders `r` of `sensor` for both audiences.
+    pub(crate) fn render(sensor: &Sensor, r: &LiveReading) -> Self {
+        let public = crate::public::public_event(sensor, r).map(|v| Arc::from(v.to_string()));
+        let agency = serde_json::json!({
+            "sensor": r.sensor,
+            "kind": r.kind,
+            "district": sensor.district,
+            "gateway": r.gateway,
+            "ts": r.ts.to_rfc3339(),
+            "values": r.values,
+        });
+        Self {
+            sensor: r.sensor.clone(),
+            kind: sensor.kind,
+            district: sensor.district.clone(),
+            public,
+            agency: Arc::from(agency.to_string()),
+        }
+    }
+}
+
+/// An entry of the ring.
+#[derive(Debug, Clone)]
+pub(crate) enum Entry {
+    Reading(Arc<Ev>),
+    /// Readings the hub itself missed (the broadcast outran it).
+    Lagged(u64),
+}
+
+/// What a stream takes next.
+#[derive(Debug, PartialEq)]
+pub(crate) enum Next<T> {
+    /// An event, and how many events of the feed the stream skipped to
+    /// reach it (it was behind and took its sensor's latest instead).
+    Reading(T, u64),
+    Lagged(u64),
+    /// Nothing new for this stream.
+    Idle,
+}
+
+/// The ring and the latest event per sensor; sequence numbers start at 1.
+#[derive(Debug, Default)]
+pub(crate) struct Ring {
+    events: VecDeque<Entry>,
+    /// Sequence number of `events[0]`.
+    first: u64,
+    /// Last sequence number given.
+    head: u64,
+    /// Each sensor's latest event's sequence number...
+    latest: HashMap<String, u64>,
+    /// ...and those events by sequence number.
+    by_seq: BTreeMap<u64, Arc<Ev>>,
+}
+
+impl Ring {
+    /// Appends an entry; returns its sequence number.
+    pub(crate) fn push(&mut self, e: Entry) -> u64 {
+        self.head += 1;
+        let seq = self.head;
+        if self.events.is_empty() {
+            self.first = seq;
+        }
+        if let Entry::Reading(ev) = &e {
+            if let Some(old) = self.latest.insert(ev.sensor.clone(), seq) {
+                self.by_seq.remove(&old);
+            }
+            self.by_seq.insert(seq, ev.clone());
+        }
+        self.events.push_back(e);
+        if self.events.len() > RING {
+            self.events.pop_front();
+            self.first += 1;
+        }
+        seq
+    }
+
+    /// The last sequence number given (a new stream's cursor).
+    pub(crate) fn head(&self) -> u64 {
+        self.head
+    }
+
+    /// The next entry after `cursor` that `wants` keeps (it returns what to
+    /// send), advancing the cursor past everything looked at.
+    pub(crate) fn next<T>(&self, cursor: &mut u64, wants: impl Fn(&Ev) -> Option<T>) -> Next<T> {
+        if self.head.saturating_sub(*cursor) > BEHIND || *cursor + 1 < self.first {
+            // Behind: the latest of each sensor after the cursor.
+            for (&seq, ev) in self.by_seq.range(*cursor + 1..) {
+                if let Some(out) = wants(ev) {
+                    let skipped = seq - *cursor - 1;
+                    *cursor = seq;
+                    return Next::Reading(out, skipped);
+                }
+            }
+            // Every later event is superseded or not for this stream.
+            *cursor = self.head;
+            return Next::Idle;
+        }
+        let start = (*cursor + 1 - self.first) as usize;
+        for e in self.events.range(start.min(self.events.len())..) {
+            *cursor += 1;
+            match e {
+                Entry::Lagged(n) => return Next::Lagged(*n),
+                Entry::Reading(ev) => {
+                    if let Some(out) = wants(ev) {
+                        return Next::Reading(out, 0);
+                    }
+                }
+            }
+        }
+        Next::Idle
+    }
+}
+
+/// The hub: the ring behind a lock and the head's watch.
+#[derive(Debug)]
+pub(crate) struct Hub {
+    ring: Mutex<Ring>,
+    head: watch::Sender<u64>,
+}
+
+impl Hub {
+    /// Starts the hub's task on `ingestor`'s live broadcast; it renders
+    /// readings only while `open` (streams open) is above zero.
+    pub(crate) fn start(ingestor: Arc<Ingestor>, open: Gauge) -> Arc<Self> {
+        let hub = Arc::new(Self {
+            ring: Mutex::default(),
+            head: watch::Sender::new(0),
+        });
+        let weak = Arc::downgrade(&hub);
+        let mut rx = ingestor.subscribe_live();
+        tokio::spawn(async move {
+            let mut batch = Vec::with_capacity(BATCH);
+            loop {
+                match rx.recv().await {
+                    Ok(r) => batch.push(Ok(r)),
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => batch.push(Err(n)),
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                }
+                while batch.len() < BATCH {
+                    match rx.try_recv() {
+                        Ok(r) => batch.push(Ok(r)),
+                        Err(TryRecvError::Lagged(n)) => batch.push(Err(n)),
+                        Err(TryRecvError::Empty) => break,
+                        Err(TryRecvError::Closed) => return,
+                    }
+                }
+                let Some(hub) = weak.upgrade() else { return };
+                if open.get() <= 0 {
+                    // No stream to serve: a new one starts at the head.
+                    batch.clear();
+                    continue;
+                }
+                let registry = ingestor.registry();
+                let entries: Vec<Entry> = batch
+                    .drain(..)
+                    .filter_map(|r| match r {
+                        Ok(r) => registry
+                            .get(&r.sensor)
+                            .map(|s| Entry::Reading(Arc::new(Ev::render(s, &r)))),
+                        Err(n) => {
+                            ingestor.metrics().live_lagged.inc_by(n);
+                            Some(Entry::Lagged(n))
+                        }
+                    })
+                    .collect();
+                let head = {
+                    let mut ring = hub.lock();
+                    for e in entries {
+                        ring.push(e);
+                    }
+                    ring.head()
+                };
+                hub.head.send_replace(head);
+            }
+        });
+        hub
+    }
+
+    pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, Ring> {
+        self.ring.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A watch of the head, to wait for new events.
+    pub(crate) fn watch(&self) -> watch::Receiver<u64> {
+        self.head.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(sensor: &str, n: u64) -> Entry {
+        Entry::Reading(Arc::new(Ev {
+            sensor: sensor.into(),
+            kind: SensorKind::FloodGauge,
+            district: "Dumai Kota".into(),
+            public: (sensor != "private").then(|| Arc::from(format!("{sensor}:{n}"))),
+            agency: Arc::from(format!("{sensor}:{n}")),
+        }))
+    }
+
+    fn public(e: &Ev) -> Option<Arc<str>> {
+        e.public.clone()
+    }
+
+    #[test]
+    fn a_stream_that_keeps_up_takes_every_event_it_may_see_in_order() {
+        let mut ring = Ring::default();
+        let mut cursor = ring.head();
+        for i in 0..100 {
+            ring.push(ev(["a", "b", "private"][i % 3], i as u64));
+        }
+        let mut got = Vec::new();
+        while let Next::Reading(v, skipped) = ring.next(&mut cursor, public) {
+            assert_eq!(skipped, 0);
+            got.push(v.to_string());
+        }
+        let want: Vec<String> = (0..100)
+            .filter(|i| i % 3 != 2)
+            .map(|i| format!("{}:{i}", ["a", "b"][i % 3]))
+            .collect();
+        assert_eq!(got, want);
+        assert_eq!(cursor, ring.head());
+        assert_eq!(ring.next(&mut cursor, public), Next::Idle);
+    }
+
+    #[test]
+    fn a_stream_far_behind_takes_the_latest_per_sensor_and_counts_the_skipped() {
+        let mut ring = Ring::default();
+        let mut cursor = ring.head();
+        for i in 0..100_000u64 {
+            ring.push(ev(&format!("s{}", i % 10), i));
+        }
+        // Bounded: the ring and one event per sensor.
+        assert_eq!(ring.events.len(), RING);
+        assert_eq!(ring.by_seq.len(), 10);
+        let mut got = Vec::new();
+        let mut skipped = 0;
+        while let Next::Reading(v, s) = ring.next(&mut cursor, public) {
+            got.push(v.to_string());
+            skipped += s;
+        }
+        let want: Vec<String> = (99_990..100_000)
+            .map(|i| format!("s{}:{i}", i % 10))
+            .collect();
+        assert_eq!(got, want);
+        assert_eq!(skipped, 100_000 - 10);
+    }
+
+    #[test]
+    fn a_slow_stream_never_takes_an_older_reading_of_a_sensor_after_a_newer_one() {
+        let mut ring = Ring::default();
+        let mut cursor = ring.head();
+        let mut last: HashMap<String, u64> = HashMap::new();
+        for i in 0..20_000u64 {
+            ring.push(ev(&format!("s{}", i % 7), i));
+            // One take per three readings: it falls behind and coalesces.
+            if i % 3 == 0 {
+                if let Next::Reading(v, _) = ring.next(&mut cursor, public) {
+                    let (s, n) = v.split_once(':').unwrap();
+                    let n: u64 = n.parse().unwrap();
+                    if let Some(prev) = last.insert(s.to_owned(), n) {
+                        assert!(n > prev, "{s}: {n} after {prev}");
+                    }
+                }
+            }
+        }
+        assert_eq!(last.len(), 7);
+    }
+
+    #[test]
+    fn a_gap_in_the_broadcast_reaches_the_streams_as_lagged() {
+        let mut ring = Ring::default();
+        let mut cursor = ring.head();
+        ring.push(ev("a", 1));
+        ring.push(Entry::Lagged(5));
+        ring.push(ev("a", 2));
+        assert!(matches!(ring.next(&mut cursor, public), Next::Reading(..)));
+        assert_eq!(ring.next(&mut cursor, public), Next::Lagged(5));
+        assert!(matches!(ring.next(&mut cursor, public), Next::Reading(..)));
+        assert_eq!(ring.next(&mut cursor, public), Next::Idle);
+    }
+}
