@@ -28,7 +28,7 @@ use std::time::Duration;
 use axum::extract::ws::{Message, WebSocketUpgrade};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::Response;
-use futures::{SinkExt, Stream, StreamExt};
+use futures::{FutureExt, SinkExt, Stream, StreamExt};
 use pantau_ingest::Ingestor;
 use pantau_model::SensorKind;
 use serde::Deserialize;
@@ -215,15 +215,12 @@ impl Filter {
     }
 
     fn matches(&self, s: &Ev) -> bool {
-        self.kinds.as_ref().is_none_or(|k| k.contains(&s.kind))
-            && self
-                .sensors
-                .as_ref()
-                .is_none_or(|ids| ids.contains(s.sensor.as_str()))
+        self.kinds.as_ref().is_none_or(|k| k.contains(&s.kind()))
+            && self.sensors.as_ref().is_none_or(|ids| ids.contains(s.id()))
             && self
                 .districts
                 .as_ref()
-                .is_none_or(|d| d.contains(&s.district))
+                .is_none_or(|d| d.contains(s.district()))
     }
 }
 
@@ -239,8 +236,8 @@ pub(crate) enum Audience {
 impl Audience {
     fn view(&self, ev: &Ev) -> Option<Arc<str>> {
         match self {
-            Self::Public => ev.public.clone(),
-            Self::Agency(a) => a.reads(ev.kind).then(|| ev.agency.clone()),
+            Self::Public => ev.public(),
+            Self::Agency(a) => a.reads(ev.kind()).then(|| ev.agency()),
         }
     }
 }
@@ -261,16 +258,41 @@ struct Feed {
     cursor: u64,
     filter: Filter,
     audience: Audience,
-    tick: tokio::time::Interval,
+    /// One look at the hub per window...
+    window: tokio::time::Interval,
+    /// ...taking at most this many items, sent together.
+    budget: usize,
+    batch: std::collections::VecDeque<Item>,
     coalesced: Counter,
     /// Its place under the stream caps, freed with the stream.
     _admitted: Admitted,
 }
 
+/// A busy live stream looks for new events once per window and writes
+/// what it finds together: the window holds [`PER_LOOK`] events of the
+/// stream's rate, between [`MIN_WINDOW`] and [`MAX_WINDOW`] (and at least
+/// one event's time). A stream that was idle looks at once when an event
+/// comes, so the window delays only a stream that keeps busy.
+const PER_LOOK: u32 = 5;
+const MIN_WINDOW: Duration = Duration::from_millis(10);
+const MAX_WINDOW: Duration = Duration::from_millis(100);
+
+/// The window and the items per window of a stream of at most `max_per_s`
+/// items a second.
+fn pace(max_per_s: u32) -> (Duration, usize) {
+    let max_per_s = max_per_s.max(1);
+    let one = Duration::from_secs(1) / max_per_s;
+    let window = (one * PER_LOOK).clamp(MIN_WINDOW, MAX_WINDOW).max(one);
+    let budget = (f64::from(max_per_s) * window.as_secs_f64()).round() as usize;
+    (window, budget.max(1))
+}
+
 /// A connection's feed of the readings `audience` may see and `filter`
-/// keeps, from now on, at most `live_max_per_s` items a second (a stream
-/// also looks for new events at most that often); a stream that falls
-/// behind takes the latest reading of each sensor instead (see [`hub`]).
+/// keeps, from now on, at most `live_max_per_s` items a second: it looks
+/// at the hub at most once per window ([`pace`]) and takes what is there
+/// up to its share of the rate, so a busy stream costs one write per
+/// window, not one per event. A stream that falls behind takes the latest reading of
+/// each sensor instead (see [`hub`]).
 pub(crate) fn subscribe(
     state: &AppState,
     admitted: Admitted,
@@ -279,41 +301,48 @@ pub(crate) fn subscribe(
 ) -> impl Stream<Item = Item> {
     let hub = state.live_gate.hub(&state.ingestor);
     let cursor = hub.lock().head();
-    let mut tick = tokio::time::interval(Duration::from_secs(1) / state.live_max_per_s.max(1));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let (window, budget) = pace(state.live_max_per_s);
+    let mut window = tokio::time::interval(window);
+    window.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let start = Feed {
         head: hub.watch(),
         hub,
         cursor,
         filter,
         audience,
-        tick,
+        window,
+        budget,
+        batch: Default::default(),
         coalesced: state.ingestor.metrics().live_coalesced.clone(),
         _admitted: admitted,
     };
     futures::stream::unfold(start, |mut f| async move {
         loop {
-            f.tick.tick().await;
+            if let Some(item) = f.batch.pop_front() {
+                return Some((item, f));
+            }
+            f.window.tick().await;
             f.head.borrow_and_update();
-            let next = {
+            {
                 let (filter, audience) = (&f.filter, &f.audience);
-                f.hub.lock().next(&mut f.cursor, |ev| {
-                    filter.matches(ev).then(|| audience.view(ev)).flatten()
-                })
-            };
-            match next {
-                Next::Reading(v, skipped) => {
-                    if skipped > 0 {
-                        f.coalesced.inc_by(skipped);
-                    }
-                    return Some((Item::Reading(v), f));
-                }
-                Next::Lagged(n) => return Some((Item::Lagged(n), f)),
-                Next::Idle => {
-                    if f.head.changed().await.is_err() {
-                        return None;
+                let ring = f.hub.lock();
+                while f.batch.len() < f.budget {
+                    match ring.next(&mut f.cursor, |ev| {
+                        filter.matches(ev).then(|| audience.view(ev)).flatten()
+                    }) {
+                        Next::Reading(v, skipped) => {
+                            if skipped > 0 {
+                                f.coalesced.inc_by(skipped);
+                            }
+                            f.batch.push_back(Item::Reading(v));
+                        }
+                        Next::Lagged(n) => f.batch.push_back(Item::Lagged(n)),
+                        Next::Idle => break,
                     }
                 }
+            }
+            if f.batch.is_empty() && f.head.changed().await.is_err() {
+                return None;
             }
         }
     })
@@ -362,8 +391,7 @@ pub(crate) fn websocket(
         loop {
             let msg = tokio::select! {
                 item = items.next() => match item {
-                    Some(Item::Reading(v)) => format!(r#"{{"event":"reading","data":{v}}}"#),
-                    Some(Item::Lagged(n)) => json!({"event": "lagged", "data": {"skipped": n}}).to_string(),
+                    Some(item) => message(item),
                     None => return,
                 },
                 _ = ping.tick() => {
@@ -390,13 +418,43 @@ pub(crate) fn websocket(
                     }
                 },
             };
-            if tx
-                .send(Message::Text(msg.into()))
-                .await
-                .is_err()
-            {
+            // What the stream has ready goes out in one write.
+            if tx.feed(Message::Text(msg.into())).await.is_err() {
+                return;
+            }
+            while let Some(Some(item)) = items.next().now_or_never() {
+                if tx.feed(Message::Text(message(item).into())).await.is_err() {
+                    return;
+                }
+            }
+            if tx.flush().await.is_err() {
                 return;
             }
         }
     })
+}
+
+/// An item as a WebSocket text message.
+fn message(item: Item) -> String {
+    match item {
+        Item::Reading(v) => format!(r#"{{"event":"reading","data":{v}}}"#),
+        Item::Lagged(n) => json!({"event": "lagged", "data": {"skipped": n}}).to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_busy_stream_writes_a_few_events_per_look_and_keeps_to_its_rate() {
+        // The default: five events every 100 ms.
+        assert_eq!(pace(50), (MAX_WINDOW, 5));
+        assert_eq!(pace(200), (Duration::from_millis(25), 5));
+        // Fast streams look every 10 ms (the live-latency target is 50 ms).
+        assert_eq!(pace(100_000), (MIN_WINDOW, 1_000));
+        // Slower than ten a second: one item per look.
+        assert_eq!(pace(2), (Duration::from_millis(500), 1));
+        assert_eq!(pace(0), (Duration::from_secs(1), 1));
+    }
 }

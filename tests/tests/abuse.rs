@@ -15,6 +15,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 
 const SLOW: usize = 2_000;
+
+/// The two floods of this file take turns: the PUBACK latency measured in
+/// one must not carry the other's TLS handshakes on a 2-core machine.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 const PUBLISHES: usize = 100;
 
 /// Publishes `n` envelopes one at a time; the time from each publish to
@@ -57,6 +61,7 @@ fn p99(mut v: Vec<Duration>) -> Duration {
 
 #[tokio::test]
 async fn half_open_http_connections_cannot_starve_the_gateways() -> Result<()> {
+    let _turn = ONE_AT_A_TIME.lock().await;
     // The test itself holds 2 000 sockets.
     rlimit::increase_nofile_limit(8_192)?;
     let dir = tempfile::tempdir()?;
@@ -101,12 +106,19 @@ async fn half_open_http_connections_cannot_starve_the_gateways() -> Result<()> {
     .await?;
     let (client2, mut eventloop2) = connect_gateway(&p, &creds).await?;
     drop((client, eventloop));
-    let loaded = p99(puback_times(&client2, &mut eventloop2, &creds.gateway, 1_000).await?);
+    let times = puback_times(&client2, &mut eventloop2, &creds.gateway, 1_000).await?;
+    let mut worst: Vec<(usize, Duration)> = times.iter().copied().enumerate().collect();
+    worst.sort_by_key(|&(_, t)| std::cmp::Reverse(t));
+    worst.truncate(5);
+    let loaded = p99(times);
     // Below 50 ms a debug build's fsync noise on a shared disk dominates a
     // p99 of 100 round trips: compare from there (the benchmark
     // `pantau-bench fanin-loaded` measures the ratio itself).
     let bound = idle.max(Duration::from_millis(50)) * 2;
-    eprintln!("PUBACK p99: idle {idle:?}, with {SLOW} slow HTTP clients {loaded:?}");
+    eprintln!(
+        "PUBACK p99: idle {idle:?}, with {SLOW} slow HTTP clients {loaded:?} \
+         (slowest publishes, by index: {worst:?})"
+    );
     ensure!(
         loaded <= bound,
         "PUBACK p99 {loaded:?} under {SLOW} slow HTTP clients vs {idle:?} idle (bound {bound:?})"
@@ -146,6 +158,7 @@ fn open_fds(pid: u32) -> usize {
 
 #[tokio::test]
 async fn sockets_that_never_finish_tls_or_connect_are_capped_per_address() -> Result<()> {
+    let _turn = ONE_AT_A_TIME.lock().await;
     const FLOOD: usize = 500;
     const PENDING_PER_IP: usize = 64;
     let dir = tempfile::tempdir()?;

@@ -1,8 +1,10 @@
 //! The process's one reader of the live broadcast, shared by every stream.
 //!
-//! The hub receives each stored reading once, looks its sensor up once and
-//! renders both projections (public, agency) to JSON once, then appends the
-//! event to a bounded ring and records it as its sensor's latest. Streams
+//! The hub receives each stored reading once and appends it, with the
+//! registry it was stored under, to a bounded ring, recording it as its
+//! sensor's latest. An event is rendered to JSON (public or agency) only
+//! when a stream takes it, and at most once per audience however many
+//! streams take it. Streams
 //! hold only a cursor (the last sequence number they took) and pull at
 //! their own pace: the next matching event from the ring while they keep
 //! up, and — once more than [`BEHIND`] events behind, or past the ring's
@@ -13,10 +15,10 @@
 //! ring plus one event per sensor, whatever the clients do.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use pantau_ingest::{Ingestor, LiveReading};
-use pantau_model::{Sensor, SensorKind};
+use pantau_model::{Registry, Sensor, SensorKind};
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::broadcast::error::TryRecvError;
 use tokio::sync::watch;
@@ -28,37 +30,77 @@ pub(crate) const BEHIND: u64 = 256;
 /// Readings taken from the broadcast per append.
 const BATCH: usize = 1024;
 
-/// One stored reading, rendered for every audience.
+/// One stored reading, rendered on demand for each audience.
 #[derive(Debug)]
 pub(crate) struct Ev {
-    pub(crate) sensor: String,
-    pub(crate) kind: SensorKind,
-    pub(crate) district: String,
-    /// The public event's JSON; `None` for a sensor that is not public.
-    pub(crate) public: Option<Arc<str>>,
+    reading: Arc<LiveReading>,
+    /// The registry the reading was stored under (its sensor is in it).
+    registry: Arc<Registry>,
+    /// The public event's JSON (`None` for a sensor that is not public).
+    public: OnceLock<Option<Arc<str>>>,
     /// The agency event's JSON (every field).
-    pub(crate) agency: Arc<str>,
+    agency: OnceLock<Arc<str>>,
 }
 
 impl Ev {
-    /// Renders `r` of `sensor` for both audiences.
-    pub(crate) fn render(sensor: &Sensor, r: &LiveReading) -> Self {
-        let public = crate::public::public_event(sensor, r).map(|v| Arc::from(v.to_string()));
-        let agency = serde_json::json!({
-            "sensor": r.sensor,
-            "kind": r.kind,
-            "district": sensor.district,
-            "gateway": r.gateway,
-            "ts": r.ts.to_rfc3339(),
-            "values": r.values,
-        });
-        Self {
-            sensor: r.sensor.clone(),
-            kind: sensor.kind,
-            district: sensor.district.clone(),
-            public,
-            agency: Arc::from(agency.to_string()),
-        }
+    /// An event of `reading`, whose sensor `registry` holds (else `None`).
+    pub(crate) fn new(reading: Arc<LiveReading>, registry: Arc<Registry>) -> Option<Self> {
+        registry.get(&reading.sensor)?;
+        Some(Self {
+            reading,
+            registry,
+            public: OnceLock::new(),
+            agency: OnceLock::new(),
+        })
+    }
+
+    fn sensor(&self) -> &Sensor {
+        self.registry
+            .get(&self.reading.sensor)
+            .expect("checked when the event was made")
+    }
+
+    /// The sensor's id.
+    pub(crate) fn id(&self) -> &str {
+        &self.reading.sensor
+    }
+
+    /// The sensor's kind.
+    pub(crate) fn kind(&self) -> SensorKind {
+        self.reading.kind
+    }
+
+    /// The sensor's district.
+    pub(crate) fn district(&self) -> &str {
+        &self.sensor().district
+    }
+
+    /// The public event (public sensors only, no restricted field).
+    pub(crate) fn public(&self) -> Option<Arc<str>> {
+        self.public
+            .get_or_init(|| {
+                crate::public::public_event(self.sensor(), &self.reading)
+                    .map(|v| Arc::from(v.to_string()))
+            })
+            .clone()
+    }
+
+    /// The agency event (every field).
+    pub(crate) fn agency(&self) -> Arc<str> {
+        self.agency
+            .get_or_init(|| {
+                let r = &self.reading;
+                let v = serde_json::json!({
+                    "sensor": r.sensor,
+                    "kind": r.kind,
+                    "district": self.sensor().district,
+                    "gateway": r.gateway,
+                    "ts": r.ts.to_rfc3339(),
+                    "values": r.values,
+                });
+                Arc::from(v.to_string())
+            })
+            .clone()
     }
 }
 
@@ -104,8 +146,14 @@ impl Ring {
             self.first = seq;
         }
         if let Entry::Reading(ev) = &e {
-            if let Some(old) = self.latest.insert(ev.sensor.clone(), seq) {
-                self.by_seq.remove(&old);
+            match self.latest.get_mut(ev.id()) {
+                Some(at) => {
+                    self.by_seq.remove(at);
+                    *at = seq;
+                }
+                None => {
+                    self.latest.insert(ev.id().to_owned(), seq);
+                }
             }
             self.by_seq.insert(seq, ev.clone());
         }
@@ -162,7 +210,7 @@ pub(crate) struct Hub {
 }
 
 impl Hub {
-    /// Starts the hub's task on `ingestor`'s live broadcast; it renders
+    /// Starts the hub's task on `ingestor`'s live broadcast; it keeps
     /// readings only while `open` (streams open) is above zero.
     pub(crate) fn start(ingestor: Arc<Ingestor>, open: Gauge) -> Arc<Self> {
         let hub = Arc::new(Self {
@@ -197,9 +245,7 @@ impl Hub {
                 let entries: Vec<Entry> = batch
                     .drain(..)
                     .filter_map(|r| match r {
-                        Ok(r) => registry
-                            .get(&r.sensor)
-                            .map(|s| Entry::Reading(Arc::new(Ev::render(s, &r)))),
+                        Ok(r) => Ev::new(r, registry.clone()).map(|e| Entry::Reading(Arc::new(e))),
                         Err(n) => {
                             ingestor.metrics().live_lagged.inc_by(n);
                             Some(Entry::Lagged(n))
@@ -233,18 +279,52 @@ impl Hub {
 mod tests {
     use super::*;
 
-    fn ev(sensor: &str, n: u64) -> Entry {
-        Entry::Reading(Arc::new(Ev {
-            sensor: sensor.into(),
-            kind: SensorKind::FloodGauge,
-            district: "Dumai Kota".into(),
-            public: (sensor != "private").then(|| Arc::from(format!("{sensor}:{n}"))),
-            agency: Arc::from(format!("{sensor}:{n}")),
-        }))
+    /// A registry of flood gauges `a`, `b`, `s0`..`s9` (public) and
+    /// `private`.
+    fn registry() -> Arc<Registry> {
+        let mut toml = String::new();
+        let ids = ["a", "b", "private"]
+            .into_iter()
+            .map(str::to_owned)
+            .chain((0..10).map(|i| format!("s{i}")));
+        for id in ids {
+            toml.push_str(&format!(
+                "[[sensor]]\nid = \"{id}\"\nkind = \"flood_gauge\"\ngateway = \"gw-1\"\nname = \"{id}\"\nlat = 1.6\nlon = 101.4\npublic = {}\n\n",
+                id != "private"
+            ));
+        }
+        Arc::new(Registry::parse(&toml).expect("a valid registry"))
     }
 
-    fn public(e: &Ev) -> Option<Arc<str>> {
-        e.public.clone()
+    thread_local! {
+        static REGISTRY: Arc<Registry> = registry();
+    }
+
+    /// Reading number `n` of `sensor` (its water level is `n` cm).
+    fn ev(sensor: &str, n: u64) -> Entry {
+        let mut values = pantau_model::Values::new();
+        values.insert("water_level_cm".into(), pantau_model::Value::Num(n as f64));
+        let r = LiveReading {
+            sensor: sensor.into(),
+            kind: SensorKind::FloodGauge,
+            gateway: "gw-1".into(),
+            ts: pantau_model::Timestamp(1_700_000_000_000),
+            values,
+        };
+        let ev = REGISTRY
+            .with(|reg| Ev::new(Arc::new(r), reg.clone()))
+            .expect("a known sensor");
+        Entry::Reading(Arc::new(ev))
+    }
+
+    /// What a public stream takes: `sensor:n`, from the rendered JSON.
+    fn public(e: &Ev) -> Option<String> {
+        let v: serde_json::Value = serde_json::from_str(&e.public()?).expect("JSON");
+        Some(format!(
+            "{}:{}",
+            v["sensor"].as_str()?,
+            v["values"]["water_level_cm"].as_f64()? as u64
+        ))
     }
 
     #[test]
