@@ -273,9 +273,9 @@ struct Feed {
 /// stream's rate, between [`MIN_WINDOW`] and [`MAX_WINDOW`] (and at least
 /// one event's time). A stream that was idle looks at once when an event
 /// comes, so the window delays only a stream that keeps busy.
-const PER_LOOK: u32 = 5;
+const PER_LOOK: u32 = 12;
 const MIN_WINDOW: Duration = Duration::from_millis(10);
-const MAX_WINDOW: Duration = Duration::from_millis(100);
+const MAX_WINDOW: Duration = Duration::from_millis(250);
 
 /// The window and the items per window of a stream of at most `max_per_s`
 /// items a second.
@@ -447,13 +447,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_busy_stream_writes_a_few_events_per_look_and_keeps_to_its_rate() {
-        // The default: five events every 100 ms.
-        assert_eq!(pace(50), (MAX_WINDOW, 5));
-        assert_eq!(pace(200), (Duration::from_millis(25), 5));
+    fn a_busy_stream_writes_several_events_per_look_and_keeps_to_its_rate() {
+        // The default: twelve events every 240 ms.
+        assert_eq!(pace(50), (Duration::from_millis(240), 12));
+        assert_eq!(pace(20), (MAX_WINDOW, 5));
+        assert_eq!(pace(200), (Duration::from_millis(60), 12));
         // Fast streams look every 10 ms (the live-latency target is 50 ms).
         assert_eq!(pace(100_000), (MIN_WINDOW, 1_000));
-        // Slower than ten a second: one item per look.
+        // Slower than four a second: one item per look.
         assert_eq!(pace(2), (Duration::from_millis(500), 1));
         assert_eq!(pace(0), (Duration::from_secs(1), 1));
     }

@@ -605,10 +605,11 @@ async fn bench_fanin() -> Result<()> {
 /// on one Pantau, quiet ones and ones with 2 000 idle HTTP connections
 /// (from two loopback addresses, under the per-address cap) and 500 public
 /// SSE streams open (each receiving its coalesced share of the readings);
-/// the ratio of each loaded round to the quiet round before it.
+/// the ratio of each loaded round to the mean of the quiet rounds either
+/// side of it.
 async fn bench_fanin_loaded() -> Result<()> {
     // PANTAU_BENCH_IDLE / PANTAU_BENCH_STREAMS size each half of the load
-    // (to tell which one costs).
+    // (to tell which one costs); PANTAU_BENCH_ROUNDS the number of loaded rounds.
     let env = |name: &str, default: usize| {
         std::env::var(name)
             .ok()
@@ -621,7 +622,11 @@ async fn bench_fanin_loaded() -> Result<()> {
     );
     rlimit::increase_nofile_limit(16_384)?;
     let clients = 20;
-    let rounds = 3;
+    let rounds = env("PANTAU_BENCH_ROUNDS", 3);
+    anyhow::ensure!(
+        (1..=20).contains(&rounds),
+        "PANTAU_BENCH_ROUNDS: 1 to 20 loaded rounds"
+    );
     let duration = Duration::from_secs(5);
     let dir = tempfile::tempdir()?;
     let (p, creds) = fanin_pantau(
@@ -632,12 +637,29 @@ async fn bench_fanin_loaded() -> Result<()> {
     )
     .await?;
     let tls = pantau_edge_agent::uplink::client_tls(&p.data_dir.join("tls").join("ca.pem"))?;
-    println!("fanin-loaded: {clients} TLS publishers, {FANIN_WINDOW} in flight each; {rounds} pairs of {}s rounds, quiet then with {idle_n} idle HTTP connections and {streams_n} SSE streams", duration.as_secs());
+    println!("fanin-loaded: {clients} TLS publishers, {FANIN_WINDOW} in flight each; {rounds} rounds of {}s with {idle_n} idle HTTP connections and {streams_n} SSE streams, each between two quiet ones", duration.as_secs());
     let day_ago = Timestamp::now().millis() - 86_400_000;
+    // Quiet and loaded rounds alternate, starting and ending quiet; each
+    // loaded round is compared with the mean of the quiet rounds either
+    // side of it, which cancels the drift of a growing store.
+    let cpu = || agent::cpu_time(p.pid()).unwrap_or_default();
+    // A client sends far fewer than 2 million readings in a round: each
+    // round's timestamps are its own, all in the past day.
+    let quiet_round = |round: usize| {
+        let (tls, creds) = (tls.clone(), &creds);
+        async move {
+            let cpu_from = cpu();
+            let base = day_ago + round as i64 * 4_000_000;
+            let acks = fanin_load(p.mqtt.port(), clients, creds, tls, duration, base).await?;
+            anyhow::Ok((acks, cpu() - cpu_from))
+        }
+    };
+    let per_s = |acks: u64| acks as f64 / duration.as_secs_f64();
+    let ms_per_1000 = |cpu: Duration, acks: u64| cpu.as_secs_f64() * 1e6 / acks.max(1) as f64;
+    let mut quiet = quiet_round(0).await?;
     let mut ratios = Vec::new();
     for round in 1..=rounds {
-        let base = day_ago + round as i64 * 20_000_000;
-        let quiet = fanin_load(p.mqtt.port(), clients, &creds, tls.clone(), duration, base).await?;
+        let base = day_ago + round as i64 * 4_000_000;
         // The load: idle sockets that never send a byte, and live streams.
         let mut idle = Vec::with_capacity(idle_n);
         for i in 0..idle_n {
@@ -677,32 +699,42 @@ async fn bench_fanin_loaded() -> Result<()> {
             }));
         }
         let events_from = delivered.load(std::sync::atomic::Ordering::Relaxed);
+        let cpu_from = cpu();
         let loaded = fanin_load(
             p.mqtt.port(),
             clients,
             &creds,
             tls.clone(),
             duration,
-            base + 10_000_000,
+            base + 2_000_000,
         )
         .await?;
         let events = delivered.load(std::sync::atomic::Ordering::Relaxed) - events_from;
+        let loaded_cpu = cpu() - cpu_from;
+        let m = p.metrics().await?;
+        let open = metric(&m, "pantau_api_live_streams").unwrap_or(-1.0);
         drop(idle);
         for s in &streams {
             s.abort();
         }
-        let ratio = loaded as f64 / quiet.max(1) as f64;
+        let after = quiet_round(round).await?;
+        let ratio = 2.0 * loaded as f64 / (quiet.0 + after.0).max(1) as f64;
         ratios.push(ratio);
         println!(
-            "  pair {round}: quiet {:>8.0} acks/s, loaded {:>8.0} acks/s, ratio {ratio:.2}; the streams received {:.0} events/s",
-            quiet as f64 / duration.as_secs_f64(),
-            loaded as f64 / duration.as_secs_f64(),
+            "  round {round}: quiet {:>6.0} k acks/s ({:.1} ms Pantau CPU per 1 000), loaded {:>6.0} k ({:.1} ms), quiet {:>6.0} k ({:.1} ms): ratio {ratio:.2}; the {open} streams open received {:.0} events/s",
+            per_s(quiet.0) / 1e3,
+            ms_per_1000(quiet.1, quiet.0),
+            per_s(loaded) / 1e3,
+            ms_per_1000(loaded_cpu, loaded),
+            per_s(after.0) / 1e3,
+            ms_per_1000(after.1, after.0),
             events as f64 / duration.as_secs_f64()
         );
+        quiet = after;
     }
     ratios.sort_by(f64::total_cmp);
     println!(
-        "  ratio loaded / quiet (median of {rounds} pairs): {:.2}",
+        "  ratio loaded / quiet (median of {rounds} loaded rounds): {:.2}",
         ratios[rounds / 2]
     );
     Ok(())
