@@ -1,0 +1,23 @@
+//! Pantau's alerting (DESIGN.md §10): rules evaluated on observation time,
+//! per (rule, sensor), after each reading is committed.
+//!
+//! This first part is pure, like `pantau-model`: a rule's severity
+//! [`Ladder`] with its hysteresis, and the [`Tracker`] that turns a
+//! sensor's readings, in observation order, into the changes of its one
+//! alert — raised, escalated, de-escalated, resolved, reopened — honouring
+//! the rule's `for` durations and flap cool-down. The tracker is plain
+//! data (serde), so the caller can keep it in the platform state in the
+//! same commit as the alert events it produced, and a restart resumes
+//! where kill -9 left it, pending `for` windows included.
+//!
+//! Still to come (issue 11): rule specs from the registry and the admin
+//! API, silence/inhibition, the alert store and lifecycle, the outbox and
+//! notifications.
+
+#![forbid(unsafe_code)]
+
+pub mod ladder;
+pub mod tracker;
+
+pub use ladder::{Direction, Ladder, RuleError};
+pub use tracker::{Change, Timing, Tracker};
