@@ -10,14 +10,19 @@
 //! same commit as the alert events it produced, and a restart resumes
 //! where kill -9 left it, pending `for` windows included.
 //!
-//! Still to come (issue 11): rule specs from the registry and the admin
-//! API, silence/inhibition, the alert store and lifecycle, the outbox and
-//! notifications.
+//! [`rules`] checks rules as configured (threshold rules on any numeric
+//! field, and the Siaga rule every gauge with thresholds gets).
+//!
+//! Still to come (issue 11): rate-of-rise, sustained level of service,
+//! silence and gateway rules, inhibition and maintenance windows, the
+//! alert store and lifecycle, the outbox and notifications.
 
 #![forbid(unsafe_code)]
 
 pub mod ladder;
+pub mod rules;
 pub mod tracker;
 
 pub use ladder::{Direction, Ladder, RuleError};
+pub use rules::{siaga_rule, Rule, RuleSpec};
 pub use tracker::{Change, Timing, Tracker};
