@@ -11,7 +11,9 @@
 //! where kill -9 left it, pending `for` windows included.
 //!
 //! [`rules`] checks rules as configured (threshold rules on any numeric
-//! field, and the Siaga rule every gauge with thresholds gets).
+//! field, and the Siaga rule every gauge with thresholds gets);
+//! [`evaluator`] holds the rules of a registry and a tracker per (rule,
+//! sensor), and says what a committed reading changes.
 //!
 //! Still to come (issue 11): rate-of-rise, sustained level of service,
 //! silence and gateway rules, inhibition and maintenance windows, the
@@ -19,10 +21,12 @@
 
 #![forbid(unsafe_code)]
 
+pub mod evaluator;
 pub mod ladder;
 pub mod rules;
 pub mod tracker;
 
+pub use evaluator::{Evaluator, Fired, Outcome};
 pub use ladder::{Direction, Ladder, RuleError};
 pub use rules::{siaga_rule, Rule, RuleSpec};
 pub use tracker::{Change, Timing, Tracker};

@@ -1,0 +1,249 @@
+//! The rules of a registry and their trackers, one per (rule, sensor):
+//! what a committed reading changes, and what pending waits complete.
+//!
+//! The evaluator is pure and single-owner: the caller feeds it each
+//! sensor's readings in observation order after they are committed, keeps
+//! its trackers ([`Evaluator::trackers`]) in the platform state with the
+//! changes, and restores them at start ([`Evaluator::restore`]).
+
+use std::collections::{BTreeMap, HashMap};
+
+use pantau_model::{Registry, Sensor, SensorKind, Timestamp};
+
+use crate::rules::{siaga_rule, Rule};
+use crate::tracker::{Change, Tracker};
+
+/// A tracker's key: the rule's id and the sensor's.
+pub type Key = (String, String);
+
+/// A change of one alert.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Fired {
+    /// The rule's id.
+    pub rule: String,
+    /// The sensor's id.
+    pub sensor: String,
+    /// What changed, at what observation time.
+    pub change: Change,
+}
+
+/// What one reading did.
+#[derive(Debug, Default, PartialEq)]
+pub struct Outcome {
+    /// Alert changes, in rule order.
+    pub fired: Vec<Fired>,
+    /// Rules that refused the reading as older than one already evaluated
+    /// (to be counted by the caller).
+    pub stale: usize,
+}
+
+/// Rules by sensor kind and the trackers of (rule, sensor) pairs.
+#[derive(Debug, Default)]
+pub struct Evaluator {
+    /// Configured rules, by the kind they watch.
+    by_kind: HashMap<SensorKind, Vec<Rule>>,
+    /// Each gauge's Siaga rule, by sensor id.
+    siaga: HashMap<String, Rule>,
+    trackers: BTreeMap<Key, Tracker>,
+}
+
+impl Evaluator {
+    /// The Siaga rule of every gauge of `registry` with thresholds, and
+    /// `rules`.
+    pub fn new(registry: &Registry, rules: Vec<Rule>) -> Self {
+        let mut by_kind: HashMap<SensorKind, Vec<Rule>> = HashMap::new();
+        for r in rules {
+            by_kind.entry(r.kind).or_default().push(r);
+        }
+        let siaga = registry
+            .sensors()
+            .filter_map(|s| siaga_rule(s).map(|r| (s.id.to_string(), r)))
+            .collect();
+        Self {
+            by_kind,
+            siaga,
+            trackers: BTreeMap::new(),
+        }
+    }
+
+    /// Restores the trackers kept with the alert state.
+    pub fn restore(&mut self, trackers: impl IntoIterator<Item = (Key, Tracker)>) {
+        self.trackers.extend(trackers);
+    }
+
+    /// The trackers, to be kept with the changes they produced.
+    pub fn trackers(&self) -> &BTreeMap<Key, Tracker> {
+        &self.trackers
+    }
+
+    fn rules_for<'a, 'b>(
+        &'a self,
+        sensor: &'b Sensor,
+    ) -> impl Iterator<Item = &'a Rule> + use<'a, 'b> {
+        self.siaga.get(sensor.id.as_str()).into_iter().chain(
+            self.by_kind
+                .get(&sensor.kind)
+                .into_iter()
+                .flatten()
+                .filter(|r| r.applies_to(sensor)),
+        )
+    }
+
+    /// Evaluates a committed reading of `sensor` observed `at`, whose
+    /// numeric fields `get` returns.
+    pub fn observe(
+        &mut self,
+        sensor: &Sensor,
+        at: Timestamp,
+        get: impl Fn(&str) -> Option<f64>,
+    ) -> Outcome {
+        let mut out = Outcome::default();
+        let mut updates = Vec::new();
+        for rule in self.rules_for(sensor) {
+            let Some(value) = rule.value(&get) else {
+                continue;
+            };
+            let key = (rule.id.clone(), sensor.id.to_string());
+            let mut tracker = self.trackers.get(&key).cloned().unwrap_or_default();
+            match tracker.observe(&rule.ladder, &rule.timing, value, at) {
+                Ok(change) => {
+                    if let Some(change) = change {
+                        out.fired.push(Fired {
+                            rule: key.0.clone(),
+                            sensor: key.1.clone(),
+                            change,
+                        });
+                    }
+                    updates.push((key, tracker));
+                }
+                Err(_) => out.stale += 1,
+            }
+        }
+        self.trackers.extend(updates);
+        out
+    }
+
+    /// The earliest time a pending wait completes.
+    pub fn next_due(&self, registry: &Registry) -> Option<Timestamp> {
+        self.trackers
+            .iter()
+            .filter_map(|((rule, sensor), t)| t.due(&self.rule(registry, rule, sensor)?.timing))
+            .min()
+    }
+
+    /// Completes every wait due by `now`.
+    pub fn expire(&mut self, registry: &Registry, now: Timestamp) -> Vec<Fired> {
+        let mut fired = Vec::new();
+        let keys: Vec<Key> = self.trackers.keys().cloned().collect();
+        for key in keys {
+            let Some(timing) = self.rule(registry, &key.0, &key.1).map(|r| r.timing) else {
+                continue;
+            };
+            if let Some(t) = self.trackers.get_mut(&key) {
+                if let Some(change) = t.expire(&timing, now) {
+                    fired.push(Fired {
+                        rule: key.0.clone(),
+                        sensor: key.1.clone(),
+                        change,
+                    });
+                }
+            }
+        }
+        fired.sort_by_key(|f| f.change.at());
+        fired
+    }
+
+    fn rule(&self, registry: &Registry, rule: &str, sensor: &str) -> Option<&Rule> {
+        let s = registry.get(sensor)?;
+        self.rules_for(s).find(|r| r.id == rule)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rules::RuleSpec;
+
+    const REGISTRY: &str = r#"
+[[sensor]]
+id = "fl-sungai-dumai"
+kind = "flood_gauge"
+gateway = "gw-1"
+name = "Sungai Dumai"
+lat = 1.67
+lon = 101.45
+thresholds = { siaga3 = 100, siaga2 = 200, siaga1 = 300 }
+
+[[sensor]]
+id = "mo-pelabuhan"
+kind = "metocean"
+gateway = "gw-2"
+name = "Pelabuhan"
+lat = 1.68
+lon = 101.44
+"#;
+
+    fn t(minutes: i64) -> Timestamp {
+        Timestamp(1_800_000_000_000 + minutes * 60_000)
+    }
+
+    fn crane() -> Rule {
+        serde_json::from_value::<RuleSpec>(serde_json::json!({
+            "id": "crane-wind",
+            "kind": "metocean",
+            "field": "wind_gust_ms",
+            "above": [15.0],
+            "for": "2m",
+        }))
+        .expect("spec")
+        .check()
+        .expect("valid")
+    }
+
+    #[test]
+    fn readings_raise_the_alerts_of_their_own_sensor_and_rule_only() {
+        let registry = Registry::parse(REGISTRY).expect("registry");
+        let mut ev = Evaluator::new(&registry, vec![crane()]);
+        let gauge = registry.get("fl-sungai-dumai").expect("gauge");
+        let port = registry.get("mo-pelabuhan").expect("station");
+        let level = |v: f64| move |f: &str| (f == "water_level_cm").then_some(v);
+        let gust = |v: f64| move |f: &str| (f == "wind_gust_ms").then_some(v);
+
+        let out = ev.observe(gauge, t(0), level(250.0));
+        assert_eq!(
+            out.fired,
+            vec![Fired {
+                rule: "siaga".into(),
+                sensor: "fl-sungai-dumai".into(),
+                change: Change::Raised { level: 2, at: t(0) },
+            }]
+        );
+        // The crane rule waits two minutes; the gauge is not affected.
+        assert!(ev.observe(port, t(0), gust(18.0)).fired.is_empty());
+        assert_eq!(ev.next_due(&registry), Some(t(2)));
+        let fired = ev.expire(&registry, t(3));
+        assert_eq!(
+            fired,
+            vec![Fired {
+                rule: "crane-wind".into(),
+                sensor: "mo-pelabuhan".into(),
+                change: Change::Raised { level: 1, at: t(2) },
+            }]
+        );
+        // A replayed older reading changes nothing and is counted.
+        let out = ev.observe(gauge, t(-5), level(20.0));
+        assert_eq!(
+            out,
+            Outcome {
+                fired: vec![],
+                stale: 1
+            }
+        );
+        // The trackers restore into a new evaluator (a restart).
+        let kept = ev.trackers().clone();
+        let mut again = Evaluator::new(&registry, vec![crane()]);
+        again.restore(kept);
+        let out = again.observe(gauge, t(4), level(20.0));
+        assert_eq!(out.fired[0].change, Change::Resolved { from: 2, at: t(4) });
+    }
+}
