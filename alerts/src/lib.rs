@@ -13,20 +13,25 @@
 //! [`rules`] checks rules as configured (threshold rules on any numeric
 //! field, and the Siaga rule every gauge with thresholds gets);
 //! [`evaluator`] holds the rules of a registry and a tracker per (rule,
-//! sensor), and says what a committed reading changes.
+//! sensor), and says what a committed reading changes; [`silence`] watches
+//! sensors and gateways that go quiet, with inhibition by an offline
+//! gateway.
 //!
 //! Still to come (issue 11): rate-of-rise, sustained level of service,
-//! silence and gateway rules, inhibition and maintenance windows, the
-//! alert store and lifecycle, the outbox and notifications.
+//! gateway-health rules, upstream arrival, maintenance windows, the alert
+//! store and lifecycle, the outbox and notifications, and the wiring into
+//! ingest and the API.
 
 #![forbid(unsafe_code)]
 
 pub mod evaluator;
 pub mod ladder;
 pub mod rules;
+pub mod silence;
 pub mod tracker;
 
 pub use evaluator::{Evaluator, Fired, Outcome};
 pub use ladder::{Direction, Ladder, RuleError};
 pub use rules::{siaga_rule, Rule, RuleSpec};
+pub use silence::Watch;
 pub use tracker::{Change, Timing, Tracker};
