@@ -164,25 +164,6 @@ mod tests {
     use super::*;
     use crate::rules::RuleSpec;
 
-    const REGISTRY: &str = r#"
-[[sensor]]
-id = "fl-sungai-dumai"
-kind = "flood_gauge"
-gateway = "gw-1"
-name = "Sungai Dumai"
-lat = 1.67
-lon = 101.45
-thresholds = { siaga3 = 100, siaga2 = 200, siaga1 = 300 }
-
-[[sensor]]
-id = "mo-pelabuhan"
-kind = "metocean"
-gateway = "gw-2"
-name = "Pelabuhan"
-lat = 1.68
-lon = 101.44
-"#;
-
     fn t(minutes: i64) -> Timestamp {
         Timestamp(1_800_000_000_000 + minutes * 60_000)
     }
@@ -202,7 +183,7 @@ lon = 101.44
 
     #[test]
     fn readings_raise_the_alerts_of_their_own_sensor_and_rule_only() {
-        let registry = Registry::parse(REGISTRY).expect("registry");
+        let registry = crate::test_registry();
         let mut ev = Evaluator::new(&registry, vec![crane()]);
         let gauge = registry.get("fl-sungai-dumai").expect("gauge");
         let port = registry.get("mo-pelabuhan").expect("station");

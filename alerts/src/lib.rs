@@ -35,3 +35,26 @@ pub use ladder::{Direction, Ladder, RuleError};
 pub use rules::{siaga_rule, Rule, RuleSpec};
 pub use silence::Watch;
 pub use tracker::{Change, Timing, Tracker};
+
+/// A small registry for the unit tests: a gauge with Siaga thresholds
+/// 100 / 200 / 300 cm, one without, a tide gauge and a port weather
+/// station.
+#[cfg(test)]
+pub(crate) fn test_registry() -> pantau_model::Registry {
+    let mut toml = String::new();
+    for (id, kind, extra) in [
+        (
+            "fl-sungai-dumai",
+            "flood_gauge",
+            "thresholds = { siaga3 = 100, siaga2 = 200, siaga1 = 300 }",
+        ),
+        ("fl-no-thresholds", "flood_gauge", ""),
+        ("tg-dumai", "tide_gauge", ""),
+        ("mo-pelabuhan", "metocean", ""),
+    ] {
+        toml.push_str(&format!(
+            "[[sensor]]\nid = \"{id}\"\nkind = \"{kind}\"\ngateway = \"gw-1\"\nname = \"{id}\"\nlat = 1.67\nlon = 101.45\n{extra}\n\n"
+        ));
+    }
+    pantau_model::Registry::parse(&toml).expect("a valid registry")
+}

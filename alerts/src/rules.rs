@@ -348,35 +348,7 @@ mod tests {
 
     #[test]
     fn every_gauge_with_thresholds_gets_a_siaga_rule_from_its_own_thresholds() {
-        let registry = pantau_model::Registry::parse(
-            r#"
-[[sensor]]
-id = "fl-sungai-dumai"
-kind = "flood_gauge"
-gateway = "gw-1"
-name = "Sungai Dumai"
-lat = 1.67
-lon = 101.45
-thresholds = { siaga3 = 150, siaga2 = 200, siaga1 = 250 }
-
-[[sensor]]
-id = "fl-no-thresholds"
-kind = "flood_gauge"
-gateway = "gw-1"
-name = "No thresholds"
-lat = 1.67
-lon = 101.45
-
-[[sensor]]
-id = "tg-dumai"
-kind = "tide_gauge"
-gateway = "gw-1"
-name = "Tide"
-lat = 1.68
-lon = 101.44
-"#,
-        )
-        .expect("a valid registry");
+        let registry = crate::test_registry();
         let gauge = registry.get("fl-sungai-dumai").expect("listed");
         let rule = siaga_rule(gauge).expect("a Siaga rule");
         assert!(rule.applies_to(gauge));
@@ -384,7 +356,7 @@ lon = 101.44
             (1..=3)
                 .map(|s| rule.ladder.threshold(s))
                 .collect::<Vec<_>>(),
-            vec![Some(150.0), Some(200.0), Some(250.0)]
+            vec![Some(100.0), Some(200.0), Some(300.0)]
         );
         assert_eq!(rule.timing.raise_for_ms, 0, "Siaga warnings are immediate");
         // Street sensors report inundation depth instead.
