@@ -291,8 +291,8 @@ fn pace(max_per_s: u32) -> (Duration, usize) {
 /// keeps, from now on, at most `live_max_per_s` items a second: it looks
 /// at the hub at most once per window ([`pace`]) and takes what is there
 /// up to its share of the rate, so a busy stream costs one write per
-/// window, not one per event. A stream that falls behind takes the latest reading of
-/// each sensor instead (see [`hub`]).
+/// window, not one per event. A stream that falls behind takes the latest
+/// reading of each sensor instead (see [`hub`]).
 pub(crate) fn subscribe(
     state: &AppState,
     admitted: Admitted,
