@@ -10,11 +10,22 @@ use std::collections::{BTreeMap, HashMap};
 
 use pantau_model::{Registry, Sensor, SensorKind, Timestamp};
 
+use crate::rate::RateWindow;
 use crate::rules::{siaga_rule, Rule};
 use crate::tracker::{Change, Tracker};
 
 /// A tracker's key: the rule's id and the sensor's.
 pub type Key = (String, String);
+
+/// The state of one (rule, sensor), kept with the alert state.
+#[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
+pub struct State {
+    /// Its alert's tracker.
+    pub tracker: Tracker,
+    /// The samples of a rate-of-change rule.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<RateWindow>,
+}
 
 /// A change of one alert.
 #[derive(Debug, Clone, PartialEq)]
@@ -44,7 +55,7 @@ pub struct Evaluator {
     by_kind: HashMap<SensorKind, Vec<Rule>>,
     /// Each gauge's Siaga rule, by sensor id.
     siaga: HashMap<String, Rule>,
-    trackers: BTreeMap<Key, Tracker>,
+    trackers: BTreeMap<Key, State>,
 }
 
 impl Evaluator {
@@ -66,13 +77,13 @@ impl Evaluator {
         }
     }
 
-    /// Restores the trackers kept with the alert state.
-    pub fn restore(&mut self, trackers: impl IntoIterator<Item = (Key, Tracker)>) {
+    /// Restores the states kept with the alert state.
+    pub fn restore(&mut self, trackers: impl IntoIterator<Item = (Key, State)>) {
         self.trackers.extend(trackers);
     }
 
-    /// The trackers, to be kept with the changes they produced.
-    pub fn trackers(&self) -> &BTreeMap<Key, Tracker> {
+    /// The states, to be kept with the changes they produced.
+    pub fn trackers(&self) -> &BTreeMap<Key, State> {
         &self.trackers
     }
 
@@ -104,8 +115,24 @@ impl Evaluator {
                 continue;
             };
             let key = (rule.id.clone(), sensor.id.to_string());
-            let mut tracker = self.trackers.get(&key).cloned().unwrap_or_default();
-            match tracker.observe(&rule.ladder, &rule.timing, value, at) {
+            let mut state = self.trackers.get(&key).cloned().unwrap_or_default();
+            let value = match rule.rate_window_ms {
+                None => Some(value),
+                Some(window) => {
+                    let rate = state.rate.get_or_insert_with(Default::default);
+                    if rate.last_at().is_some_and(|last| at < last) {
+                        out.stale += 1;
+                        continue;
+                    }
+                    rate.push(at, value, window)
+                }
+            };
+            let Some(value) = value else {
+                // Not yet a trend to judge.
+                updates.push((key, state));
+                continue;
+            };
+            match state.tracker.observe(&rule.ladder, &rule.timing, value, at) {
                 Ok(change) => {
                     if let Some(change) = change {
                         out.fired.push(Fired {
@@ -114,7 +141,7 @@ impl Evaluator {
                             change,
                         });
                     }
-                    updates.push((key, tracker));
+                    updates.push((key, state));
                 }
                 Err(_) => out.stale += 1,
             }
@@ -127,7 +154,9 @@ impl Evaluator {
     pub fn next_due(&self, registry: &Registry) -> Option<Timestamp> {
         self.trackers
             .iter()
-            .filter_map(|((rule, sensor), t)| t.due(&self.rule(registry, rule, sensor)?.timing))
+            .filter_map(|((rule, sensor), s)| {
+                s.tracker.due(&self.rule(registry, rule, sensor)?.timing)
+            })
             .min()
     }
 
@@ -139,8 +168,8 @@ impl Evaluator {
             let Some(timing) = self.rule(registry, &key.0, &key.1).map(|r| r.timing) else {
                 continue;
             };
-            if let Some(t) = self.trackers.get_mut(&key) {
-                if let Some(change) = t.expire(&timing, now) {
+            if let Some(s) = self.trackers.get_mut(&key) {
+                if let Some(change) = s.tracker.expire(&timing, now) {
                     fired.push(Fired {
                         rule: key.0.clone(),
                         sensor: key.1.clone(),
@@ -226,5 +255,53 @@ mod tests {
         again.restore(kept);
         let out = again.observe(gauge, t(4), level(20.0));
         assert_eq!(out.fired[0].change, Change::Resolved { from: 2, at: t(4) });
+    }
+
+    #[test]
+    fn a_rate_of_rise_rule_raises_once_the_trend_is_known() {
+        let registry = crate::test_registry();
+        let rising = serde_json::from_value::<RuleSpec>(serde_json::json!({
+            "id": "rising-fast",
+            "kind": "flood_gauge",
+            "field": "water_level_cm",
+            "above": [30.0],
+            "rate_window": "30m",
+        }))
+        .expect("spec")
+        .check()
+        .expect("valid");
+        let mut ev = Evaluator::new(&registry, vec![rising]);
+        let gauge = registry.get("fl-sungai-dumai").expect("gauge");
+        // Below every Siaga threshold, rising 1 cm a minute (60 cm/h).
+        let mut fired = Vec::new();
+        for m in 0..=20 {
+            let v = 20.0 + m as f64;
+            fired.extend(
+                ev.observe(gauge, t(m), move |f| (f == "water_level_cm").then_some(v))
+                    .fired,
+            );
+        }
+        assert_eq!(
+            fired,
+            vec![Fired {
+                rule: "rising-fast".into(),
+                sensor: "fl-sungai-dumai".into(),
+                change: Change::Raised {
+                    level: 1,
+                    at: t(15)
+                },
+            }]
+        );
+        // Kept as rows of (rule, sensor, state), samples included, and
+        // restored.
+        let rows: Vec<(&Key, &State)> = ev.trackers().iter().collect();
+        let kept = serde_json::to_string(&rows).expect("serializes");
+        let kept: Vec<(Key, State)> = serde_json::from_str(&kept).expect("restores");
+        let mut again = Evaluator::new(&registry, vec![]);
+        again.restore(kept);
+        assert_eq!(again.trackers(), ev.trackers());
+        // A replayed older reading is counted, not averaged in.
+        let out = ev.observe(gauge, t(3), |f| (f == "water_level_cm").then_some(0.0));
+        assert_eq!(out.stale, 2, "the Siaga rule and the rate rule");
     }
 }

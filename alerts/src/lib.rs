@@ -17,7 +17,10 @@
 //! sensors and gateways that go quiet, with inhibition by an offline
 //! gateway.
 //!
-//! Still to come (issue 11): rate-of-rise, sustained level of service,
+//! [`rate`] turns a field into its change per hour over a window, for
+//! rate-of-rise rules.
+//!
+//! Still to come (issue 11): sustained level of service,
 //! gateway-health rules, upstream arrival, maintenance windows, the alert
 //! store and lifecycle, the outbox and notifications, and the wiring into
 //! ingest and the API.
@@ -26,11 +29,12 @@
 
 pub mod evaluator;
 pub mod ladder;
+pub mod rate;
 pub mod rules;
 pub mod silence;
 pub mod tracker;
 
-pub use evaluator::{Evaluator, Fired, Outcome};
+pub use evaluator::{Evaluator, Fired, Outcome, State};
 pub use ladder::{Direction, Ladder, RuleError};
 pub use rules::{siaga_rule, Rule, RuleSpec};
 pub use silence::Watch;

@@ -81,6 +81,10 @@ pub struct RuleSpec {
     /// (default 15m).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cooldown: Option<String>,
+    /// Watch the field's change per hour over this window (e.g. `"30m"`)
+    /// instead of its value: the thresholds are then in units per hour.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_window: Option<String>,
 }
 
 /// A checked rule.
@@ -100,6 +104,8 @@ pub struct Rule {
     pub ladder: Ladder,
     /// Durations.
     pub timing: Timing,
+    /// Rate-of-change rules: the window, in milliseconds.
+    pub rate_window_ms: Option<i64>,
 }
 
 impl Rule {
@@ -181,7 +187,15 @@ impl RuleSpec {
                 ))
             }
         };
-        if let Some(v) = levels.iter().find(|v| **v < spec.min || **v > spec.max) {
+        let rate_window_ms = match &self.rate_window {
+            None => None,
+            Some(_) => match duration("rate_window", &self.rate_window, Duration::ZERO)? {
+                0 => return Err(RuleError::new("rate_window", "must be longer than 0")),
+                ms => Some(ms),
+            },
+        };
+        let out_of_range = levels.iter().find(|v| **v < spec.min || **v > spec.max);
+        if let (Some(v), None) = (out_of_range, rate_window_ms) {
             return Err(RuleError::new(
                 field,
                 format!(
@@ -215,6 +229,7 @@ impl RuleSpec {
             fields: vec![self.field.clone()],
             ladder,
             timing,
+            rate_window_ms,
         })
     }
 }
@@ -248,6 +263,7 @@ pub fn siaga_rule(sensor: &Sensor) -> Option<Rule> {
             clear_for_ms: 0,
             cooldown_ms: DEFAULT_COOLDOWN.as_millis() as i64,
         },
+        rate_window_ms: None,
     })
 }
 
@@ -339,6 +355,22 @@ mod tests {
         assert_eq!(
             field_of(serde_json::json!({"sensors": ["Not An Id"]})),
             "sensors"
+        );
+        assert_eq!(
+            field_of(serde_json::json!({"rate_window": "0s"})),
+            "rate_window"
+        );
+        assert_eq!(
+            field_of(serde_json::json!({"rate_window": "later"})),
+            "rate_window"
+        );
+        // Rates are per hour: not bound by the field's own range.
+        let mut v = crane();
+        v["rate_window"] = serde_json::json!("30m");
+        v["above"] = serde_json::json!([500.0]);
+        assert_eq!(
+            spec(v).check().expect("valid").rate_window_ms,
+            Some(1_800_000)
         );
         // An unknown key is a decoding error, not a silent default.
         let mut v = crane();
