@@ -193,9 +193,7 @@ mod tests {
     use super::*;
     use crate::rules::RuleSpec;
 
-    fn t(minutes: i64) -> Timestamp {
-        Timestamp(1_800_000_000_000 + minutes * 60_000)
-    }
+    use crate::at_minute as t;
 
     fn crane() -> Rule {
         serde_json::from_value::<RuleSpec>(serde_json::json!({

@@ -62,3 +62,9 @@ pub(crate) fn test_registry() -> pantau_model::Registry {
     }
     pantau_model::Registry::parse(&toml).expect("a valid registry")
 }
+
+/// A test clock: `minutes` after a fixed instant.
+#[cfg(test)]
+pub(crate) fn at_minute(minutes: i64) -> pantau_model::Timestamp {
+    pantau_model::Timestamp(1_800_000_000_000 + minutes * 60_000)
+}

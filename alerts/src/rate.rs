@@ -66,9 +66,7 @@ impl RateWindow {
 mod tests {
     use super::*;
 
-    fn t(minutes: i64) -> Timestamp {
-        Timestamp(1_800_000_000_000 + minutes * 60_000)
-    }
+    use crate::at_minute as t;
 
     const WINDOW: i64 = 30 * 60_000;
 

@@ -77,9 +77,7 @@ impl Watch {
 mod tests {
     use super::*;
 
-    fn t(minutes: i64) -> Timestamp {
-        Timestamp(1_800_000_000_000 + minutes * 60_000)
-    }
+    use crate::at_minute as t;
 
     const AFTER: i64 = 15 * 60_000;
 

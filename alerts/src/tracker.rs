@@ -237,9 +237,7 @@ mod tests {
         .expect("valid")
     }
 
-    fn t(minutes: i64) -> Timestamp {
-        Timestamp(1_800_000_000_000 + minutes * MIN)
-    }
+    use crate::at_minute as t;
 
     /// Feeds `values` a minute apart; the changes.
     fn run(ladder: &Ladder, timing: &Timing, values: &[f64]) -> Vec<Change> {
