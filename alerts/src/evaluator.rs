@@ -91,13 +91,7 @@ impl Evaluator {
         &'a self,
         sensor: &'b Sensor,
     ) -> impl Iterator<Item = &'a Rule> + use<'a, 'b> {
-        self.siaga.get(sensor.id.as_str()).into_iter().chain(
-            self.by_kind
-                .get(&sensor.kind)
-                .into_iter()
-                .flatten()
-                .filter(|r| r.applies_to(sensor)),
-        )
+        rules_for(&self.siaga, &self.by_kind, sensor)
     }
 
     /// Evaluates a committed reading of `sensor` observed `at`, whose
@@ -108,14 +102,18 @@ impl Evaluator {
         at: Timestamp,
         get: impl Fn(&str) -> Option<f64>,
     ) -> Outcome {
+        let Self {
+            by_kind,
+            siaga,
+            trackers,
+        } = self;
         let mut out = Outcome::default();
-        let mut updates = Vec::new();
-        for rule in self.rules_for(sensor) {
+        for rule in rules_for(siaga, by_kind, sensor) {
             let Some(value) = rule.value(&get) else {
                 continue;
             };
             let key = (rule.id.clone(), sensor.id.to_string());
-            let mut state = self.trackers.get(&key).cloned().unwrap_or_default();
+            let state = trackers.entry(key).or_default();
             let value = match rule.rate_window_ms {
                 None => Some(value),
                 Some(window) => {
@@ -129,24 +127,18 @@ impl Evaluator {
             };
             let Some(value) = value else {
                 // Not yet a trend to judge.
-                updates.push((key, state));
                 continue;
             };
             match state.tracker.observe(&rule.ladder, &rule.timing, value, at) {
-                Ok(change) => {
-                    if let Some(change) = change {
-                        out.fired.push(Fired {
-                            rule: key.0.clone(),
-                            sensor: key.1.clone(),
-                            change,
-                        });
-                    }
-                    updates.push((key, state));
-                }
+                Ok(Some(change)) => out.fired.push(Fired {
+                    rule: rule.id.clone(),
+                    sensor: sensor.id.to_string(),
+                    change,
+                }),
+                Ok(None) => {}
                 Err(_) => out.stale += 1,
             }
         }
-        self.trackers.extend(updates);
         out
     }
 
@@ -186,6 +178,22 @@ impl Evaluator {
         let s = registry.get(sensor)?;
         self.rules_for(s).find(|r| r.id == rule)
     }
+}
+
+/// The rules that watch `sensor`: its Siaga rule, then the configured
+/// rules of its kind that name it or every sensor.
+fn rules_for<'a, 'b>(
+    siaga: &'a HashMap<String, Rule>,
+    by_kind: &'a HashMap<SensorKind, Vec<Rule>>,
+    sensor: &'b Sensor,
+) -> impl Iterator<Item = &'a Rule> + use<'a, 'b> {
+    siaga.get(sensor.id.as_str()).into_iter().chain(
+        by_kind
+            .get(&sensor.kind)
+            .into_iter()
+            .flatten()
+            .filter(|r| r.applies_to(sensor)),
+    )
 }
 
 #[cfg(test)]
