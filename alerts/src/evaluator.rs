@@ -25,6 +25,9 @@ pub struct State {
     /// The samples of a rate-of-change rule.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate: Option<RateWindow>,
+    /// The watch of a silence rule (sensor silent, gateway offline).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watch: Option<crate::Watch>,
 }
 
 /// A change of one alert.
@@ -46,6 +49,8 @@ pub struct Outcome {
     /// Rules that refused the reading as older than one already evaluated
     /// (to be counted by the caller).
     pub stale: usize,
+    /// The (rule, sensor) states the reading changed, to be kept.
+    pub touched: Vec<Key>,
 }
 
 /// Rules by sensor kind and the trackers of (rule, sensor) pairs.
@@ -113,6 +118,7 @@ impl Evaluator {
                 continue;
             };
             let key = (rule.id.clone(), sensor.id.to_string());
+            out.touched.push(key.clone());
             let state = trackers.entry(key).or_default();
             let value = match rule.rate_window_ms {
                 None => Some(value),
@@ -174,7 +180,18 @@ impl Evaluator {
         fired
     }
 
-    fn rule(&self, registry: &Registry, rule: &str, sensor: &str) -> Option<&Rule> {
+    /// Takes the states out (to rebuild the evaluator on new rules).
+    pub fn into_trackers(self) -> BTreeMap<Key, State> {
+        self.trackers
+    }
+
+    /// Mutable access to the states (silence watches live there too).
+    pub fn trackers_mut(&mut self) -> &mut BTreeMap<Key, State> {
+        &mut self.trackers
+    }
+
+    /// The rule `rule` as it applies to `sensor`.
+    pub fn rule(&self, registry: &Registry, rule: &str, sensor: &str) -> Option<&Rule> {
         let s = registry.get(sensor)?;
         self.rules_for(s).find(|r| r.id == rule)
     }
@@ -248,13 +265,8 @@ mod tests {
         );
         // A replayed older reading changes nothing and is counted.
         let out = ev.observe(gauge, t(-5), level(20.0));
-        assert_eq!(
-            out,
-            Outcome {
-                fired: vec![],
-                stale: 1
-            }
-        );
+        assert_eq!(out.fired, vec![]);
+        assert_eq!(out.stale, 1);
         // The trackers restore into a new evaluator (a restart).
         let kept = ev.trackers().clone();
         let mut again = Evaluator::new(&registry, vec![crane()]);

@@ -20,24 +20,31 @@
 //! [`rate`] turns a field into its change per hour over a window, for
 //! rate-of-rise rules.
 //!
-//! Still to come (issue 11): sustained level of service,
-//! gateway-health rules, upstream arrival, maintenance windows, the alert
-//! store and lifecycle, the outbox and notifications, and the wiring into
-//! ingest and the API.
+//! Around that pure core: [`store`] keeps alerts, timelines, trackers,
+//! the outbox and silences in `state.db`; [`engine`] is the single owner
+//! of the evaluator in a process, fed from the ingest log after each
+//! commit; [`webhook`] delivers each subscriber's outbox, signed.
 
 #![forbid(unsafe_code)]
 
+pub mod engine;
 pub mod evaluator;
 pub mod ladder;
+pub mod metrics;
 pub mod rate;
 pub mod rules;
 pub mod silence;
+pub mod store;
 pub mod tracker;
+pub mod webhook;
 
+pub use engine::{Engine, EngineConfig, EngineError};
 pub use evaluator::{Evaluator, Fired, Outcome, State};
 pub use ladder::{Direction, Ladder, RuleError};
+pub use metrics::AlertMetrics;
 pub use rules::{siaga_rule, Rule, RuleSpec};
 pub use silence::Watch;
+pub use store::{Alert, AlertEvent, AlertFilter, AlertState, AlertStore, Recorded, StoreError};
 pub use tracker::{Change, Timing, Tracker};
 
 /// A small registry for the unit tests: a gauge with Siaga thresholds

@@ -229,9 +229,25 @@ pub struct IngestLog {
     replay_until: i64,
     /// Counters.
     metrics: IngestMetrics,
+    /// A second reader's position (the alert evaluator): entries after it
+    /// are not deleted yet even when the sink confirmed them.
+    hold: Mutex<Option<Hold>>,
+    /// The highest id the log ever gave (AUTOINCREMENT's sequence) at open.
+    last_id_at_open: i64,
     /// Acknowledgements still to fail on purpose (tests of the drain).
     #[cfg(test)]
     fail_acks: std::sync::atomic::AtomicU32,
+}
+
+/// Where the held reader is and what the sink confirmed past it.
+#[derive(Debug, Default)]
+struct Hold {
+    /// Entries up to this id may be deleted.
+    through: i64,
+    /// Entries the sink confirmed after `through`, deleted once the reader
+    /// passes them. Lost in a crash: they are delivered to the sink again
+    /// (its writes are idempotent) and confirmed again.
+    deferred: std::collections::BTreeSet<i64>,
 }
 
 /// Counts kept by the writer thread. Keeping them there makes `append`
@@ -301,6 +317,16 @@ impl IngestLog {
                 path: path.clone(),
                 source,
             })?;
+        let last_id: i64 = reader
+            .query_row(
+                "SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'entries'), 0)",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(|source| Error::Sqlite {
+                path: path.clone(),
+                source,
+            })?;
         let kept: i64 = reader
             .query_row("SELECT count(*) FROM rejected", [], |r| r.get(0))
             .map_err(|source| Error::Sqlite {
@@ -348,6 +374,8 @@ impl IngestLog {
             shared,
             tail,
             replay_until: max_id,
+            hold: Mutex::new(None),
+            last_id_at_open: last_id.max(max_id),
             metrics,
             #[cfg(test)]
             fail_acks: Default::default(),
@@ -444,9 +472,62 @@ impl IngestLog {
                 "acknowledgement failed on purpose".into(),
             ));
         }
+        let ids = {
+            let mut hold = self.hold.lock().unwrap_or_else(|p| p.into_inner());
+            match hold.as_mut() {
+                None => ids,
+                Some(h) => {
+                    let (now, later): (Vec<i64>, Vec<i64>) =
+                        ids.into_iter().partition(|id| *id <= h.through);
+                    h.deferred.extend(later);
+                    now
+                }
+            }
+        };
+        self.delete(ids).await
+    }
+
+    async fn delete(&self, ids: Vec<i64>) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
         let (done, wait) = oneshot::channel();
         self.writer.send(Cmd::Ack { ids, done }).await?;
         wait.await.map_err(|_| Error::WriterGone)?
+    }
+
+    /// Holds entries after `through` in the log until [`IngestLog::release`]
+    /// passes them, whatever the sink confirms: a second reader (the alert
+    /// evaluator) that resumes from its own durable position after a
+    /// restart finds every entry it has not taken.
+    pub fn hold_after(&self, through: i64) {
+        *self.hold.lock().unwrap_or_else(|p| p.into_inner()) = Some(Hold {
+            through,
+            deferred: Default::default(),
+        });
+    }
+
+    /// The held reader has durably taken every entry up to `through`:
+    /// deletes those the sink already confirmed.
+    pub async fn release(&self, through: i64) -> Result<()> {
+        let ids = {
+            let mut hold = self.hold.lock().unwrap_or_else(|p| p.into_inner());
+            let Some(h) = hold.as_mut() else {
+                return Ok(());
+            };
+            h.through = h.through.max(through);
+            let later = h.deferred.split_off(&(h.through + 1));
+            std::mem::replace(&mut h.deferred, later)
+                .into_iter()
+                .collect::<Vec<_>>()
+        };
+        self.delete(ids).await
+    }
+
+    /// The highest entry id this log has ever given, as of its opening (a
+    /// reader's position above it belongs to another, replaced log).
+    pub fn last_id_at_open(&self) -> i64 {
+        self.last_id_at_open
     }
 
     /// Makes the next `n` acknowledgements fail (tests of the drain).
@@ -527,6 +608,23 @@ impl IngestLog {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take_after(after_id, max_readings);
+        let entries = match from_tail {
+            Some(entries) => entries,
+            None => self.read_disk(after_id, max_readings)?,
+        };
+        let replayed = entries.first().is_some_and(|e| e.id <= self.replay_until);
+        Ok(Batch { entries, replayed })
+    }
+
+    /// Reads entries after `after_id` like [`IngestLog::read_after`], for a
+    /// second reader: entries in the in-memory tail stay there for the
+    /// drain. Blocking.
+    pub fn peek_after(&self, after_id: i64, max_readings: usize) -> Result<Batch> {
+        let from_tail = self
+            .tail
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .peek_after(after_id, max_readings);
         let entries = match from_tail {
             Some(entries) => entries,
             None => self.read_disk(after_id, max_readings)?,

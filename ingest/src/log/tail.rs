@@ -76,4 +76,22 @@ impl Tail {
         }
         Some(entries)
     }
+
+    /// The entries after `after_id` like [`Tail::take_after`], leaving
+    /// them in the tail.
+    pub(super) fn peek_after(&self, after_id: i64, max_readings: usize) -> Option<Vec<LogEntry>> {
+        if after_id < self.floor {
+            return None;
+        }
+        let mut entries = Vec::new();
+        let mut total = 0;
+        for e in self.entries.iter().filter(|e| e.id > after_id) {
+            if total >= max_readings {
+                break;
+            }
+            total += e.readings.len();
+            entries.push(e.clone());
+        }
+        Some(entries)
+    }
 }

@@ -203,3 +203,29 @@ async fn a_corrupt_latest_value_is_an_error_naming_the_sensor_not_an_empty_value
         other => panic!("expected CorruptLatest, got {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn a_held_reader_keeps_confirmed_entries_until_it_passes_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = IngestLog::open(dir.path(), 1_000, IngestMetrics::default()).unwrap();
+    log.hold_after(0);
+    for i in 1..=3 {
+        log.append(vec![r(i)]).await.unwrap();
+    }
+    // The second reader sees every entry and leaves the tail to the drain.
+    let peeked = log.peek_after(0, 10).unwrap();
+    assert_eq!(peeked.len(), 3);
+    let drained = log.read_after(0, 10).unwrap();
+    assert_eq!(drained.ids(), peeked.ids());
+    // The sink confirms all three; the held reader has taken only the first.
+    log.release(peeked.entries[0].id).await.unwrap();
+    log.ack(drained.ids()).await.unwrap();
+    assert_eq!(log.pending(), 2, "two entries wait for the held reader");
+    assert_eq!(log.peek_after(peeked.entries[0].id, 10).unwrap().len(), 2);
+    log.release(peeked.entries[2].id).await.unwrap();
+    assert_eq!(log.pending(), 0);
+    assert!(log.last_id_at_open() == 0);
+    drop(log);
+    let log = IngestLog::open(dir.path(), 1_000, IngestMetrics::default()).unwrap();
+    assert_eq!(log.last_id_at_open(), 3, "ids are never given twice");
+}
