@@ -16,6 +16,14 @@ pub enum ApiError {
         /// What is wrong with it.
         message: String,
     },
+    /// A body field is invalid (named by a runtime name).
+    #[error("invalid field {field}: {message}")]
+    BadField {
+        /// The field's name.
+        field: String,
+        /// What is wrong with it.
+        message: String,
+    },
     /// The resource does not exist (or is not visible to the caller).
     #[error("{0} not found")]
     NotFound(String),
@@ -60,6 +68,9 @@ pub enum Internal {
     /// The store answering a history query.
     #[error("history store: {0}")]
     History(String),
+    /// The alert store or engine.
+    #[error("alerts: {0}")]
+    Alerts(String),
     /// A blocking task panicked or was cancelled.
     #[error("blocking task: {0}")]
     Task(#[from] tokio::task::JoinError),
@@ -103,6 +114,11 @@ impl IntoResponse for ApiError {
             ApiError::BadParam { param, message } => (
                 StatusCode::BAD_REQUEST,
                 Json(serde_json::json!({"error": "bad_request", "param": param, "message": message})),
+            )
+                .into_response(),
+            ApiError::BadField { field, message } => (
+                StatusCode::BAD_REQUEST,
+                Json(serde_json::json!({"error": "bad_request", "param": field, "message": message})),
             )
                 .into_response(),
             ApiError::NotFound(what) => (

@@ -9,6 +9,7 @@
 
 mod admin;
 mod agency;
+mod alerts;
 mod auth;
 mod error;
 mod extract;
@@ -91,6 +92,8 @@ pub struct AppState {
     pub los: Arc<pantau_model::derive::LosBands>,
     /// Reused answers.
     pub caches: Arc<Caches>,
+    /// The alert engine (`None` in a process that runs none).
+    pub alerts: Option<Arc<pantau_alerts::Engine>>,
 }
 
 /// Largest request body accepted (admin JSON bodies are small).
@@ -106,6 +109,8 @@ pub fn router(state: AppState) -> Router {
     let public = cached
         .route("/api/v1/public/live", get(public::live))
         .route("/api/v1/public/live/ws", get(public::live_ws))
+        .route("/api/v1/public/warnings", get(alerts::warnings))
+        .route("/api/v1/public/warnings.cap", get(alerts::warnings_cap))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             ratelimit::limit,
@@ -122,6 +127,37 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/gateways", get(agency::gateways))
         .route("/api/v1/live", get(agency::live))
         .route("/api/v1/live/ws", get(agency::live_ws))
+        .route("/api/v1/alerts", get(alerts::list))
+        .route("/api/v1/alerts/live", get(alerts::live))
+        .route("/api/v1/alerts/{id}", get(alerts::get_one))
+        .route("/api/v1/alerts/{id}/ack", post(alerts::ack))
+        .route("/api/v1/alerts/{id}/assign", post(alerts::assign))
+        .route("/api/v1/alerts/{id}/notes", post(alerts::notes))
+        .route("/api/v1/alerts/{id}/resolve", post(alerts::resolve))
+        .route(
+            "/api/v1/admin/alert-rules",
+            get(alerts::rules).post(alerts::put_rule),
+        )
+        .route(
+            "/api/v1/admin/alert-rules/{id}",
+            axum::routing::delete(alerts::delete_rule),
+        )
+        .route(
+            "/api/v1/admin/webhooks",
+            get(alerts::webhooks).post(alerts::add_webhook),
+        )
+        .route(
+            "/api/v1/admin/webhooks/{id}",
+            axum::routing::delete(alerts::delete_webhook),
+        )
+        .route(
+            "/api/v1/admin/silences",
+            get(alerts::silences).post(alerts::add_silence),
+        )
+        .route(
+            "/api/v1/admin/silences/{id}",
+            axum::routing::delete(alerts::cancel_silence),
+        )
         .route("/api/v1/admin/gateways", post(admin::add_gateway))
         .route(
             "/api/v1/admin/gateways/{id}/revoke",

@@ -100,6 +100,12 @@ impl Scopes {
         self.0.iter().any(|s| s.reads().contains(&kind))
     }
 
+    /// Whether alerts on sensors of `kind` may be acknowledged, assigned,
+    /// annotated and resolved (`ack:<kind>` or `admin`).
+    pub fn can_ack(&self, kind: SensorKind) -> bool {
+        self.0.contains(&Scope::Ack(kind)) || self.is_admin()
+    }
+
     /// Whether the token administers.
     pub fn is_admin(&self) -> bool {
         self.0.contains(&Scope::Admin)

@@ -90,6 +90,9 @@ struct UpArgs {
     /// Sampling interval of the demo gateways.
     #[arg(long, env = "PANTAU_DEMO_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
     demo_interval: Duration,
+    /// Run without the alert engine (overrides `[alerts] enabled`).
+    #[arg(long, env = "PANTAU_NO_ALERTS")]
+    no_alerts: bool,
     #[command(flatten)]
     storage: StorageArgs,
     #[command(flatten)]
@@ -259,6 +262,11 @@ fn resolve(args: UpArgs) -> anyhow::Result<UpConfig> {
         broker: args.broker,
         api: args.api,
         los: file.level_of_service.unwrap_or_default(),
+        alerts: {
+            let mut a = file.alerts;
+            a.enabled &= !args.no_alerts;
+            a
+        },
     })
 }
 

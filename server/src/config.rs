@@ -23,6 +23,72 @@ pub struct FileConfig {
     pub tls_names: Vec<String>,
     /// Traffic level-of-service bands (default: PKJI 2023 / KM 14/2006).
     pub level_of_service: Option<pantau_model::derive::LosBands>,
+    /// Alerting: silences, lateness, webhook timeout and rules.
+    #[serde(default)]
+    pub alerts: AlertsFile,
+}
+
+/// The `[alerts]` table of the configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertsFile {
+    /// Run the alert engine (default true).
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// A reading evaluated this long after its observation time is late.
+    #[serde(default = "late_after", with = "humantime_serde")]
+    pub late_after: std::time::Duration,
+    /// A sensor silent this long raises `sensor-silent` (`"0s"`: off).
+    #[serde(default = "sensor_silent_after", with = "humantime_serde")]
+    pub sensor_silent_after: std::time::Duration,
+    /// A gateway unheard this long raises `gateway-offline` (`"0s"`: off).
+    #[serde(default = "gateway_offline_after", with = "humantime_serde")]
+    pub gateway_offline_after: std::time::Duration,
+    /// Longest one webhook attempt may take.
+    #[serde(default = "webhook_timeout", with = "humantime_serde")]
+    pub webhook_timeout: std::time::Duration,
+    /// Rules (`[[alerts.rule]]`), as the admin API takes them.
+    #[serde(default, rename = "rule")]
+    pub rules: Vec<pantau_alerts::RuleSpec>,
+}
+
+fn yes() -> bool {
+    true
+}
+fn late_after() -> std::time::Duration {
+    pantau_alerts::EngineConfig::default().late_after
+}
+fn sensor_silent_after() -> std::time::Duration {
+    pantau_alerts::EngineConfig::default()
+        .sensor_silent_after
+        .unwrap_or_default()
+}
+fn gateway_offline_after() -> std::time::Duration {
+    pantau_alerts::EngineConfig::default()
+        .gateway_offline_after
+        .unwrap_or_default()
+}
+fn webhook_timeout() -> std::time::Duration {
+    std::time::Duration::from_secs(10)
+}
+
+impl Default for AlertsFile {
+    fn default() -> Self {
+        toml::from_str("").expect("every field has a default")
+    }
+}
+
+impl AlertsFile {
+    /// The engine's settings.
+    pub fn engine(&self) -> pantau_alerts::EngineConfig {
+        let on = |d: std::time::Duration| (!d.is_zero()).then_some(d);
+        pantau_alerts::EngineConfig {
+            late_after: self.late_after,
+            sensor_silent_after: on(self.sensor_silent_after),
+            gateway_offline_after: on(self.gateway_offline_after),
+            rules: self.rules.clone(),
+        }
+    }
 }
 
 impl FileConfig {
@@ -66,6 +132,8 @@ pub struct UpConfig {
     pub api: ApiArgs,
     /// Traffic level-of-service bands.
     pub los: pantau_model::derive::LosBands,
+    /// Alerting.
+    pub alerts: AlertsFile,
 }
 
 /// API limits (each flag with a `PANTAU_*` env twin).
@@ -193,6 +261,7 @@ impl ApiArgs {
             presence,
             los,
             health,
+            alerts,
         } = deps;
         let trusted_proxies = pantau_api::TrustedProxies::parse(&self.trusted_proxies)
             .map_err(|e| anyhow::anyhow!("--trusted-proxy: {e}"))?;
@@ -219,6 +288,7 @@ impl ApiArgs {
             health,
             los: std::sync::Arc::new(los),
             caches: std::sync::Arc::default(),
+            alerts,
         })
     }
 }
@@ -240,6 +310,8 @@ pub struct ApiDeps {
     pub los: pantau_model::derive::LosBands,
     /// Readiness of the process's parts.
     pub health: pantau_ingest::Health,
+    /// The alert engine, if this process runs one.
+    pub alerts: Option<std::sync::Arc<pantau_alerts::Engine>>,
 }
 
 /// Gatekeeper limits (each flag with a `PANTAU_*` env twin).

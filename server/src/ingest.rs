@@ -130,6 +130,7 @@ pub async fn run(cfg: IngestConfig) -> anyhow::Result<()> {
             presence: Arc::default(),
             los: pantau_model::derive::LosBands::default(),
             health: health.clone(),
+            alerts: None,
         })?;
         sup.spawn_critical(api_stage, "api", Some(Part::Api), |stop| {
             pantau_api::run(app, listener, stop)

@@ -134,6 +134,7 @@ pub async fn up(cfg: UpConfig) -> anyhow::Result<()> {
     let demo_stage = sup.stage("demo");
     let broker_stage = sup.stage("broker");
     let drain_stage = sup.stage("drain");
+    let alerts_stage = sup.stage("alerts");
     let api_stage = sup.stage("api");
 
     storage.spawn_drain(&sup, drain_stage, &ingest_metrics, &health);
@@ -153,6 +154,40 @@ pub async fn up(cfg: UpConfig) -> anyhow::Result<()> {
         pantau_broker::run(broker_config, deps, mqtt, stop)
     });
     health.up(Part::Broker);
+    let alerts = if cfg.alerts.enabled {
+        let alert_metrics = pantau_alerts::AlertMetrics::default();
+        alert_metrics.register(&mut metrics);
+        let store = Arc::new(pantau_alerts::AlertStore::open(&cfg.data_dir)?);
+        let engine = Arc::new(
+            pantau_alerts::Engine::open(
+                store.clone(),
+                registry.clone(),
+                cfg.alerts.engine(),
+                alert_metrics.clone(),
+            )
+            .context("alert rules")?,
+        );
+        let (log, e) = (storage.log.clone(), engine.clone());
+        sup.spawn_restarting(alerts_stage, "alerts", None, move |stop| {
+            e.clone().run(log.clone(), stop)
+        });
+        let dispatcher = Arc::new(pantau_alerts::webhook::Dispatcher::new(
+            store,
+            alert_metrics,
+            cfg.alerts.webhook_timeout,
+        ));
+        let queued = engine.outbox_watch();
+        sup.spawn_restarting(alerts_stage, "webhooks", None, move |stop| {
+            let (d, q) = (dispatcher.clone(), queued.clone());
+            async move {
+                d.run(q, stop).await;
+                Ok::<(), std::convert::Infallible>(())
+            }
+        });
+        Some(engine)
+    } else {
+        None
+    };
     let gate = cfg.api.conn_gate(&mut metrics)?;
     let app = cfg.api.app_state(crate::config::ApiDeps {
         ingestor: ingestor.clone(),
@@ -162,6 +197,7 @@ pub async fn up(cfg: UpConfig) -> anyhow::Result<()> {
         presence,
         los: cfg.los.clone(),
         health: health.clone(),
+        alerts,
     })?;
     let http = cfg.api.listener(http, &files, &cfg.tls_names, gate)?;
     let scheme = if http.is_tls() { "https" } else { "http" };

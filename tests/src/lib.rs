@@ -11,6 +11,7 @@ use std::time::Duration;
 
 pub mod mqtt;
 pub mod services;
+pub mod webhook;
 
 use anyhow::{bail, Context, Result};
 use pantau_model::Timestamp;
