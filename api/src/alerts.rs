@@ -134,7 +134,7 @@ fn kind_param(v: &Option<String>) -> Result<Option<SensorKind>, ApiError> {
 
 /// The alerts the token may read (its read scopes' kinds), most recently
 /// changed first.
-#[utoipa::path(get, path = "/api/v1/alerts", tag = "alerts", params(ListParams),
+#[utoipa::path(get, path = "/api/v1/alerts", operation_id = "list_alerts", tag = "alerts", params(ListParams),
     security(("bearer" = [])),
     responses(
         (status = 200, description = "`{\"alerts\":[{\"id\":1,\"rule\":\"siaga\",\"sensor\":\"fl-…\",\"state\":\"open\",\"level\":2,\"level_label\":\"Siaga 2 (Siaga)\",\"since\":…},…]}`", body = Object),
@@ -178,6 +178,16 @@ pub(crate) async fn list(
     if kinds.is_empty() {
         return Ok(Json(json!({ "alerts": [] })));
     }
+    let limit = match p.limit {
+        None => 200,
+        Some(n @ 1..=MAX_LIMIT) => n,
+        Some(n) => {
+            return Err(ApiError::BadParam {
+                param: "limit",
+                message: format!("{n}: from 1 to {MAX_LIMIT}"),
+            })
+        }
+    };
     let filter = AlertFilter {
         states,
         kinds,
@@ -188,7 +198,7 @@ pub(crate) async fn list(
         public_only: false,
         since: time_param("since", &p.since)?,
         until: time_param("until", &p.until)?,
-        limit: p.limit.unwrap_or(200).clamp(1, MAX_LIMIT),
+        limit,
     };
     let alerts = blocking(move || engine.store().alerts(&filter).map_err(store_error)).await?;
     Ok(Json(json!({ "alerts": alerts })))
@@ -205,7 +215,7 @@ fn readable(agency: &Agency, alert: Alert) -> Result<Alert, ApiError> {
 
 /// One alert with its timeline (every change and every action, oldest
 /// first).
-#[utoipa::path(get, path = "/api/v1/alerts/{id}", tag = "alerts",
+#[utoipa::path(get, path = "/api/v1/alerts/{id}", operation_id = "get_alert", tag = "alerts",
     params(("id" = i64, Path, description = "Alert id")),
     security(("bearer" = [])),
     responses(
@@ -335,9 +345,9 @@ async fn act(
 }
 
 macro_rules! action_route {
-    ($name:ident, $path:literal, $action:expr, $what:literal) => {
+    ($name:ident, $op:literal, $path:literal, $action:expr, $what:literal) => {
         #[doc = $what]
-        #[utoipa::path(post, path = $path, tag = "alerts",
+        #[utoipa::path(post, path = $path, operation_id = $op, tag = "alerts",
             params(("id" = i64, Path, description = "Alert id")),
             request_body(content = ActionBody, description = "Optional `{\"note\": …}` (`{\"assignee\": …}` to assign)"),
             security(("bearer" = [])),
@@ -364,24 +374,28 @@ macro_rules! action_route {
 
 action_route!(
     ack,
+    "ack_alert",
     "/api/v1/alerts/{id}/ack",
     Action::Ack,
     "Acknowledges an alert (scope `ack:<kind>`)."
 );
 action_route!(
     assign,
+    "assign_alert",
     "/api/v1/alerts/{id}/assign",
     Action::Assign,
     "Assigns an alert (scope `ack:<kind>`)."
 );
 action_route!(
     notes,
+    "notes_alert",
     "/api/v1/alerts/{id}/notes",
     Action::Note,
     "Adds a note to an alert's timeline (scope `ack:<kind>`)."
 );
 action_route!(
     resolve,
+    "resolve_alert",
     "/api/v1/alerts/{id}/resolve",
     Action::Resolve,
     "Resolves an alert by hand (scope `ack:<kind>`)."
@@ -391,7 +405,7 @@ action_route!(
 /// scopes: `alert` events of `{"alert":{…},"event":{…}}`, `lagged` when
 /// the client fell behind (re-read `/api/v1/alerts`), a heartbeat comment
 /// every 15 s.
-#[utoipa::path(get, path = "/api/v1/alerts/live", tag = "alerts",
+#[utoipa::path(get, path = "/api/v1/alerts/live", operation_id = "alerts_live", tag = "alerts",
     security(("bearer" = [])),
     responses(
         (status = 200, description = "An endless `text/event-stream`", content_type = "text/event-stream", body = String),
@@ -441,7 +455,7 @@ pub(crate) async fn live(
 /// Every alert rule: built in (`siaga` for every gauge with thresholds,
 /// `sensor-silent`, `gateway-offline`), from the server's configuration
 /// file, and added by API.
-#[utoipa::path(get, path = "/api/v1/admin/alert-rules", tag = "admin",
+#[utoipa::path(get, path = "/api/v1/admin/alert-rules", operation_id = "list_alert_rules", tag = "admin",
     security(("bearer" = [])),
     responses(
         (status = 200, description = "`{\"rules\":[{\"id\":…,\"source\":\"api\",\"spec\":{…}}],\"built_in\":[…]}`", body = Object),
@@ -474,7 +488,7 @@ pub(crate) async fn rules(
 /// field of one kind, optional `sensors`, `deadband` or `clear`, `for`,
 /// `clear_for`, `cooldown`, `rate_window`). A bad rule is a 400 naming
 /// the field; nothing configured changes.
-#[utoipa::path(post, path = "/api/v1/admin/alert-rules", tag = "admin",
+#[utoipa::path(post, path = "/api/v1/admin/alert-rules", operation_id = "put_alert_rule", tag = "admin",
     request_body(content = Object, description = "`{\"id\":\"crane-wind\",\"kind\":\"metocean\",\"field\":\"wind_gust_ms\",\"above\":[15],\"for\":\"2m\"}`"),
     security(("bearer" = [])),
     responses(
@@ -505,7 +519,7 @@ pub(crate) async fn put_rule(
 }
 
 /// Deletes an alert rule added by API (its open alerts stay, as they are).
-#[utoipa::path(delete, path = "/api/v1/admin/alert-rules/{id}", tag = "admin",
+#[utoipa::path(delete, path = "/api/v1/admin/alert-rules/{id}", operation_id = "delete_alert_rule", tag = "admin",
     params(("id" = String, Path, description = "Rule id")),
     security(("bearer" = [])),
     responses(
@@ -551,7 +565,7 @@ pub(crate) struct NewWebhook {
 
 /// Adds a webhook subscriber; the answer holds its signing secret, shown
 /// this once.
-#[utoipa::path(post, path = "/api/v1/admin/webhooks", tag = "admin", request_body = NewWebhook,
+#[utoipa::path(post, path = "/api/v1/admin/webhooks", operation_id = "add_webhook", tag = "admin", request_body = NewWebhook,
     security(("bearer" = [])),
     responses(
         (status = 201, description = "`{\"id\":…,\"url\":…,\"secret\":\"whsec_…\"}`", body = Object),
@@ -612,7 +626,7 @@ pub(crate) async fn add_webhook(
 /// Every webhook subscriber with its delivery health (`last_success`,
 /// `last_failure`, `last_error`, `consecutive_errors`, `pending`,
 /// `delivered`); never the secret.
-#[utoipa::path(get, path = "/api/v1/admin/webhooks", tag = "admin",
+#[utoipa::path(get, path = "/api/v1/admin/webhooks", operation_id = "list_webhooks", tag = "admin",
     security(("bearer" = [])),
     responses(
         (status = 200, description = "`{\"webhooks\":[{\"id\":…,\"url\":…,\"health\":{…}}]}`", body = Object),
@@ -631,7 +645,7 @@ pub(crate) async fn webhooks(
 }
 
 /// Removes a webhook subscriber and what waits in its outbox.
-#[utoipa::path(delete, path = "/api/v1/admin/webhooks/{id}", tag = "admin",
+#[utoipa::path(delete, path = "/api/v1/admin/webhooks/{id}", operation_id = "delete_webhook", tag = "admin",
     params(("id" = String, Path, description = "Webhook id")),
     security(("bearer" = [])),
     responses(
@@ -673,7 +687,7 @@ pub(crate) struct NewSilence {
 
 /// Starts a maintenance window: notifications of matching alerts are
 /// muted until it ends (the alerts are still raised and listed).
-#[utoipa::path(post, path = "/api/v1/admin/silences", tag = "admin", request_body = NewSilence,
+#[utoipa::path(post, path = "/api/v1/admin/silences", operation_id = "add_silence", tag = "admin", request_body = NewSilence,
     security(("bearer" = [])),
     responses(
         (status = 201, description = "The silence", body = Object),
@@ -731,7 +745,7 @@ pub(crate) async fn add_silence(
 }
 
 /// The silences in force.
-#[utoipa::path(get, path = "/api/v1/admin/silences", tag = "admin",
+#[utoipa::path(get, path = "/api/v1/admin/silences", operation_id = "list_silences", tag = "admin",
     security(("bearer" = [])),
     responses(
         (status = 200, description = "`{\"silences\":[…]}`", body = Object),
@@ -756,7 +770,7 @@ pub(crate) async fn silences(
 }
 
 /// Ends a silence early (kept for the audit trail).
-#[utoipa::path(delete, path = "/api/v1/admin/silences/{id}", tag = "admin",
+#[utoipa::path(delete, path = "/api/v1/admin/silences/{id}", operation_id = "cancel_silence", tag = "admin",
     params(("id" = i64, Path, description = "Silence id")),
     security(("bearer" = [])),
     responses(
@@ -823,7 +837,7 @@ async fn public_warnings(state: &AppState) -> Result<Vec<JsonValue>, ApiError> {
 
 /// The active warnings of public sensors: level, sensor, district and
 /// since (no assignee, notes or internal rules).
-#[utoipa::path(get, path = "/api/v1/public/warnings", tag = "public",
+#[utoipa::path(get, path = "/api/v1/public/warnings", operation_id = "public_warnings", tag = "public",
     responses(
         (status = 200, description = "`{\"warnings\":[{\"sensor\":…,\"level_label\":\"Siaga 2 (Siaga)\",\"district\":…,\"since\":…}]}`", body = Object),
         (status = 429, description = "Rate limited", body = ErrorBody),
@@ -838,7 +852,7 @@ pub(crate) async fn warnings(State(state): State<AppState>) -> Result<impl IntoR
 
 /// The public warnings as one Common Alerting Protocol 1.2 message, one
 /// `info` block per active warning (none when all is calm).
-#[utoipa::path(get, path = "/api/v1/public/warnings.cap", tag = "public",
+#[utoipa::path(get, path = "/api/v1/public/warnings.cap", operation_id = "public_warnings_cap", tag = "public",
     responses(
         (status = 200, description = "A CAP 1.2 `alert`", content_type = "application/cap+xml", body = String),
         (status = 429, description = "Rate limited", body = ErrorBody),

@@ -14,7 +14,7 @@ use std::process::Command;
 use anyhow::{ensure, Context, Result};
 use pantau_tests::*;
 
-const ROUTES: [&str; 23] = [
+const ROUTES: [&str; 39] = [
     "/api/v1/public/conditions",
     "/api/v1/public/sensors",
     "/api/v1/public/sensors/{id}/history",
@@ -27,6 +27,21 @@ const ROUTES: [&str; 23] = [
     "/api/v1/gateways",
     "/api/v1/live",
     "/api/v1/live/ws",
+    "/api/v1/alerts",
+    "/api/v1/alerts/{id}",
+    "/api/v1/alerts/{id}/ack",
+    "/api/v1/alerts/{id}/assign",
+    "/api/v1/alerts/{id}/notes",
+    "/api/v1/alerts/{id}/resolve",
+    "/api/v1/alerts/live",
+    "/api/v1/admin/alert-rules",
+    "/api/v1/admin/alert-rules/{id}",
+    "/api/v1/admin/webhooks",
+    "/api/v1/admin/webhooks/{id}",
+    "/api/v1/admin/silences",
+    "/api/v1/admin/silences/{id}",
+    "/api/v1/public/warnings",
+    "/api/v1/public/warnings.cap",
     "/api/v1/admin/gateways",
     "/api/v1/admin/gateways/{id}/revoke",
     "/api/v1/admin/gateways/{id}/rotate",
