@@ -14,7 +14,7 @@ use std::process::Command;
 use anyhow::{ensure, Context, Result};
 use pantau_tests::*;
 
-const ROUTES: [&str; 39] = [
+const ROUTES: [&str; 38] = [
     "/api/v1/public/conditions",
     "/api/v1/public/sensors",
     "/api/v1/public/sensors/{id}/history",
