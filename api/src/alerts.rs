@@ -200,8 +200,26 @@ pub(crate) async fn list(
         until: time_param("until", &p.until)?,
         limit,
     };
-    let alerts = blocking(move || engine.store().alerts(&filter).map_err(store_error)).await?;
+    let alerts = blocking(move || {
+        let store = engine.store();
+        let mut alerts = store.alerts(&filter).map_err(store_error)?;
+        mark_muted(store, &mut alerts)?;
+        Ok(alerts)
+    })
+    .await?;
     Ok(Json(json!({ "alerts": alerts })))
+}
+
+/// Marks the alerts a silence in force mutes now.
+fn mark_muted(store: &pantau_alerts::AlertStore, alerts: &mut [Alert]) -> Result<(), ApiError> {
+    let now = Timestamp::now();
+    let silences = store.silences(now).map_err(store_error)?;
+    for a in alerts {
+        a.muted = silences
+            .iter()
+            .any(|s| s.mutes(&a.rule, &a.sensor, a.kind, now));
+    }
+    Ok(())
 }
 
 fn readable(agency: &Agency, alert: Alert) -> Result<Alert, ApiError> {
@@ -233,7 +251,9 @@ pub(crate) async fn get_one(
     let engine = engine(&state)?;
     let id = alert_id(&id)?;
     let (alert, timeline) = blocking(move || {
-        let a = engine.store().alert(id).map_err(store_error)?;
+        let mut a = vec![engine.store().alert(id).map_err(store_error)?];
+        mark_muted(engine.store(), &mut a)?;
+        let a = a.pop().expect("one alert");
         let t = engine.store().timeline(id).map_err(store_error)?;
         Ok((a, t))
     })

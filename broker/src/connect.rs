@@ -98,13 +98,25 @@ pub(crate) async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Share
     )
     .await;
     drop(pending);
-    if let Some(accepted) = accepted {
-        crate::conn::session(wire, peer, shared, accepted).await;
+    match accepted {
+        Some(Admitted::Gateway(accepted)) => {
+            crate::conn::session(wire, peer, shared, accepted).await
+        }
+        Some(Admitted::Agency(login)) => crate::agency::session(wire, peer, shared, login).await,
+        None => {}
     }
     drop(slot);
 }
 
-/// What CONNECT established.
+/// Who CONNECT admitted.
+pub(crate) enum Admitted {
+    /// A gateway.
+    Gateway(Accepted),
+    /// An agency subscriber (token login).
+    Agency(crate::agency::AgencyLogin),
+}
+
+/// What CONNECT established for a gateway.
 pub(crate) struct Accepted {
     pub(crate) gateway: GatewayId,
     pub(crate) keep_alive: Duration,
@@ -162,7 +174,7 @@ async fn accept_connect<S: AsyncRead + AsyncWrite + Unpin>(
     cert_id: Option<String>,
     over: Option<OverCap>,
     deadline: Instant,
-) -> Option<Accepted> {
+) -> Option<Admitted> {
     match admit_connect(wire, shared, cert_id, over, deadline).await {
         Ok(accepted) => Some(accepted),
         Err(Refusal::Connack(code, reason)) => {
@@ -183,7 +195,7 @@ async fn admit_connect<S: AsyncRead + AsyncWrite + Unpin>(
     cert_id: Option<String>,
     over: Option<OverCap>,
     deadline: Instant,
-) -> Result<Accepted, Refusal> {
+) -> Result<Admitted, Refusal> {
     use ConnectReturnCode as Code;
     let no = |code, reason| Err(Refusal::Connack(code, reason));
     let first = match tokio::time::timeout_at(deadline, wire.read()).await {
@@ -234,7 +246,33 @@ async fn admit_connect<S: AsyncRead + AsyncWrite + Unpin>(
                     Code::BadUserNamePassword,
                     Refused::BadCredentials,
                 )))?,
-                Some(Ok(false)) => return no(Code::BadUserNamePassword, Refused::BadCredentials),
+                Some(Ok(false)) => {
+                    // Not a gateway: an agency token, named by the username?
+                    let (state, pass) = (shared.state.clone(), l.password.clone());
+                    let found = match blocking(move || state.verify_token(&pass)).await {
+                        Some(Ok(found)) => found,
+                        _ => return no(Code::ServiceUnavailable, Refused::AuthUnavailable),
+                    };
+                    let Some(token) = found.filter(|t| t.name == l.username) else {
+                        return no(Code::BadUserNamePassword, Refused::BadCredentials);
+                    };
+                    let Ok(scopes) = pantau_model::scope::Scopes::parse(&token.scopes) else {
+                        return no(Code::NotAuthorized, Refused::BadCredentials);
+                    };
+                    if will.is_some() || !client_id_valid(&connect.client_id) {
+                        return no(Code::NotAuthorized, Refused::WillAcl);
+                    }
+                    let keep_alive = match connect.keep_alive {
+                        0 => shared.config.max_keep_alive,
+                        s => Duration::from_secs(u64::from(s))
+                            .clamp(shared.config.min_keep_alive, shared.config.max_keep_alive),
+                    };
+                    return Ok(Admitted::Agency(crate::agency::AgencyLogin {
+                        name: token.name,
+                        scopes,
+                        keep_alive,
+                    }));
+                }
                 _ => return no(Code::ServiceUnavailable, Refused::AuthUnavailable),
             }
         }
@@ -260,12 +298,12 @@ async fn admit_connect<S: AsyncRead + AsyncWrite + Unpin>(
         0 => max,
         s => Duration::from_secs(u64::from(s)).clamp(min, max),
     };
-    Ok(Accepted {
+    Ok(Admitted::Gateway(Accepted {
         gateway,
         keep_alive,
         clean_session: connect.clean_session,
         will,
-    })
+    }))
 }
 
 #[cfg(test)]

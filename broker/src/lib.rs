@@ -11,6 +11,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod agency;
 mod commit;
 mod conn;
 mod connect;

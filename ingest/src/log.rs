@@ -580,6 +580,19 @@ impl IngestLog {
         let _ = tokio::time::timeout(timeout, self.shared.notify.notified()).await;
     }
 
+    /// Waits until more than `seen` readings were appended (see
+    /// [`IngestLog::appended`]) or `timeout` passes; returns at once if
+    /// they already were. Free of the race between checking and waiting.
+    pub async fn wait_for_append_after(&self, seen: u64, timeout: Duration) {
+        let notified = self.shared.notify.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if self.appended() != seen {
+            return;
+        }
+        let _ = tokio::time::timeout(timeout, notified).await;
+    }
+
     /// Bounds the in-memory tail to `max` readings (tests).
     #[cfg(test)]
     fn set_tail_max(&self, max: usize) {

@@ -50,6 +50,10 @@ pub struct AlertsFile {
     /// Rules (`[[alerts.rule]]`), as the admin API takes them.
     #[serde(default, rename = "rule")]
     pub rules: Vec<pantau_alerts::RuleSpec>,
+    /// Upstream → downstream gauges with a travel time
+    /// (`[[alerts.upstream]]`): expected-arrival alerts.
+    #[serde(default)]
+    pub upstream: Vec<pantau_alerts::engine::Upstream>,
 }
 
 fn yes() -> bool {
@@ -79,14 +83,16 @@ impl Default for AlertsFile {
 }
 
 impl AlertsFile {
-    /// The engine's settings.
-    pub fn engine(&self) -> pantau_alerts::EngineConfig {
+    /// The engine's settings, with the traffic bands of the platform.
+    pub fn engine(&self, los: &pantau_model::derive::LosBands) -> pantau_alerts::EngineConfig {
         let on = |d: std::time::Duration| (!d.is_zero()).then_some(d);
         pantau_alerts::EngineConfig {
             late_after: self.late_after,
             sensor_silent_after: on(self.sensor_silent_after),
             gateway_offline_after: on(self.gateway_offline_after),
             rules: self.rules.clone(),
+            upstream: self.upstream.clone(),
+            los: los.clone(),
         }
     }
 }

@@ -140,6 +140,7 @@ pub async fn up(cfg: UpConfig) -> anyhow::Result<()> {
     storage.spawn_drain(&sup, drain_stage, &ingest_metrics, &health);
 
     let presence = Arc::new(Presence::default());
+    let alert_router = router.clone();
     let deps = BrokerDeps {
         tls,
         router,
@@ -154,40 +155,20 @@ pub async fn up(cfg: UpConfig) -> anyhow::Result<()> {
         pantau_broker::run(broker_config, deps, mqtt, stop)
     });
     health.up(Part::Broker);
-    let alerts = if cfg.alerts.enabled {
-        let alert_metrics = pantau_alerts::AlertMetrics::default();
-        alert_metrics.register(&mut metrics);
-        let store = Arc::new(pantau_alerts::AlertStore::open(&cfg.data_dir)?);
-        let engine = Arc::new(
-            pantau_alerts::Engine::open(
-                store.clone(),
-                registry.clone(),
-                cfg.alerts.engine(),
-                alert_metrics.clone(),
-            )
-            .context("alert rules")?,
-        );
-        let (log, e) = (storage.log.clone(), engine.clone());
-        sup.spawn_restarting(alerts_stage, "alerts", None, move |stop| {
-            e.clone().run(log.clone(), stop)
-        });
-        let dispatcher = Arc::new(pantau_alerts::webhook::Dispatcher::new(
-            store,
-            alert_metrics,
-            cfg.alerts.webhook_timeout,
-        ));
-        let queued = engine.outbox_watch();
-        sup.spawn_restarting(alerts_stage, "webhooks", None, move |stop| {
-            let (d, q) = (dispatcher.clone(), queued.clone());
-            async move {
-                d.run(q, stop).await;
-                Ok::<(), std::convert::Infallible>(())
-            }
-        });
-        Some(engine)
-    } else {
-        None
-    };
+    let alerts = crate::alerts::start(
+        crate::alerts::AlertDeps {
+            cfg: &cfg.alerts,
+            data_dir: &cfg.data_dir,
+            registry: registry.clone(),
+            log: storage.log.clone(),
+            router: alert_router,
+            presence: presence.clone(),
+            los: &cfg.los,
+        },
+        &mut metrics,
+        &sup,
+        alerts_stage,
+    )?;
     let gate = cfg.api.conn_gate(&mut metrics)?;
     let app = cfg.api.app_state(crate::config::ApiDeps {
         ingestor: ingestor.clone(),

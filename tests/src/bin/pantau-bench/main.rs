@@ -16,11 +16,13 @@
 //!   certificate and the same load generator.
 //! - `connections`: 10 000 concurrent idle TLS gateway connections: time
 //!   to connect them all and the server's RSS.
+//! - `alerts-ingest`, `alerts-webhook`: see `alerts.rs`.
 //!
 //! Run with release binaries: `cargo build --release --workspace --bins &&
 //! target/release/pantau-bench all`.
 
 mod agent;
+mod alerts;
 mod api;
 
 use std::sync::Arc;
@@ -850,6 +852,22 @@ async fn main() -> Result<()> {
             .await
         }
         "history" => bench_history().await,
+        "alerts-ingest" => {
+            let rounds = std::env::var("PANTAU_BENCH_ROUNDS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(3usize)
+                .clamp(1, 9);
+            alerts::bench_alerts_ingest(
+                Load {
+                    readings: readings / 5,
+                    ..load
+                },
+                rounds,
+            )
+            .await
+        }
+        "alerts-webhook" => alerts::bench_alerts_webhook().await,
         "fanin" => bench_fanin().await,
         "fanin-loaded" => bench_fanin_loaded().await,
         "connections" => bench_connections(10_000).await,
@@ -877,10 +895,19 @@ async fn main() -> Result<()> {
             agent::bench_agent_replay(1_000_000).await?;
             api::bench_conditions().await?;
             api::bench_live_latency().await?;
+            alerts::bench_alerts_ingest(
+                Load {
+                    readings: readings / 5,
+                    ..load
+                },
+                3,
+            )
+            .await?;
+            alerts::bench_alerts_webhook().await?;
             bench_connections(10_000).await
         }
         other => bail!(
-            "unknown benchmark {other:?}: history, influx, embedded, fanin, fanin-loaded, agent, api, connections or all"
+            "unknown benchmark {other:?}: history, influx, embedded, fanin, fanin-loaded, agent, api, alerts-ingest, alerts-webhook, connections or all"
         ),
     }
     .context(what)

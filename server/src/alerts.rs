@@ -1,0 +1,170 @@
+//! Alerting in `pantau up`: the alert engine (fed from the ingest log),
+//! the webhook dispatcher, and the retained alert states on the embedded
+//! broker (`pantau/v1/alerts/{kind}/{sensor}`), each supervised.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use anyhow::Context;
+use pantau_alerts::store::AlertFilter;
+use pantau_alerts::{AlertMetrics, AlertState, AlertStore, Engine};
+use pantau_broker::agency::alert_topic;
+use pantau_broker::RouterHandle;
+use pantau_ingest::IngestLog;
+use pantau_model::{SensorKind, SharedRegistry, Timestamp};
+use tokio::sync::broadcast::error::RecvError;
+
+use crate::config::AlertsFile;
+use crate::shutdown::{StageId, Supervisor};
+
+/// What alerting needs from the process.
+#[derive(Debug)]
+pub struct AlertDeps<'a> {
+    /// Settings.
+    pub cfg: &'a AlertsFile,
+    /// Data directory (`state.db`).
+    pub data_dir: &'a std::path::Path,
+    /// The sensors.
+    pub registry: Arc<SharedRegistry>,
+    /// Where committed readings are read from.
+    pub log: Arc<IngestLog>,
+    /// The embedded broker, for the retained alert states.
+    pub router: RouterHandle,
+    /// Gateway status messages (gateway-health rules).
+    pub presence: Arc<pantau_state::presence::Presence>,
+    /// Traffic level-of-service bands.
+    pub los: &'a pantau_model::derive::LosBands,
+}
+
+/// Starts the engine, the dispatcher and the alert-state publisher;
+/// `None` when alerting is off.
+pub fn start(
+    deps: AlertDeps<'_>,
+    metrics: &mut prometheus_client::registry::Registry,
+    sup: &Supervisor,
+    stage: StageId,
+) -> anyhow::Result<Option<Arc<Engine>>> {
+    if !deps.cfg.enabled {
+        tracing::info!("Alerting is off.");
+        return Ok(None);
+    }
+    let alert_metrics = AlertMetrics::default();
+    alert_metrics.register(metrics);
+    let store = Arc::new(AlertStore::open(deps.data_dir)?);
+    let engine = Arc::new(
+        Engine::open(
+            store.clone(),
+            deps.registry,
+            deps.cfg.engine(deps.los),
+            alert_metrics.clone(),
+        )
+        .context("alert rules")?
+        .with_presence(deps.presence),
+    );
+    let (log, e) = (deps.log, engine.clone());
+    sup.spawn_restarting(stage, "alerts", None, move |stop| {
+        e.clone().run(log.clone(), stop)
+    });
+    let dispatcher = Arc::new(pantau_alerts::webhook::Dispatcher::new(
+        store,
+        alert_metrics,
+        deps.cfg.webhook_timeout,
+    ));
+    let queued = engine.outbox_watch();
+    sup.spawn_restarting(stage, "webhooks", None, move |stop| {
+        let (d, q) = (dispatcher.clone(), queued.clone());
+        async move {
+            d.run(q, stop).await;
+            Ok::<(), std::convert::Infallible>(())
+        }
+    });
+    let (e, router) = (engine.clone(), deps.router);
+    sup.spawn_restarting(stage, "alert-states", None, move |stop| {
+        let (e, router) = (e.clone(), router.clone());
+        async move {
+            tokio::select! {
+                r = publish_states(e, router) => r,
+                _ = stop.cancelled() => Ok(()),
+            }
+        }
+    });
+    Ok(Some(engine))
+}
+
+/// The retained state of one sensor: its alerts that are not resolved.
+async fn publish_state(
+    engine: &Arc<Engine>,
+    router: &RouterHandle,
+    kind: SensorKind,
+    sensor: String,
+) -> anyhow::Result<()> {
+    let e = engine.clone();
+    let s = sensor.clone();
+    let alerts = tokio::task::spawn_blocking(move || {
+        e.store().alerts(&AlertFilter {
+            states: vec![AlertState::Open, AlertState::Acknowledged],
+            sensor: Some(s),
+            limit: 100,
+            ..Default::default()
+        })
+    })
+    .await??;
+    let list: Vec<serde_json::Value> = alerts
+        .iter()
+        .map(|a| {
+            serde_json::json!({
+                "id": a.id, "rule": a.rule, "rule_name": a.rule_name, "state": a.state,
+                "level": a.level, "level_label": a.level_label,
+                "since": a.since.to_rfc3339(), "changed": a.changed.to_rfc3339(), "late": a.late,
+            })
+        })
+        .collect();
+    let body = serde_json::json!({
+        "sensor": sensor,
+        "kind": kind.as_str(),
+        "active": !list.is_empty(),
+        "alerts": list,
+        "updated": Timestamp::now().to_rfc3339(),
+    });
+    router
+        .publish_platform(
+            alert_topic(kind, &sensor).into(),
+            body.to_string().into(),
+            true,
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("publishing the alert state of {sensor}: {e}"))
+}
+
+/// Publishes every sensor's current state at start (retained messages
+/// live in the broker's memory), then each sensor whose alerts change.
+async fn publish_states(engine: Arc<Engine>, router: RouterHandle) -> anyhow::Result<()> {
+    let mut rx = engine.subscribe();
+    let mut all = true;
+    loop {
+        if all {
+            let e = engine.clone();
+            let open = tokio::task::spawn_blocking(move || {
+                e.store().alerts(&AlertFilter {
+                    states: vec![AlertState::Open, AlertState::Acknowledged],
+                    limit: 100_000,
+                    ..Default::default()
+                })
+            })
+            .await??;
+            let sensors: BTreeSet<(SensorKind, String)> =
+                open.into_iter().map(|a| (a.kind, a.sensor)).collect();
+            for (kind, sensor) in sensors {
+                publish_state(&engine, &router, kind, sensor).await?;
+            }
+            all = false;
+        }
+        match rx.recv().await {
+            Ok(rec) => {
+                publish_state(&engine, &router, rec.alert.kind, rec.alert.sensor.clone()).await?
+            }
+            Err(RecvError::Lagged(_)) => all = true,
+            Err(RecvError::Closed) => return Ok(()),
+        }
+    }
+}

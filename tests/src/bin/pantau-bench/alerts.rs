@@ -1,0 +1,283 @@
+//! Alerting benchmarks.
+//!
+//! - `alerts-ingest`: end-to-end embedded ingest (TLS publish → stored, and
+//!   every reading evaluated) with the Siaga rule on every gauge plus 1 000
+//!   threshold rules, against the same run with `--no-alerts`; rounds
+//!   alternate off/on and the ratio is the median of on / off.
+//! - `alerts-webhook`: reading published → signed webhook received by a
+//!   real HTTP receiver, while 5 000 readings/s flow; baseline: publish →
+//!   PUBACK of the same envelopes.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use pantau_model::envelope::encode;
+use pantau_model::{Reading, Timestamp, Value};
+use pantau_tests::webhook::Receiver;
+use pantau_tests::{eventually, gateway_add, metric, token_create, Pantau};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
+
+use crate::{publish_all, Load};
+
+fn registry_with_thresholds(load: &Load) -> String {
+    crate::registry(load).replace(
+        "lon = 101.0\n",
+        "lon = 101.0\nthresholds = { siaga3 = 230, siaga2 = 240, siaga1 = 245 }\n",
+    )
+}
+
+/// `[alerts]` with `n` threshold rules, one per sensor (round-robin).
+fn rules_config(load: &Load, n: usize) -> String {
+    let mut out = String::from(
+        "[alerts]\nsensor_silent_after = \"15m\"\ngateway_offline_after = \"10m\"\n\n",
+    );
+    let sensors = load.gateways * load.sensors_per_gateway;
+    for i in 0..n {
+        let (g, s) = (
+            (i % sensors) / load.sensors_per_gateway,
+            i % load.sensors_per_gateway,
+        );
+        out.push_str(&format!(
+            "[[alerts.rule]]\nid = \"bench-{i}\"\nkind = \"flood_gauge\"\nsensors = [\"fl-b{g}-{s}\"]\nfield = \"water_level_cm\"\nabove = [{}]\ndeadband = 2\n\n",
+            200 + (i % 50)
+        ));
+    }
+    out
+}
+
+async fn one_round(load: &Load, alerts: bool, round: usize) -> Result<(f64, u64)> {
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data)?;
+    let reg = dir.path().join("registry.toml");
+    std::fs::write(&reg, registry_with_thresholds(load))?;
+    let cfg = dir.path().join("pantau.toml");
+    std::fs::write(&cfg, rules_config(load, 1_000))?;
+    let mut args = vec![
+        "--registry",
+        reg.to_str().unwrap(),
+        "--config",
+        cfg.to_str().unwrap(),
+    ];
+    if !alerts {
+        args.push("--no-alerts");
+    }
+    let p = Pantau::start(&data, &args).await?;
+    let mut tokens = Vec::new();
+    let mut ca = std::path::PathBuf::new();
+    for g in 0..load.gateways {
+        let c = gateway_add(&data, &format!("gw-b{g}"))?;
+        tokens.push(c.password);
+        ca = c.ca_file;
+    }
+    let n = (load.readings / load.gateways) * load.gateways;
+    // Recent observation times (round after round), so the readings are
+    // live, not late.
+    let base = Timestamp::now().millis()
+        - (n / (load.gateways * load.sensors_per_gateway)) as i64 * 1000
+        - 60_000
+        - round as i64;
+    let t = Instant::now();
+    publish_all(&p, load, base, &tokens, &ca).await?;
+    eventually(
+        Duration::from_secs(900),
+        "every reading stored and evaluated",
+        || async {
+            let m = p.metrics().await.ok()?;
+            let stored = metric(&m, "pantau_ingest_log_delivered_total")? >= n as f64;
+            let evaluated =
+                !alerts || metric(&m, "pantau_alerts_readings_evaluated_total")? >= n as f64;
+            (stored && evaluated).then_some(())
+        },
+    )
+    .await?;
+    let rate = n as f64 / t.elapsed().as_secs_f64();
+    let m = p.metrics().await?;
+    let opened: f64 = m
+        .lines()
+        .filter(|l| l.starts_with("pantau_alerts_opened_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    Ok((rate, opened as u64))
+}
+
+/// `alerts-ingest`.
+pub(crate) async fn bench_alerts_ingest(load: Load, rounds: usize) -> Result<()> {
+    let mut ratios = Vec::new();
+    println!(
+        "alerts-ingest: {} readings per round, {} gauges with Siaga thresholds, 1 000 threshold rules",
+        load.readings,
+        load.gateways * load.sensors_per_gateway
+    );
+    for round in 0..rounds {
+        let (off, _) = one_round(&load, false, round).await?;
+        let (on, opened) = one_round(&load, true, round).await?;
+        println!(
+            "  round {round}: alerting off {off:>8.0} readings/s, on {on:>8.0} readings/s ({opened} alerts opened), ratio {:.2}",
+            on / off
+        );
+        ratios.push(on / off);
+    }
+    ratios.sort_by(f64::total_cmp);
+    println!(
+        "  ratio on / off (median of {rounds}): {:.2}",
+        ratios[ratios.len() / 2]
+    );
+    Ok(())
+}
+
+fn quantile(sorted: &[Duration], q: f64) -> Duration {
+    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
+}
+
+/// `alerts-webhook`.
+pub(crate) async fn bench_alerts_webhook() -> Result<()> {
+    let load = Load {
+        gateways: 10,
+        sensors_per_gateway: 50,
+        readings: 0,
+        per_envelope: 100,
+    };
+    let rate: usize = 5_000;
+    let seconds: usize = std::env::var("PANTAU_BENCH_SECONDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(30);
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data)?;
+    let reg = dir.path().join("registry.toml");
+    std::fs::write(&reg, registry_with_thresholds(&load))?;
+    let admin = token_create(&data, "bench", "admin")?["token"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let p = Pantau::start(&data, &["--registry", reg.to_str().unwrap()]).await?;
+    let receiver = Receiver::start().await?;
+    let r = p
+        .client()?
+        .post(p.url("/api/v1/admin/webhooks"))
+        .bearer_auth(&admin)
+        .json(&serde_json::json!({"id": "bench", "url": receiver.url()}))
+        .send()
+        .await?;
+    if !r.status().is_success() {
+        bail!("webhook: {}", r.text().await?);
+    }
+    let tls = pantau_edge_agent::uplink::client_tls(&data.join("tls").join("ca.pem"))?;
+    // Each gateway sends 5000/10 readings/s in envelopes of 100: 5 per
+    // second. Sensor 0 of each gateway alternates above Siaga 1 and
+    // normal every envelope: each of its readings is an alert change.
+    let per_gw_envelopes = rate / load.gateways / load.per_envelope;
+    let sent: std::sync::Arc<std::sync::Mutex<HashMap<(String, i64), Instant>>> =
+        Default::default();
+    let mut acks: Vec<Duration> = Vec::new();
+    let mut tasks = Vec::new();
+    let start = Timestamp::now().millis() / 1000 * 1000 - (seconds as i64 + 5) * 1000;
+    for g in 0..load.gateways {
+        let token = gateway_add(&data, &format!("gw-b{g}"))?.password;
+        let mut opts = MqttOptions::new(format!("gw-b{g}"), "127.0.0.1", p.mqtt.port());
+        opts.set_credentials(format!("gw-b{g}"), token);
+        opts.set_keep_alive(Duration::from_secs(30));
+        opts.set_inflight(100);
+        opts.set_max_packet_size(1 << 20, 1 << 20);
+        opts.set_transport(Transport::Tls(TlsConfiguration::Rustls(tls.clone())));
+        let (client, mut eventloop) = AsyncClient::new(opts, 200);
+        let sent = sent.clone();
+        tasks.push(tokio::spawn(async move {
+            let topic = format!("pantau/v1/gw/gw-b{g}/telemetry");
+            let total = per_gw_envelopes * seconds;
+            let mut published: Vec<Instant> = Vec::with_capacity(total);
+            let mut ack_times = Vec::with_capacity(total);
+            let period = Duration::from_secs(1) / per_gw_envelopes as u32;
+            let t0 = tokio::time::Instant::now();
+            let mut next = 0usize;
+            let mut acked = 0usize;
+            while acked < total {
+                let due = t0 + period * next as u32;
+                tokio::select! {
+                    _ = tokio::time::sleep_until(due), if next < total => {
+                        let ts = Timestamp(start + next as i64 * 1000 / per_gw_envelopes as i64);
+                        let mut readings: Vec<Reading> = (0..load.per_envelope)
+                            .map(|i| Reading {
+                                sensor: format!("fl-b{g}-{}", 1 + i % (load.sensors_per_gateway - 1)),
+                                ts: Timestamp(ts.millis() + i as i64),
+                                values: [("water_level_cm".to_string(), Value::Num(50.0))].into(),
+                            })
+                            .collect();
+                        let cm = if next % 2 == 0 { 260.0 } else { 50.0 };
+                        readings[0] = Reading {
+                            sensor: format!("fl-b{g}-0"),
+                            ts,
+                            values: [("water_level_cm".to_string(), Value::Num(cm))].into(),
+                        };
+                        let body = encode(&format!("gw-b{g}"), next as u64, Timestamp::now(), &readings);
+                        let now = Instant::now();
+                        sent.lock().unwrap().insert((format!("fl-b{g}-0"), ts.millis()), now);
+                        published.push(now);
+                        if client.publish(topic.clone(), QoS::AtLeastOnce, false, body).await.is_err() {
+                            bail!("gateway {g}: publish failed");
+                        }
+                        next += 1;
+                    }
+                    ev = eventloop.poll() => match ev {
+                        Ok(Event::Incoming(Packet::PubAck(_))) => {
+                            ack_times.push(published[acked].elapsed());
+                            acked += 1;
+                        }
+                        Ok(_) => {}
+                        Err(e) => bail!("gateway {g}: {e}"),
+                    }
+                }
+            }
+            Ok(ack_times)
+        }));
+    }
+    for t in tasks {
+        acks.extend(t.await??);
+    }
+    let expected = load.gateways * per_gw_envelopes * seconds;
+    let got = eventually(Duration::from_secs(120), "every alert webhook", || async {
+        let d = receiver.deliveries();
+        (d.len() >= expected).then_some(d)
+    })
+    .await?;
+    let sent = sent.lock().unwrap();
+    let mut lat: Vec<Duration> = got
+        .iter()
+        .filter_map(|d| {
+            let j = d.json();
+            let sensor = j["data"]["sensor"].as_str()?.to_owned();
+            let at = Timestamp::parse_rfc3339(j["data"]["observed_at"].as_str()?)?;
+            let t = sent.get(&(sensor, at.millis()))?;
+            Some(d.at.duration_since(*t))
+        })
+        .collect();
+    if lat.len() < expected / 2 {
+        bail!(
+            "only {} of {} webhooks matched a published reading",
+            lat.len(),
+            got.len()
+        );
+    }
+    lat.sort();
+    acks.sort();
+    println!(
+        "alerts-webhook: {rate} readings/s for {seconds} s, {} alert changes → {} webhooks",
+        expected,
+        got.len()
+    );
+    println!(
+        "  publish → webhook received: p50 {:>7.1} ms, p99 {:>7.1} ms, max {:>7.1} ms",
+        quantile(&lat, 0.5).as_secs_f64() * 1e3,
+        quantile(&lat, 0.99).as_secs_f64() * 1e3,
+        lat.last().unwrap().as_secs_f64() * 1e3
+    );
+    println!(
+        "  baseline publish → PUBACK:  p50 {:>7.1} ms, p99 {:>7.1} ms",
+        quantile(&acks, 0.5).as_secs_f64() * 1e3,
+        quantile(&acks, 0.99).as_secs_f64() * 1e3
+    );
+    Ok(())
+}
