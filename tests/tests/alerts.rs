@@ -895,25 +895,52 @@ async fn kill_9_keeps_open_alerts_pending_windows_and_the_outbox() -> Result<()>
 #[tokio::test]
 async fn a_replayed_backlog_gives_the_history_at_observation_times_marked_late() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let s = setup(dir.path(), CONFIG).await?;
+    let mut s = setup(dir.path(), CONFIG).await?;
     let receiver = Receiver::start().await?;
     s.subscribe("bpbd", &receiver, json!({"kinds": ["flood_gauge"]}))
         .await?;
-    // Two hours of readings a gateway kept while offline, sent on return:
-    // rising through Siaga 3 (at -100 min) and Siaga 2 (at -40 min).
+    // gw-a's own pantau-agent, fed on stdin, spooling on disk.
+    let cfg = format!(
+        "gateway = \"gw-a\"\n[broker]\nurl = \"mqtts://127.0.0.1:{}\"\nca_file = \"{}\"\nusername = \"gw-a\"\npassword = \"{}\"\n[batch]\nmax_readings = 100\nmax_delay = \"50ms\"\n[[source]]\ntype = \"stdin\"\n",
+        s.p.mqtt.port(),
+        s.gw_a.ca_file.display(),
+        s.gw_a.password
+    );
+    let mut agent = Agent::start(dir.path(), "agent", &cfg)?;
     let now = Timestamp::now().millis() / 1000 * 1000;
     let at = |min: i64| Timestamp(now + min * 60_000);
-    let backlog: Vec<String> = (0..=24)
-        .map(|i| {
-            let min = -120 + i * 5;
-            let cm = 40.0 + (i as f64) * 8.0;
-            gauge(&at(min).to_rfc3339(), cm)
-        })
-        .collect();
-    for chunk in backlog.chunks(6) {
-        s.publish(&s.gw_a, chunk)?;
+    agent.send(&agent_line(
+        "fl-sungai-dumai",
+        at(-125).millis(),
+        "water_level_cm",
+        30.0,
+    ))?;
+    eventually(
+        Duration::from_secs(15),
+        "the agent's first reading",
+        || async {
+            let m = s.p.metrics().await.ok()?;
+            (metric(&m, "pantau_alerts_readings_evaluated_total")? >= 1.0).then_some(())
+        },
+    )
+    .await?;
+    // The platform goes away for the outage; the gateway keeps measuring
+    // for two hours, rising through Siaga 3 (at -80 min) and Siaga 2 (at
+    // -20 min): 40 + 8 cm every 5 minutes.
+    s.p.kill();
+    let mut backlog = String::new();
+    for i in 0..=24 {
+        let min = -120 + i * 5;
+        backlog.push_str(&agent_line(
+            "fl-sungai-dumai",
+            at(min).millis(),
+            "water_level_cm",
+            40.0 + (i as f64) * 8.0,
+        ));
     }
-    let got = eventually(Duration::from_secs(10), "2 late webhooks", || async {
+    agent.send(&backlog)?;
+    s.restart(dir.path()).await?;
+    let got = eventually(Duration::from_secs(60), "2 late webhooks", || async {
         let d = receiver.deliveries();
         (d.len() >= 2).then_some(d)
     })
@@ -924,13 +951,13 @@ async fn a_replayed_backlog_gives_the_history_at_observation_times_marked_late()
         first["data"]["late"] == true && second["data"]["late"] == true,
         "{first} {second}"
     );
-    // 40 + 8i ≥ 100 first at i = 8 (-80 min); ≥ 200 at i = 20 (-20 min).
     ensure!(
-        first["data"]["observed_at"] == at(-80).to_rfc3339(),
+        first["data"]["observed_at"] == at(-80).to_rfc3339() && first["type"] == "alert.raised",
         "{first}"
     );
     ensure!(
-        second["data"]["observed_at"] == at(-20).to_rfc3339(),
+        second["data"]["observed_at"] == at(-20).to_rfc3339()
+            && second["type"] == "alert.escalated",
         "{second}"
     );
     let id = first["data"]["alert"].as_i64().context("alert")?;
@@ -941,9 +968,15 @@ async fn a_replayed_backlog_gives_the_history_at_observation_times_marked_late()
         "{tl}"
     );
     ensure!(events[0]["at"].as_i64() == Some(at(-80).millis()), "{tl}");
+    ensure!(events[1]["at"].as_i64() == Some(at(-20).millis()), "{tl}");
     // A live reading afterwards is not late.
-    s.publish(&s.gw_a, &[gauge(&now_rfc3339(0), 320.0)])?;
-    let got = eventually(Duration::from_secs(10), "the live escalation", || async {
+    agent.send(&agent_line(
+        "fl-sungai-dumai",
+        Timestamp::now().millis(),
+        "water_level_cm",
+        320.0,
+    ))?;
+    let got = eventually(Duration::from_secs(15), "the live escalation", || async {
         let d = receiver.deliveries();
         (d.len() >= 3).then_some(d)
     })
