@@ -24,7 +24,7 @@ use pantau_state::presence::Presence;
 use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::evaluator::{Evaluator, Fired, Key, State};
+use crate::evaluator::{Evaluator, Fired, State};
 use crate::metrics::AlertMetrics;
 use crate::rules::{Rule, RuleSpec, SIAGA_RULE};
 use crate::store::{AlertStore, ChangeRecord, Recorded, StoreError, Subject};
@@ -162,6 +162,29 @@ struct Inner {
     started: Timestamp,
     /// Each gateway's status message as last evaluated.
     statuses: std::collections::HashMap<String, String>,
+    /// Sensors and gateways whose states changed only in passing since
+    /// they were last written.
+    dirty: std::collections::HashSet<String, crate::evaluator::FastHash>,
+    /// When those were last written.
+    last_flush: Instant,
+}
+
+/// How often states that changed only in passing are written.
+const FLUSH: Duration = Duration::from_secs(10);
+
+/// The sensors (and gateways) whose states a step touched.
+#[derive(Debug, Default)]
+struct Touched(
+    std::collections::HashSet<String, crate::evaluator::FastHash>,
+    bool,
+);
+
+impl Touched {
+    fn touch(&mut self, id: &str) {
+        if !self.0.contains(id) {
+            self.0.insert(id.to_owned());
+        }
+    }
 }
 
 /// The alert engine of a process.
@@ -220,7 +243,10 @@ impl Engine {
         let mut rules = file_rules.clone();
         rules.extend(api_rules.iter().cloned());
         let mut evaluator = Evaluator::new(&reg, rules);
-        evaluator.restore(store.trackers()?);
+        evaluator.restore(store.trackers()?.into_iter().map(|(k, mut s)| {
+            s.saved = Some(s.material());
+            (k, s)
+        }));
         let (live, _) = broadcast::channel(1024);
         let (outbox, _) = watch::channel(0);
         Ok(Self {
@@ -235,6 +261,8 @@ impl Engine {
                 rules_version: 0,
                 started: Timestamp::now(),
                 statuses: Default::default(),
+                dirty: Default::default(),
+                last_flush: Instant::now(),
             }),
             live,
             outbox,
@@ -338,7 +366,7 @@ impl Engine {
         rules.extend(api_rules);
         let kept = std::mem::take(&mut inner.evaluator).into_trackers();
         let mut ev = Evaluator::new(registry, rules);
-        ev.restore(kept);
+        ev.restore(kept.to_map());
         inner.evaluator = ev;
         inner.rules_version = version;
         inner.registry_version = reg_version;
@@ -425,7 +453,7 @@ impl Engine {
         self.refresh(&mut inner, &registry);
         let late_ms = self.cfg.late_after.as_millis() as i64;
         let mut changes = Vec::new();
-        let mut touched: BTreeSet<Key> = BTreeSet::new();
+        let mut touched = Touched::default();
         let mut n = 0u64;
         for r in readings {
             n += 1;
@@ -440,18 +468,13 @@ impl Engine {
                     .map(|v: &Value| v.as_f64())
                     .or_else(|| derived(sensor, f, &r.values, los))
             };
-            let out = inner.evaluator.observe(sensor, r.ts, get);
-            if out.stale > 0 {
-                self.metrics.stale.inc_by(out.stale as u64);
-            }
-            touched.extend(out.touched);
-            for f in out.fired {
-                let value = inner
-                    .evaluator
-                    .rule(&registry, &f.rule, &f.sensor)
-                    .and_then(|rule| rule.value(get));
-                changes.push(self.describe(&inner.evaluator, &registry, f, value, late));
-            }
+            self.observe_one(
+                &mut inner.evaluator,
+                &registry,
+                (sensor, r.ts, late),
+                get,
+                (&mut changes, &mut touched),
+            );
             // Silence watches: the sensor and its gateway were heard.
             for (rule, id, on) in [
                 (
@@ -468,24 +491,16 @@ impl Engine {
                 if on.is_none() {
                     continue;
                 }
-                let key = (rule.to_owned(), id.to_owned());
-                let state = inner
-                    .evaluator
-                    .trackers_mut()
-                    .entry(key.clone())
-                    .or_default();
+                let state = inner.evaluator.trackers_mut().entry(rule, id);
                 let w = state.watch.get_or_insert_with(Watch::default);
-                let before = *w;
                 if let Some(change) = w.heard(r.ts) {
                     changes.push(self.silence_change(&registry, rule, id, change, late));
                 }
-                if *w != before {
-                    touched.insert(key);
-                }
+                touched.touch(id);
             }
         }
         self.mirror_upstream(&registry, &mut changes);
-        let recorded = self.record(&inner.evaluator, changes, touched, Some(cursor), now)?;
+        let recorded = self.record(&mut inner, changes, touched, Some(cursor), now)?;
         drop(inner);
         self.metrics.readings.inc_by(n);
         self.metrics
@@ -501,8 +516,8 @@ impl Engine {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         self.refresh(&mut inner, &registry);
         let mut changes = Vec::new();
-        let mut touched = BTreeSet::new();
-        let due_now: Vec<Key> = inner
+        let mut touched = Touched::default();
+        let due_now: Vec<String> = inner
             .evaluator
             .trackers()
             .iter()
@@ -512,11 +527,13 @@ impl Engine {
                 s.tracker
                     .due(&timing)
                     .filter(|d| *d <= now)
-                    .map(|_| (rule.clone(), sensor.clone()))
+                    .map(|_| sensor.to_owned())
             })
             .collect();
         if !due_now.is_empty() {
-            touched.extend(due_now);
+            for id in &due_now {
+                touched.touch(id);
+            }
             for f in inner.evaluator.expire(&registry, now) {
                 let late = false;
                 changes.push(self.describe(&inner.evaluator, &registry, f, None, late));
@@ -544,15 +561,13 @@ impl Engine {
                     "spool_dropped" => v["spool"]["dropped"].as_f64(),
                     other => v[other].as_f64(),
                 };
-                let out = inner.evaluator.observe(&pseudo, at, get);
-                touched.extend(out.touched);
-                for f in out.fired {
-                    let value = inner
-                        .evaluator
-                        .rule(&registry, &f.rule, &f.sensor)
-                        .and_then(|r| r.value(get));
-                    changes.push(self.describe(&inner.evaluator, &registry, f, value, false));
-                }
+                self.observe_one(
+                    &mut inner.evaluator,
+                    &registry,
+                    (&pseudo, at, false),
+                    get,
+                    (&mut changes, &mut touched),
+                );
             }
         }
         let mut next = inner.evaluator.next_due(&registry);
@@ -566,8 +581,7 @@ impl Engine {
         let mut gateway_due: BTreeMap<String, (bool, Option<Timestamp>)> = BTreeMap::new();
         if let Some(after) = offline {
             for gw in registry.gateways() {
-                let key = (GATEWAY_RULE.to_owned(), gw.to_string());
-                let state = trackers.entry(key.clone()).or_default();
+                let state = trackers.entry(GATEWAY_RULE, gw.as_str());
                 let w = state.watch.get_or_insert_with(|| Watch::starting(started));
                 if let Some(change) = w.check(after, now, false) {
                     changes.push(self.silence_change(
@@ -577,7 +591,7 @@ impl Engine {
                         change,
                         false,
                     ));
-                    touched.insert(key);
+                    touched.touch(gw.as_str());
                 }
                 gateway_due.insert(gw.to_string(), (w.is_open(), w.due(after)));
                 next = min_opt(next, w.due(after));
@@ -585,8 +599,7 @@ impl Engine {
         }
         if let Some(after) = silent {
             for s in registry.sensors() {
-                let key = (SILENCE_RULE.to_owned(), s.id.to_string());
-                let state = trackers.entry(key.clone()).or_default();
+                let state = trackers.entry(SILENCE_RULE, s.id.as_str());
                 let w = state.watch.get_or_insert_with(|| Watch::starting(started));
                 let due = w.due(after);
                 let inhibited = gateway_due
@@ -602,31 +615,65 @@ impl Engine {
                         change,
                         false,
                     ));
-                    touched.insert(key);
+                    touched.touch(s.id.as_str());
                 }
                 if !inhibited {
                     next = min_opt(next, w.due(after));
                 }
             }
         }
-        if !changes.is_empty() || !touched.is_empty() {
+        // What changed only in passing (last-seen times, rate samples) is
+        // written every FLUSH.
+        if inner.last_flush.elapsed() >= FLUSH {
+            let dirty = std::mem::take(&mut inner.dirty);
+            touched.0.extend(dirty);
+            touched.1 = true;
+        }
+        if !changes.is_empty() || !touched.0.is_empty() {
             self.mirror_upstream(&registry, &mut changes);
-            self.record(&inner.evaluator, changes, touched, None, now)?;
+            self.record(&mut inner, changes, touched, None, now)?;
         }
         Ok(next)
     }
 
+    /// Records a step: its changes, the states whose material part changed
+    /// (every touched one when `touched.1`), and the log position.
+    /// States that changed only in passing wait in `inner.dirty`.
     fn record(
         &self,
-        ev: &Evaluator,
+        inner: &mut Inner,
         changes: Vec<ChangeRecord>,
-        touched: BTreeSet<Key>,
+        touched: Touched,
         cursor: Option<i64>,
         now: Timestamp,
     ) -> Result<Vec<Recorded>, EngineError> {
-        let trackers: Vec<(&Key, Option<&State>)> =
-            touched.iter().map(|k| (k, ev.trackers().get(k))).collect();
-        let recorded = self.store.record(&changes, &trackers, cursor, now)?;
+        let mut save: Vec<(String, String)> = Vec::new();
+        {
+            let trackers = inner.evaluator.trackers_mut();
+            for id in &touched.0 {
+                for (rule, state) in trackers.of_mut(id) {
+                    if touched.1 || state.saved != Some(state.material()) {
+                        save.push((rule.to_owned(), id.clone()));
+                    } else {
+                        inner.dirty.insert(id.clone());
+                    }
+                }
+            }
+        }
+        let trackers = inner.evaluator.trackers();
+        let rows: Vec<((&str, &str), Option<&State>)> = save
+            .iter()
+            .map(|(r, s)| ((r.as_str(), s.as_str()), trackers.get(r, s)))
+            .collect();
+        let recorded = self.store.record(&changes, &rows, cursor, now)?;
+        let trackers = inner.evaluator.trackers_mut();
+        for (r, s) in &save {
+            let st = trackers.entry(r, s);
+            st.saved = Some(st.material());
+        }
+        if touched.1 {
+            inner.last_flush = Instant::now();
+        }
         let mut queued = false;
         for rec in &recorded {
             match rec.event.change.as_str() {
@@ -641,6 +688,31 @@ impl Engine {
             self.outbox.send_modify(|n| *n += 1);
         }
         Ok(recorded)
+    }
+
+    /// Evaluates one reading of `sensor` observed `at` (`late` or not) and
+    /// collects the changes it made and the states it touched.
+    fn observe_one(
+        &self,
+        ev: &mut Evaluator,
+        registry: &Registry,
+        (sensor, at, late): (&Sensor, Timestamp, bool),
+        get: impl Fn(&str) -> Option<f64> + Copy,
+        (changes, touched): (&mut Vec<ChangeRecord>, &mut Touched),
+    ) {
+        let out = ev.observe(sensor, at, get);
+        if out.stale > 0 {
+            self.metrics.stale.inc_by(out.stale as u64);
+        }
+        if out.touched > 0 {
+            touched.touch(sensor.id.as_str());
+        }
+        for f in out.fired {
+            let value = ev
+                .rule(registry, &f.rule, &f.sensor)
+                .and_then(|rule| rule.value(get));
+            changes.push(self.describe(ev, registry, f, value, late));
+        }
     }
 
     /// Adds, for each Siaga change of an upstream gauge, the same change of

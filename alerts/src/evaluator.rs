@@ -8,6 +8,10 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+/// A fast hasher for the maps a reading looks into (their keys are ids,
+/// not attacker-chosen beyond what the registry admits).
+pub(crate) type FastHash = foldhash::fast::RandomState;
+
 use pantau_model::{Registry, Sensor, SensorKind, Timestamp};
 
 use crate::rate::RateWindow;
@@ -28,6 +32,91 @@ pub struct State {
     /// The watch of a silence rule (sensor silent, gateway offline).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub watch: Option<crate::Watch>,
+    /// What of it is on disk (kept by the caller; not itself stored).
+    #[serde(skip)]
+    pub saved: Option<Material>,
+}
+
+/// The part of a [`State`] that must be on disk with the step that changed
+/// it: the alert's level, its pending wait, its cool-down and whether a
+/// silence is open. Not the last observation times and rate samples, which
+/// change with every reading and may be written a few seconds later (a
+/// crash loses at most those seconds of them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Material {
+    tracker: crate::tracker::TrackerMaterial,
+    silent: Option<bool>,
+}
+
+impl State {
+    /// Its [`Material`] part.
+    pub fn material(&self) -> Material {
+        Material {
+            tracker: self.tracker.material(),
+            silent: self.watch.map(|w| w.is_open()),
+        }
+    }
+}
+
+/// Every (rule, sensor) state, grouped by sensor (or gateway) so that a
+/// reading finds its own without allocating.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Trackers(HashMap<String, Vec<(String, State)>, FastHash>);
+
+impl Trackers {
+    /// The state of (`rule`, `sensor`).
+    pub fn get(&self, rule: &str, sensor: &str) -> Option<&State> {
+        self.0
+            .get(sensor)?
+            .iter()
+            .find(|(r, _)| r == rule)
+            .map(|(_, s)| s)
+    }
+
+    /// The state of (`rule`, `sensor`), made if there is none.
+    pub fn entry(&mut self, rule: &str, sensor: &str) -> &mut State {
+        if !self.0.contains_key(sensor) {
+            self.0.insert(sensor.to_owned(), Vec::new());
+        }
+        let list = self.0.get_mut(sensor).expect("inserted above");
+        let i = match list.iter().position(|(r, _)| r == rule) {
+            Some(i) => i,
+            None => {
+                list.push((rule.to_owned(), State::default()));
+                list.len() - 1
+            }
+        };
+        &mut list[i].1
+    }
+
+    /// Puts a state in.
+    pub fn insert(&mut self, (rule, sensor): Key, state: State) {
+        *self.entry(&rule, &sensor) = state;
+    }
+
+    /// Every state, as ((rule, sensor), state).
+    pub fn iter(&self) -> impl Iterator<Item = ((&str, &str), &State)> {
+        self.0.iter().flat_map(|(sensor, list)| {
+            list.iter()
+                .map(move |(rule, s)| ((rule.as_str(), sensor.as_str()), s))
+        })
+    }
+
+    /// The states of one sensor (or gateway), as (rule, state).
+    pub fn of_mut(&mut self, sensor: &str) -> impl Iterator<Item = (&str, &mut State)> {
+        self.0
+            .get_mut(sensor)
+            .into_iter()
+            .flatten()
+            .map(|(r, s)| (r.as_str(), s))
+    }
+
+    /// As an ordered map (comparisons in tests, listings).
+    pub fn to_map(&self) -> BTreeMap<Key, State> {
+        self.iter()
+            .map(|((r, s), st)| ((r.to_owned(), s.to_owned()), st.clone()))
+            .collect()
+    }
 }
 
 /// A change of one alert.
@@ -49,8 +138,8 @@ pub struct Outcome {
     /// Rules that refused the reading as older than one already evaluated
     /// (to be counted by the caller).
     pub stale: usize,
-    /// The (rule, sensor) states the reading changed, to be kept.
-    pub touched: Vec<Key>,
+    /// How many of the sensor's states the reading changed (to be kept).
+    pub touched: usize,
 }
 
 /// Rules by sensor kind and the trackers of (rule, sensor) pairs.
@@ -59,8 +148,8 @@ pub struct Evaluator {
     /// Configured rules, by the kind they watch.
     by_kind: Rules,
     /// Each gauge's Siaga rule, by sensor id.
-    siaga: HashMap<String, Rule>,
-    trackers: BTreeMap<Key, State>,
+    siaga: HashMap<String, Rule, FastHash>,
+    trackers: Trackers,
 }
 
 impl Evaluator {
@@ -88,17 +177,19 @@ impl Evaluator {
         Self {
             by_kind,
             siaga,
-            trackers: BTreeMap::new(),
+            trackers: Trackers::default(),
         }
     }
 
     /// Restores the states kept with the alert state.
     pub fn restore(&mut self, trackers: impl IntoIterator<Item = (Key, State)>) {
-        self.trackers.extend(trackers);
+        for (k, s) in trackers {
+            self.trackers.insert(k, s);
+        }
     }
 
     /// The states, to be kept with the changes they produced.
-    pub fn trackers(&self) -> &BTreeMap<Key, State> {
+    pub fn trackers(&self) -> &Trackers {
         &self.trackers
     }
 
@@ -127,9 +218,8 @@ impl Evaluator {
             let Some(value) = rule.value(&get) else {
                 continue;
             };
-            let key = (rule.id.clone(), sensor.id.to_string());
-            out.touched.push(key.clone());
-            let state = trackers.entry(key).or_default();
+            out.touched += 1;
+            let state = trackers.entry(&rule.id, sensor.id.as_str());
             let value = match rule.rate_window_ms {
                 None => Some(value),
                 Some(window) => {
@@ -171,19 +261,25 @@ impl Evaluator {
     /// Completes every wait due by `now`.
     pub fn expire(&mut self, registry: &Registry, now: Timestamp) -> Vec<Fired> {
         let mut fired = Vec::new();
-        let keys: Vec<Key> = self.trackers.keys().cloned().collect();
-        for key in keys {
-            let Some(timing) = self.rule(registry, &key.0, &key.1).map(|r| r.timing) else {
-                continue;
-            };
-            if let Some(s) = self.trackers.get_mut(&key) {
-                if let Some(change) = s.tracker.expire(&timing, now) {
-                    fired.push(Fired {
-                        rule: key.0.clone(),
-                        sensor: key.1.clone(),
-                        change,
-                    });
-                }
+        let due: Vec<(Key, crate::Timing)> = self
+            .trackers
+            .iter()
+            .filter_map(|((rule, sensor), s)| {
+                let timing = self.rule(registry, rule, sensor)?.timing;
+                s.tracker
+                    .due(&timing)
+                    .filter(|d| *d <= now)
+                    .map(|_| ((rule.to_owned(), sensor.to_owned()), timing))
+            })
+            .collect();
+        for ((rule, sensor), timing) in due {
+            let s = self.trackers.entry(&rule, &sensor);
+            if let Some(change) = s.tracker.expire(&timing, now) {
+                fired.push(Fired {
+                    rule,
+                    sensor,
+                    change,
+                });
             }
         }
         fired.sort_by_key(|f| f.change.at());
@@ -191,12 +287,12 @@ impl Evaluator {
     }
 
     /// Takes the states out (to rebuild the evaluator on new rules).
-    pub fn into_trackers(self) -> BTreeMap<Key, State> {
+    pub fn into_trackers(self) -> Trackers {
         self.trackers
     }
 
     /// Mutable access to the states (silence watches live there too).
-    pub fn trackers_mut(&mut self) -> &mut BTreeMap<Key, State> {
+    pub fn trackers_mut(&mut self) -> &mut Trackers {
         &mut self.trackers
     }
 
@@ -229,15 +325,15 @@ impl Evaluator {
 #[derive(Debug, Default)]
 struct Rules {
     /// Rules for every sensor of a kind.
-    every: HashMap<SensorKind, Vec<Rule>>,
+    every: HashMap<SensorKind, Vec<Rule>, FastHash>,
     /// Rules naming sensors, under each sensor they name.
-    named: HashMap<String, Vec<Rule>>,
+    named: HashMap<String, Vec<Rule>, FastHash>,
 }
 
 /// The rules that watch `sensor`: its Siaga rule, then the configured
 /// rules that name it, then those of its whole kind.
 fn rules_for<'a, 'b>(
-    siaga: &'a HashMap<String, Rule>,
+    siaga: &'a HashMap<String, Rule, FastHash>,
     by_kind: &'a Rules,
     sensor: &'b Sensor,
 ) -> impl Iterator<Item = &'a Rule> + use<'a, 'b> {
@@ -310,7 +406,7 @@ mod tests {
         assert_eq!(out.fired, vec![]);
         assert_eq!(out.stale, 1);
         // The trackers restore into a new evaluator (a restart).
-        let kept = ev.trackers().clone();
+        let kept = ev.trackers().to_map();
         let mut again = Evaluator::new(&registry, vec![crane()]);
         again.restore(kept);
         let out = again.observe(gauge, t(4), level(20.0));
@@ -354,12 +450,12 @@ mod tests {
         );
         // Kept as rows of (rule, sensor, state), samples included, and
         // restored.
-        let rows: Vec<(&Key, &State)> = ev.trackers().iter().collect();
+        let rows: Vec<((&str, &str), &State)> = ev.trackers().iter().collect();
         let kept = serde_json::to_string(&rows).expect("serializes");
         let kept: Vec<(Key, State)> = serde_json::from_str(&kept).expect("restores");
         let mut again = Evaluator::new(&registry, vec![]);
         again.restore(kept);
-        assert_eq!(again.trackers(), ev.trackers());
+        assert_eq!(again.trackers().to_map(), ev.trackers().to_map());
         // A replayed older reading is counted, not averaged in.
         let out = ev.observe(gauge, t(3), |f| (f == "water_level_cm").then_some(0.0));
         assert_eq!(out.stale, 2, "the Siaga rule and the rate rule");

@@ -19,6 +19,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::evaluator::{Key, State};
 
+/// The columns [`alert_row`] reads, in its order.
+macro_rules! alert_columns {
+    () => {
+        "id, rule, rule_name, sensor, kind, district, public, state, level, peak,
+         level_label, since_ms, changed_ms, resolved_ms, resolved_by, ack_by, ack_ms, assignee, late"
+    };
+}
+
 /// Errors of the alert store.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -293,8 +301,8 @@ const SCHEMA: &str = "
         assignee TEXT,
         late INTEGER NOT NULL DEFAULT 0
     );
-    CREATE INDEX IF NOT EXISTS alerts_state ON alerts (state, changed_ms);
-    CREATE INDEX IF NOT EXISTS alerts_sensor ON alerts (sensor, changed_ms);
+    CREATE INDEX IF NOT EXISTS alerts_open ON alerts (state) WHERE state != 'resolved';
+    CREATE INDEX IF NOT EXISTS alerts_sensor ON alerts (sensor);
     CREATE TABLE IF NOT EXISTS alert_current (
         rule TEXT NOT NULL,
         sensor TEXT NOT NULL,
@@ -494,7 +502,7 @@ impl AlertStore {
     pub fn record(
         &self,
         changes: &[ChangeRecord],
-        trackers: &[(&Key, Option<&State>)],
+        trackers: &[((&str, &str), Option<&State>)],
         cursor: Option<i64>,
         now: Timestamp,
     ) -> Result<Vec<Recorded>> {
@@ -905,9 +913,7 @@ impl AlertStore {
     }
 }
 
-const ALERT_COLUMNS: &str =
-    "id, rule, rule_name, sensor, kind, district, public, state, level, peak,
-    level_label, since_ms, changed_ms, resolved_ms, resolved_by, ack_by, ack_ms, assignee, late";
+const ALERT_COLUMNS: &str = alert_columns!();
 
 fn alert_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Alert> {
     let kind: String = r.get(4)?;
@@ -959,12 +965,9 @@ fn event_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AlertEvent> {
 }
 
 fn alert_in(conn: &Connection, id: i64) -> rusqlite::Result<Option<Alert>> {
-    conn.query_row(
-        &format!("SELECT {ALERT_COLUMNS} FROM alerts WHERE id = ?1"),
-        [id],
-        alert_row,
-    )
-    .optional()
+    conn.prepare_cached(&format!("SELECT {ALERT_COLUMNS} FROM alerts WHERE id = ?1"))?
+        .query_row([id], alert_row)
+        .optional()
 }
 
 fn change_name(c: &crate::Change) -> &'static str {
@@ -988,11 +991,8 @@ fn apply_change(
     use crate::Change;
     let (rule, sensor) = (&c.key.0, &c.key.1);
     let current: Option<i64> = tx
-        .query_row(
-            "SELECT alert FROM alert_current WHERE rule = ?1 AND sensor = ?2",
-            params![rule, sensor],
-            |r| r.get(0),
-        )
+        .prepare_cached("SELECT alert FROM alert_current WHERE rule = ?1 AND sensor = ?2")?
+        .query_row(params![rule, sensor], |r| r.get(0))
         .optional()?;
     let at = c.change.at().0;
     let level = c.change.level();
@@ -1005,71 +1005,80 @@ fn apply_change(
         }
         (cur, _) => cur,
     };
-    let (id, from) = match current {
+    let from = match c.change {
+        Change::Escalated { from, .. }
+        | Change::DeEscalated { from, .. }
+        | Change::Resolved { from, .. } => from,
+        Change::Raised { .. } | Change::Reopened { .. } => 0,
+    };
+    let alert = match current {
         None => {
-            tx.execute(
-                "INSERT INTO alerts (rule, rule_name, sensor, kind, district, public, state,
-                     level, peak, level_label, since_ms, changed_ms, late)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'open', ?7, ?7, ?8, ?9, ?9, ?10)",
-                params![
-                    rule,
-                    c.subject.rule_name,
-                    sensor,
-                    c.subject.kind.as_str(),
-                    c.subject.district,
-                    c.subject.public,
-                    level,
-                    c.level_label,
-                    at,
-                    c.late
-                ],
-            )?;
-            let id = tx.last_insert_rowid();
-            tx.execute(
+            let alert = tx
+                .prepare_cached(concat!(
+                    "INSERT INTO alerts (rule, rule_name, sensor, kind, district, public, state,
+                         level, peak, level_label, since_ms, changed_ms, late)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'open', ?7, ?7, ?8, ?9, ?9, ?10) RETURNING ",
+                    alert_columns!()
+                ))?
+                .query_row(
+                    params![
+                        rule,
+                        c.subject.rule_name,
+                        sensor,
+                        c.subject.kind.as_str(),
+                        c.subject.district,
+                        c.subject.public,
+                        level,
+                        c.level_label,
+                        at,
+                        c.late
+                    ],
+                    alert_row,
+                )?;
+            tx.prepare_cached(
                 "INSERT INTO alert_current (rule, sensor, alert) VALUES (?1, ?2, ?3)
                  ON CONFLICT (rule, sensor) DO UPDATE SET alert = excluded.alert",
-                params![rule, sensor, id],
-            )?;
-            (id, 0u8)
+            )?
+            .execute(params![rule, sensor, alert.id])?;
+            alert
         }
         Some(id) => {
-            let from: u8 =
-                tx.query_row("SELECT level FROM alerts WHERE id = ?1", [id], |r| r.get(0))?;
-            match c.change {
-                Change::Resolved { .. } => tx.execute(
-                    "UPDATE alerts SET state = 'resolved', level = 0, resolved_ms = ?2,
-                         resolved_by = NULL, changed_ms = ?2, late = ?3 WHERE id = ?1",
-                    params![id, at, c.late],
-                )?,
-                Change::Reopened { .. } => tx.execute(
+            let sql = match c.change {
+                Change::Resolved { .. } => concat!(
+                    "UPDATE alerts SET state = 'resolved', level = ?2, resolved_ms = ?4,
+                         resolved_by = NULL, changed_ms = ?4, late = ?5
+                     WHERE id = ?1 RETURNING ",
+                    alert_columns!()
+                ),
+                Change::Reopened { .. } => concat!(
                     "UPDATE alerts SET state = 'open', level = ?2, peak = max(peak, ?2),
                          level_label = ?3, since_ms = ?4, changed_ms = ?4, resolved_ms = NULL,
-                         resolved_by = NULL, ack_by = NULL, ack_ms = NULL, late = ?5 WHERE id = ?1",
-                    params![id, level, c.level_label, at, c.late],
-                )?,
+                         resolved_by = NULL, ack_by = NULL, ack_ms = NULL, late = ?5
+                     WHERE id = ?1 RETURNING ",
+                    alert_columns!()
+                ),
                 // Worse than what was acknowledged: it needs attention again.
-                Change::Escalated { .. } | Change::Raised { .. } => tx.execute(
+                Change::Escalated { .. } | Change::Raised { .. } => concat!(
                     "UPDATE alerts SET state = 'open', level = ?2, peak = max(peak, ?2),
-                         level_label = ?3, changed_ms = ?4, late = ?5 WHERE id = ?1",
-                    params![id, level, c.level_label, at, c.late],
-                )?,
-                Change::DeEscalated { .. } => tx.execute(
+                         level_label = ?3, changed_ms = ?4, late = ?5 WHERE id = ?1 RETURNING ",
+                    alert_columns!()
+                ),
+                Change::DeEscalated { .. } => concat!(
                     "UPDATE alerts SET level = ?2, level_label = ?3, changed_ms = ?4, late = ?5
-                     WHERE id = ?1",
-                    params![id, level, c.level_label, at, c.late],
-                )?,
+                     WHERE id = ?1 RETURNING ",
+                    alert_columns!()
+                ),
             };
-            (id, from)
+            tx.prepare_cached(sql)?
+                .query_row(params![id, level, c.level_label, at, c.late], alert_row)?
         }
     };
+    let id = alert.id;
     let note = c.value.map(|v| format!("value {v}"));
-    tx.execute(
-        "INSERT INTO alert_events (alert, change, level, from_level, at_ms, recorded_ms, late, by, note)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, NULL, ?8)",
-        params![id, change_name(&c.change), level, from, at, now.0, c.late, note],
+    tx.prepare_cached("INSERT INTO alert_events (alert, change, level, from_level, at_ms, recorded_ms, late, by, note)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, NULL, ?8)")?.execute(params![id, change_name(&c.change), level, from, at, now.0, c.late, note],
     )?;
     let event_id = tx.last_insert_rowid();
-    let alert = alert_in(tx, id)?.ok_or(rusqlite::Error::QueryReturnedNoRows)?;
     Ok(Some(Recorded {
         alert,
         event: AlertEvent {

@@ -126,10 +126,24 @@ pub struct Tracker {
     resolved_at: Option<Timestamp>,
 }
 
+/// The part of a tracker that must be kept with the step that changed it
+/// (its level, pending wait and cool-down; not the last observation time).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TrackerMaterial(u8, Option<(u8, Timestamp)>, Option<Timestamp>);
+
 impl Tracker {
     /// The alert's severity now (0 = none open).
     pub fn level(&self) -> u8 {
         self.level
+    }
+
+    /// Its [`TrackerMaterial`] part.
+    pub fn material(&self) -> TrackerMaterial {
+        TrackerMaterial(
+            self.level,
+            self.pending.map(|p| (p.toward, p.since)),
+            self.resolved_at,
+        )
     }
 
     /// Takes a value observed `at`: the change it completes, if any.

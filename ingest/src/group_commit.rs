@@ -3,7 +3,13 @@
 //! bounded channel; it folds whatever is queued into one transaction (many
 //! callers share one fsync) and answers each job only after the commit.
 //! Async callers queue without blocking a tokio worker: when the channel
-//! is full they wait for room on a blocking thread.
+//! is full they wait for room on a blocking thread. Jobs are queued in the
+//! order their senders called [`Writer::send`] (a fair lock around the
+//! queueing), so the commits of one gateway connection, sent one after the
+//! other, are committed in that order even while the queue is full —
+//! without it a later commit could slip into a freed slot before an
+//! earlier one waiting on its blocking thread, and a sensor's readings
+//! would reach the log out of order.
 
 use std::path::Path;
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
@@ -47,6 +53,8 @@ pub(crate) trait GroupCommit: Send + 'static {
 #[derive(Debug)]
 pub(crate) struct Writer<J> {
     tx: SyncSender<J>,
+    /// Taken while queueing (tokio's mutex grants it in FIFO order).
+    turn: tokio::sync::Mutex<()>,
 }
 
 impl<J: Send + 'static> Writer<J> {
@@ -63,11 +71,15 @@ impl<J: Send + 'static> Writer<J> {
                 path: path.to_owned(),
                 source,
             })?;
-        Ok(Self { tx })
+        Ok(Self {
+            tx,
+            turn: tokio::sync::Mutex::new(()),
+        })
     }
 
     /// Queues `job`, waiting (off the async workers) while the queue is full.
     pub(crate) async fn send(&self, job: J) -> Result<()> {
+        let _turn = self.turn.lock().await;
         match self.tx.try_send(job) {
             Ok(()) => Ok(()),
             Err(TrySendError::Disconnected(_)) => Err(Error::WriterGone),
@@ -124,4 +136,53 @@ pub(crate) fn open_db(path: &Path, schema: &str) -> Result<Connection> {
         .map_err(sql)?;
     conn.execute_batch(schema).map_err(sql)?;
     Ok(conn)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Records job order, slowly, so the queue fills.
+    struct Slow(std::sync::Arc<std::sync::Mutex<Vec<u32>>>);
+
+    impl GroupCommit for Slow {
+        type Job = (u32, tokio::sync::oneshot::Sender<()>);
+
+        fn commit_group(&mut self, group: Vec<Self::Job>) {
+            std::thread::sleep(Duration::from_millis(2));
+            for (n, done) in group {
+                self.0.lock().unwrap().push(n);
+                let _ = done.send(());
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn jobs_sent_one_after_another_are_committed_in_order_while_the_queue_is_full() {
+        use futures::stream::{FuturesOrdered, StreamExt};
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let limits = Limits {
+            depth: 2,
+            max_group: 2,
+            max_weight: usize::MAX,
+            idle: None,
+        };
+        let w = std::sync::Arc::new(
+            Writer::spawn("order-test", Path::new("."), Slow(seen.clone()), limits).unwrap(),
+        );
+        // Like one connection's commit pipeline: futures pushed in order,
+        // polled together, each queueing its job and waiting for its commit.
+        let mut inflight = FuturesOrdered::new();
+        for n in 0..400u32 {
+            let w = w.clone();
+            inflight.push_back(async move {
+                let (done, wait) = tokio::sync::oneshot::channel();
+                w.send((n, done)).await.unwrap();
+                wait.await.unwrap();
+            });
+        }
+        while inflight.next().await.is_some() {}
+        let seen = seen.lock().unwrap().clone();
+        assert_eq!(seen, (0..400).collect::<Vec<_>>());
+    }
 }

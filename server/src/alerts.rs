@@ -2,17 +2,17 @@
 //! the webhook dispatcher, and the retained alert states on the embedded
 //! broker (`pantau/v1/alerts/{kind}/{sensor}`), each supervised.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use anyhow::Context;
 use pantau_alerts::store::AlertFilter;
-use pantau_alerts::{AlertMetrics, AlertState, AlertStore, Engine};
+use pantau_alerts::{Alert, AlertMetrics, AlertState, AlertStore, Engine};
 use pantau_broker::agency::alert_topic;
 use pantau_broker::RouterHandle;
 use pantau_ingest::IngestLog;
 use pantau_model::{SensorKind, SharedRegistry, Timestamp};
-use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 
 use crate::config::AlertsFile;
 use crate::shutdown::{StageId, Supervisor};
@@ -91,26 +91,21 @@ pub fn start(
     Ok(Some(engine))
 }
 
-/// The retained state of one sensor: its alerts that are not resolved.
+/// The alerts of each sensor that are not resolved, as the publisher
+/// last saw them.
+type States = BTreeMap<(SensorKind, String), BTreeMap<i64, Alert>>;
+
+/// Publishes the retained state of one sensor: its alerts that are not
+/// resolved.
 async fn publish_state(
-    engine: &Arc<Engine>,
     router: &RouterHandle,
-    kind: SensorKind,
-    sensor: String,
+    states: &States,
+    (kind, sensor): &(SensorKind, String),
 ) -> anyhow::Result<()> {
-    let e = engine.clone();
-    let s = sensor.clone();
-    let alerts = tokio::task::spawn_blocking(move || {
-        e.store().alerts(&AlertFilter {
-            states: vec![AlertState::Open, AlertState::Acknowledged],
-            sensor: Some(s),
-            limit: 100,
-            ..Default::default()
-        })
-    })
-    .await??;
-    let list: Vec<serde_json::Value> = alerts
-        .iter()
+    let list: Vec<serde_json::Value> = states
+        .get(&(*kind, sensor.clone()))
+        .into_iter()
+        .flat_map(|m| m.values())
         .map(|a| {
             serde_json::json!({
                 "id": a.id, "rule": a.rule, "rule_name": a.rule_name, "state": a.state,
@@ -128,7 +123,7 @@ async fn publish_state(
     });
     router
         .publish_platform(
-            alert_topic(kind, &sensor).into(),
+            alert_topic(*kind, sensor).into(),
             body.to_string().into(),
             true,
         )
@@ -136,11 +131,23 @@ async fn publish_state(
         .map_err(|e| anyhow::anyhow!("publishing the alert state of {sensor}: {e}"))
 }
 
+fn apply(states: &mut States, alert: &Alert) -> (SensorKind, String) {
+    let key = (alert.kind, alert.sensor.clone());
+    let m = states.entry(key.clone()).or_default();
+    if alert.state == AlertState::Resolved {
+        m.remove(&alert.id);
+    } else {
+        m.insert(alert.id, alert.clone());
+    }
+    key
+}
+
 /// Publishes every sensor's current state at start (retained messages
 /// live in the broker's memory), then each sensor whose alerts change.
 async fn publish_states(engine: Arc<Engine>, router: RouterHandle) -> anyhow::Result<()> {
     let mut rx = engine.subscribe();
     let mut all = true;
+    let mut states = States::new();
     loop {
         if all {
             let e = engine.clone();
@@ -152,19 +159,41 @@ async fn publish_states(engine: Arc<Engine>, router: RouterHandle) -> anyhow::Re
                 })
             })
             .await??;
-            let sensors: BTreeSet<(SensorKind, String)> =
-                open.into_iter().map(|a| (a.kind, a.sensor)).collect();
-            for (kind, sensor) in sensors {
-                publish_state(&engine, &router, kind, sensor).await?;
+            // Sensors that had alerts before are published too (now calm).
+            let mut sensors: BTreeSet<(SensorKind, String)> = states.keys().cloned().collect();
+            states.clear();
+            for a in &open {
+                sensors.insert(apply(&mut states, a));
+            }
+            for key in &sensors {
+                publish_state(&router, &states, key).await?;
             }
             all = false;
         }
+        // Every sensor whose alerts changed since the last pass, each
+        // published once (a storm of changes is one state per sensor).
+        let mut changed: BTreeSet<(SensorKind, String)> = BTreeSet::new();
         match rx.recv().await {
             Ok(rec) => {
-                publish_state(&engine, &router, rec.alert.kind, rec.alert.sensor.clone()).await?
+                changed.insert(apply(&mut states, &rec.alert));
             }
             Err(RecvError::Lagged(_)) => all = true,
             Err(RecvError::Closed) => return Ok(()),
+        }
+        loop {
+            match rx.try_recv() {
+                Ok(rec) => {
+                    changed.insert(apply(&mut states, &rec.alert));
+                }
+                Err(TryRecvError::Lagged(_)) => all = true,
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Closed) => return Ok(()),
+            }
+        }
+        if !all {
+            for key in &changed {
+                publish_state(&router, &states, key).await?;
+            }
         }
     }
 }

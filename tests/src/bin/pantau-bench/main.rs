@@ -97,13 +97,7 @@ async fn publish_all(
             .enumerate()
             .map(|(i, c)| encode(&format!("gw-b{g}"), i as u64, Timestamp::now(), c))
             .collect();
-        let mut opts = MqttOptions::new(format!("gw-b{g}"), "127.0.0.1", p.mqtt.port());
-        opts.set_credentials(format!("gw-b{g}"), token.clone());
-        opts.set_keep_alive(Duration::from_secs(30));
-        opts.set_inflight(100);
-        opts.set_max_packet_size(1 << 20, 1 << 20);
-        opts.set_transport(Transport::Tls(TlsConfiguration::Rustls(tls.clone())));
-        let (client, mut eventloop) = AsyncClient::new(opts, 200);
+        let (client, mut eventloop) = bench_gateway(p, g, token, &tls);
         let expected = envelopes.len();
         tasks.push(tokio::spawn(async move {
             let topic = format!("pantau/v1/gw/gw-b{g}/telemetry");
@@ -135,6 +129,22 @@ async fn publish_all(
         t.await??;
     }
     Ok(started.elapsed())
+}
+
+/// Bench gateway `gw-b{g}`'s MQTT client over TLS (100 in flight).
+fn bench_gateway(
+    p: &Pantau,
+    g: usize,
+    token: &str,
+    tls: &Arc<rustls::ClientConfig>,
+) -> (AsyncClient, rumqttc::EventLoop) {
+    let mut opts = MqttOptions::new(format!("gw-b{g}"), "127.0.0.1", p.mqtt.port());
+    opts.set_credentials(format!("gw-b{g}"), token.to_owned());
+    opts.set_keep_alive(Duration::from_secs(30));
+    opts.set_inflight(100);
+    opts.set_max_packet_size(1 << 20, 1 << 20);
+    opts.set_transport(Transport::Tls(TlsConfiguration::Rustls(tls.clone())));
+    AsyncClient::new(opts, 200)
 }
 
 async fn start_platform(
