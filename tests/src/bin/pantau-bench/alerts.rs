@@ -277,7 +277,7 @@ pub(crate) async fn bench_alerts_webhook() -> Result<()> {
             );
         }
     };
-    let sent = sent.lock().unwrap();
+    let sent = sent.lock().unwrap().clone();
     let mut lat: Vec<Duration> = got
         .iter()
         .filter_map(|d| {
