@@ -1004,9 +1004,14 @@ gateway_offline_after = "4s"
             .collect();
         s.publish(&s.gw_a, &readings)
     };
-    // gw-b (the port station) never publishes: offline, and its station's
-    // silence is inhibited by it.
-    // gw-a keeps publishing for two sensors; fl-internal goes quiet.
+    // gw-b (the port station) publishes once, then stops: offline, and
+    // its station's silence is inhibited by it. gw-a keeps publishing for
+    // two sensors; fl-internal goes quiet.
+    s.publish(
+        &s.gw_b,
+        &[r("mo-pelabuhan", &now_rfc3339(0), "wind_gust_ms", 3.0)],
+    )?;
+    beat(&s, &["fl-internal"])?;
     let started = Instant::now();
     let silent = loop {
         beat(&s, &["fl-sungai-dumai", "tc-sudirman"])?;
