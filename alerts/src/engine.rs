@@ -380,10 +380,12 @@ impl Engine {
         stop: CancellationToken,
     ) -> Result<(), EngineError> {
         let mut cursor = self.store.cursor()?;
-        if cursor > log.last_id_at_open() {
+        // (`last_id`, not the id at the log's opening: a restarted engine
+        // finds entries this process committed since.)
+        if cursor > log.last_id() {
             tracing::warn!(
                 cursor,
-                log = log.last_id_at_open(),
+                log = log.last_id(),
                 "The alert engine's position is past the ingest log's newest entry (a new log?); \
                  starting from its beginning."
             );
@@ -455,6 +457,7 @@ impl Engine {
         let mut changes = Vec::new();
         let mut touched = Touched::default();
         let mut n = 0u64;
+        let mut run: Option<(&str, Timestamp)> = None;
         for r in readings {
             n += 1;
             let Some(sensor) = registry.get(&r.sensor) else {
@@ -475,29 +478,46 @@ impl Engine {
                 get,
                 (&mut changes, &mut touched),
             );
-            // Silence watches: the sensor and its gateway were heard.
-            for (rule, id, on) in [
-                (
-                    SILENCE_RULE,
-                    sensor.id.as_str(),
-                    self.cfg.sensor_silent_after,
-                ),
-                (
-                    GATEWAY_RULE,
-                    r.gateway.as_str(),
-                    self.cfg.gateway_offline_after,
-                ),
-            ] {
-                if on.is_none() {
-                    continue;
-                }
-                let state = inner.evaluator.trackers_mut().entry(rule, id);
-                let w = state.watch.get_or_insert_with(Watch::default);
+            // Silence watches: the sensor was heard, and its gateway.
+            if self.cfg.sensor_silent_after.is_some() {
+                let id = sensor.id.as_str();
+                let w = watch(&mut inner.evaluator, SILENCE_RULE, id);
                 if let Some(change) = w.heard(r.ts) {
-                    changes.push(self.silence_change(&registry, rule, id, change, late));
+                    changes.push(self.silence_change(&registry, SILENCE_RULE, id, change, late));
                 }
                 touched.touch(id);
             }
+            if self.cfg.gateway_offline_after.is_some() {
+                // A run of one gateway's readings (an envelope, a commit
+                // group) is heard at its first reading (which ends a
+                // silence, at that reading's time) and at its newest.
+                match &mut run {
+                    Some((gw, newest)) if *gw == r.gateway.as_str() => {
+                        *newest = (*newest).max(r.ts);
+                    }
+                    _ => {
+                        if let Some((gw, newest)) = run.take() {
+                            watch(&mut inner.evaluator, GATEWAY_RULE, gw).heard(newest);
+                        }
+                        let gw = r.gateway.as_str();
+                        let w = watch(&mut inner.evaluator, GATEWAY_RULE, gw);
+                        if let Some(change) = w.heard(r.ts) {
+                            changes.push(self.silence_change(
+                                &registry,
+                                GATEWAY_RULE,
+                                gw,
+                                change,
+                                late,
+                            ));
+                        }
+                        touched.touch(gw);
+                        run = Some((gw, r.ts));
+                    }
+                }
+            }
+        }
+        if let Some((gw, newest)) = run.take() {
+            watch(&mut inner.evaluator, GATEWAY_RULE, gw).heard(newest);
         }
         self.mirror_upstream(&registry, &mut changes);
         let recorded = self.record(&mut inner, changes, touched, Some(cursor), now)?;
@@ -843,6 +863,14 @@ impl Engine {
             late,
         }
     }
+}
+
+/// The silence watch of (`rule`, `id`), made if there is none.
+fn watch<'a>(ev: &'a mut Evaluator, rule: &str, id: &str) -> &'a mut Watch {
+    ev.trackers_mut()
+        .entry(rule, id)
+        .watch
+        .get_or_insert_with(Watch::default)
 }
 
 /// The grade letter of a `los` threshold (1 = A … 6 = F).

@@ -7,14 +7,18 @@
 //! completed) is one transaction — its alert changes, timeline events,
 //! outbox rows, the trackers it changed and the new log position — so
 //! kill -9 either keeps all of it or none of it, and the step is redone
-//! from the same position: no lost and no doubled open or clear.
+//! from the same position: no lost and no doubled open or clear. Write
+//! transactions take the write lock at their start (`IMMEDIATE`): other
+//! processes write `state.db` too (`pantau gateway add`), and a read
+//! transaction upgraded to a write after one of them committed would fail
+//! at once instead of waiting its turn.
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
 use pantau_model::{SensorKind, Timestamp};
-use rusqlite::{params, Connection, OptionalExtension, Transaction};
+use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
 use serde::{Deserialize, Serialize};
 
 use crate::evaluator::{Key, State};
@@ -507,7 +511,9 @@ impl AlertStore {
         now: Timestamp,
     ) -> Result<Vec<Recorded>> {
         let mut conn = self.conn();
-        let tx = conn.transaction().map_err(|e| self.sql(e))?;
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| self.sql(e))?;
         let hooks = webhooks_in(&tx).map_err(|e| self.sql(e))?;
         let silences = silences_in(&tx, now).map_err(|e| self.sql(e))?;
         let mut out = Vec::with_capacity(changes.len());
@@ -689,7 +695,9 @@ impl AlertStore {
         ) -> rusqlite::Result<Result<(&'static str, Option<String>)>>,
     ) -> Result<Recorded> {
         let mut conn = self.conn();
-        let tx = conn.transaction().map_err(|e| self.sql(e))?;
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| self.sql(e))?;
         let before = alert_in(&tx, id)
             .map_err(|e| self.sql(e))?
             .ok_or_else(|| StoreError::NotFound(format!("alert {id}")))?;
@@ -797,7 +805,9 @@ impl AlertStore {
     /// Removes a webhook subscriber and its outbox.
     pub fn delete_webhook(&self, id: &str) -> Result<()> {
         let mut conn = self.conn();
-        let tx = conn.transaction().map_err(|e| self.sql(e))?;
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| self.sql(e))?;
         let n = tx
             .execute("DELETE FROM webhooks WHERE id = ?1", [id])
             .map_err(|e| self.sql(e))?;
@@ -841,7 +851,9 @@ impl AlertStore {
     /// The receiver acknowledged `row`: deletes it and records the success.
     pub fn delivered(&self, webhook: &str, row: i64, now: Timestamp) -> Result<()> {
         let mut conn = self.conn();
-        let tx = conn.transaction().map_err(|e| self.sql(e))?;
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| self.sql(e))?;
         tx.execute("DELETE FROM outbox WHERE id = ?1", [row])
             .map_err(|e| self.sql(e))?;
         tx.execute(

@@ -261,6 +261,8 @@ struct Shared {
     pending: AtomicU64,
     /// Readings ever committed by this process plus those found at start.
     appended: AtomicU64,
+    /// The id of the newest entry committed by this process (0: none yet).
+    last_id: std::sync::atomic::AtomicI64,
     /// Woken on every commit that appended something.
     notify: Notify,
     /// Rejected readings kept now.
@@ -337,6 +339,7 @@ impl IngestLog {
             max_readings,
             pending: AtomicU64::new(pending_now as u64),
             appended: AtomicU64::new(pending_now as u64),
+            last_id: std::sync::atomic::AtomicI64::new(0),
             notify: Notify::new(),
             kept: AtomicU64::new(kept as u64),
         });
@@ -528,6 +531,13 @@ impl IngestLog {
     /// reader's position above it belongs to another, replaced log).
     pub fn last_id_at_open(&self) -> i64 {
         self.last_id_at_open
+    }
+
+    /// The highest entry id this log has given so far (a reader's position
+    /// above it belongs to another, replaced log).
+    pub fn last_id(&self) -> i64 {
+        self.last_id_at_open
+            .max(self.shared.last_id.load(Ordering::Acquire))
     }
 
     /// Makes the next `n` acknowledgements fail (tests of the drain).

@@ -224,7 +224,8 @@ async fn a_held_reader_keeps_confirmed_entries_until_it_passes_them() {
     assert_eq!(log.peek_after(peeked.entries[0].id, 10).unwrap().len(), 2);
     log.release(peeked.entries[2].id).await.unwrap();
     assert_eq!(log.pending(), 0);
-    assert!(log.last_id_at_open() == 0);
+    assert_eq!(log.last_id_at_open(), 0);
+    assert_eq!(log.last_id(), 3, "what this process committed since");
     drop(log);
     let log = IngestLog::open(dir.path(), 1_000, IngestMetrics::default()).unwrap();
     assert_eq!(log.last_id_at_open(), 3, "ids are never given twice");

@@ -150,6 +150,7 @@ impl GroupCommit for WriterThread {
         let added = readings.len() as u64;
         let entry = Arc::new(readings);
         if let Some(id) = id {
+            shared.last_id.store(id, Ordering::Release);
             // In the tail before it is counted, so a drain woken by the
             // count finds it.
             let gateway = entry_gateway(&entry).map(str::to_owned);

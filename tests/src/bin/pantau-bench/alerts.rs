@@ -200,8 +200,11 @@ pub(crate) async fn bench_alerts_webhook() -> Result<()> {
     let mut acks: Vec<Duration> = Vec::new();
     let mut tasks = Vec::new();
     let start = Timestamp::now().millis() / 1000 * 1000 - (seconds as i64 + 5) * 1000;
-    for g in 0..load.gateways {
-        let token = gateway_add(&data, &format!("gw-b{g}"))?.password;
+    // Every credential first: `pantau gateway add` is a process of its own.
+    let tokens = (0..load.gateways)
+        .map(|g| Ok(gateway_add(&data, &format!("gw-b{g}"))?.password))
+        .collect::<Result<Vec<String>>>()?;
+    for (g, token) in tokens.into_iter().enumerate() {
         let (client, mut eventloop) = crate::bench_gateway(&p, g, &token, &tls);
         let sent = sent.clone();
         tasks.push(tokio::spawn(async move {
@@ -213,6 +216,7 @@ pub(crate) async fn bench_alerts_webhook() -> Result<()> {
             let t0 = tokio::time::Instant::now();
             let mut next = 0usize;
             let mut acked = 0usize;
+            let mut errors = 0;
             while acked < total {
                 let due = t0 + period * next as u32;
                 tokio::select! {
@@ -246,6 +250,12 @@ pub(crate) async fn bench_alerts_webhook() -> Result<()> {
                             acked += 1;
                         }
                         Ok(_) => {}
+                        // rumqttc reconnects on the next poll and sends
+                        // again what was not acknowledged.
+                        Err(e) if errors < 3 => {
+                            errors += 1;
+                            eprintln!("gateway {g}: {e}; reconnecting");
+                        }
                         Err(e) => bail!("gateway {g}: {e}"),
                     }
                 }
