@@ -834,7 +834,12 @@ async fn public_warnings(state: &AppState) -> Result<Vec<JsonValue>, ApiError> {
     let registry = state.ingestor.registry();
     Ok(alerts
         .into_iter()
-        .filter(|a| a.rule != pantau_alerts::engine::GATEWAY_RULE)
+        // A silent sensor or gateway is the operators' business; the public
+        // view already shows how old each value is.
+        .filter(|a| {
+            a.rule != pantau_alerts::engine::GATEWAY_RULE
+                && a.rule != pantau_alerts::engine::SILENCE_RULE
+        })
         .filter_map(|a| {
             // Only while the sensor is still public.
             let s = registry.get(&a.sensor).filter(|s| s.public)?;
