@@ -1289,3 +1289,74 @@ mod more_tests {
             .all(|a| a.kind == pantau_model::SensorKind::GatewayHealth && !a.public));
     }
 }
+
+#[cfg(test)]
+mod run_tests {
+    use super::*;
+    use pantau_ingest::IngestMetrics;
+
+    fn reading(minute: i64, level: f64) -> LoggedReading {
+        LoggedReading {
+            sensor: "fl-sungai-dumai".into(),
+            gateway: "gw-1".into(),
+            kind: pantau_model::SensorKind::FloodGauge,
+            ts: Timestamp(Timestamp::now().millis() - 3_600_000 + minute * 60_000),
+            values: [("water_level_cm".to_string(), Value::Num(level))].into(),
+        }
+    }
+
+    async fn until(what: &str, mut f: impl FnMut() -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !f() {
+            assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+            tokio::task::yield_now().await;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_engine_restarted_in_process_resumes_where_it_was() {
+        let dir = tempfile::tempdir().expect("dir");
+        let log =
+            Arc::new(IngestLog::open(dir.path(), 10_000, IngestMetrics::default()).expect("log"));
+        let metrics = AlertMetrics::default();
+        let cfg = EngineConfig {
+            sensor_silent_after: None,
+            gateway_offline_after: None,
+            ..Default::default()
+        };
+        let engine = Arc::new(
+            Engine::open(
+                Arc::new(AlertStore::open(dir.path()).expect("store")),
+                Arc::new(SharedRegistry::new(crate::test_registry())),
+                cfg,
+                metrics.clone(),
+            )
+            .expect("engine"),
+        );
+        // The log is empty when it opens; entries come while it runs.
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(engine.clone().run(log.clone(), stop.clone()));
+        for (m, v) in [(0, 150.0), (1, 250.0)] {
+            log.append(vec![reading(m, v)]).await.expect("append");
+        }
+        until("two readings evaluated", || metrics.readings.get() == 2).await;
+        stop.cancel();
+        task.await.expect("joins").expect("runs");
+        // Restarted (as the supervisor does) in the same process.
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(engine.clone().run(log.clone(), stop.clone()));
+        log.append(vec![reading(2, 350.0)]).await.expect("append");
+        until("the third reading evaluated", || {
+            metrics.readings.get() >= 3
+        })
+        .await;
+        stop.cancel();
+        task.await.expect("joins").expect("runs");
+        assert_eq!(metrics.readings.get(), 3, "nothing evaluated twice");
+        assert_eq!(metrics.stale.get(), 0);
+        let timeline = engine.store().timeline(1).expect("timeline");
+        let seen: Vec<&str> = timeline.iter().map(|e| e.change.as_str()).collect();
+        assert_eq!(seen, ["raised", "escalated", "escalated"]);
+    }
+}
