@@ -15,7 +15,7 @@ use anyhow::{bail, Result};
 use pantau_model::envelope::encode;
 use pantau_model::{Reading, Timestamp, Value};
 use pantau_tests::webhook::Receiver;
-use pantau_tests::{eventually, gateway_add, metric, token_create, Pantau};
+use pantau_tests::{eventually, metric, token_create, Pantau};
 use rumqttc::{Event, Packet, QoS};
 
 use crate::{publish_all, Load};
@@ -70,13 +70,7 @@ async fn one_round(load: &Load, alerts: bool, storm: bool, round: usize) -> Resu
         args.push("--no-alerts");
     }
     let p = Pantau::start(&data, &args).await?;
-    let mut tokens = Vec::new();
-    let mut ca = std::path::PathBuf::new();
-    for g in 0..load.gateways {
-        let c = gateway_add(&data, &format!("gw-b{g}"))?;
-        tokens.push(c.password);
-        ca = c.ca_file;
-    }
+    let (tokens, ca) = crate::add_gateways(&data, load.gateways)?;
     let n = (load.readings / load.gateways) * load.gateways;
     // Recent observation times (round after round), so the readings are
     // live, not late.
@@ -201,9 +195,7 @@ pub(crate) async fn bench_alerts_webhook() -> Result<()> {
     let mut tasks = Vec::new();
     let start = Timestamp::now().millis() / 1000 * 1000 - (seconds as i64 + 5) * 1000;
     // Every credential first: `pantau gateway add` is a process of its own.
-    let tokens = (0..load.gateways)
-        .map(|g| Ok(gateway_add(&data, &format!("gw-b{g}"))?.password))
-        .collect::<Result<Vec<String>>>()?;
+    let (tokens, _) = crate::add_gateways(&data, load.gateways)?;
     for (g, token) in tokens.into_iter().enumerate() {
         let (client, mut eventloop) = crate::bench_gateway(&p, g, &token, &tls);
         let sent = sent.clone();

@@ -159,14 +159,21 @@ async fn start_platform(
     let mut args = vec!["--registry", reg.to_str().unwrap()];
     args.extend_from_slice(extra);
     let p = Pantau::start(&data, &args).await?;
+    let (tokens, ca) = add_gateways(&data, load.gateways)?;
+    Ok((p, tokens, ca))
+}
+
+/// Registers the bench gateways `gw-b0`… with `pantau gateway add`;
+/// returns their tokens and the platform's CA file.
+fn add_gateways(data: &std::path::Path, n: usize) -> Result<(Vec<String>, std::path::PathBuf)> {
     let mut tokens = Vec::new();
     let mut ca = std::path::PathBuf::new();
-    for g in 0..load.gateways {
-        let c = gateway_add(&data, &format!("gw-b{g}"))?;
+    for g in 0..n {
+        let c = gateway_add(data, &format!("gw-b{g}"))?;
         tokens.push(c.password);
         ca = c.ca_file;
     }
-    Ok((p, tokens, ca))
+    Ok((tokens, ca))
 }
 
 async fn bench_embedded(load: Load) -> Result<()> {
