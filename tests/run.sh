@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs Pantau's whole test suite on a fresh machine: installs the
 # third-party services the end-to-end tests drive (Debian packages:
-# mosquitto, mosquitto-clients, influxdb, victoria-metrics; socat for a
+# mosquitto, mosquitto-clients, influxdb, victoria-metrics, chromium and
+# chromium-driver for the web pages; socat for a
 # serial line of pseudo-terminals; util-linux's prlimit for a small
 # open-file limit) and the API
 # checkers (PyPI: schemathesis, openapi-spec-validator) when missing,
@@ -18,6 +19,9 @@ command -v influxd >/dev/null 2>&1 || need+=(influxdb)
 command -v victoria-metrics >/dev/null 2>&1 || need+=(victoria-metrics)
 command -v socat >/dev/null 2>&1 || need+=(socat)
 command -v prlimit >/dev/null 2>&1 || need+=(util-linux)
+# The browser tests (tests/tests/web.rs): headless Chromium and ChromeDriver.
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
 if [ ${#need[@]} -gt 0 ]; then
   echo "tests/run.sh: installing ${need[*]}"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"

@@ -3,7 +3,7 @@
 //! routes behind scoped bearer tokens (sensors, readings, latest values,
 //! gateways, live feed; registration of gateways and sensors and their
 //! thresholds for admins), health, readiness and
-//! Prometheus metrics.
+//! Prometheus metrics, and the web pages (public app and agency console).
 
 #![forbid(unsafe_code)]
 
@@ -21,6 +21,7 @@ mod public;
 mod ratelimit;
 mod rejected;
 mod serve;
+mod web;
 
 use std::sync::Arc;
 
@@ -40,6 +41,7 @@ pub use listener::{ApiListener, HandshakeLimits};
 pub use live::LiveGate;
 pub use ratelimit::{PublicLimiter, TrustedProxies};
 pub use serve::{ConnGate, ConnLimits, ConnMetrics};
+pub use web::{Web, WebConfig};
 
 /// Answers reused while nothing they depend on changed.
 #[derive(Debug, Default)]
@@ -94,6 +96,8 @@ pub struct AppState {
     pub caches: Arc<Caches>,
     /// The alert engine (`None` in a process that runs none).
     pub alerts: Option<Arc<pantau_alerts::Engine>>,
+    /// The web pages.
+    pub web: Arc<Web>,
 }
 
 /// Largest request body accepted (admin JSON bodies are small).
@@ -116,6 +120,12 @@ pub fn router(state: AppState) -> Router {
             ratelimit::limit,
         ));
     Router::new()
+        .route("/", get(web::serve))
+        .route("/console", get(web::serve))
+        .route("/console/", get(web::serve))
+        .route("/sw.js", get(web::serve))
+        .route("/manifest.webmanifest", get(web::serve))
+        .route("/assets/{file}", get(web::serve))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))

@@ -79,9 +79,9 @@ impl LiveGate {
     }
 
     /// The hub over `ingestor`'s live broadcast (started on first use).
-    fn hub(&self, ingestor: &Arc<Ingestor>) -> Arc<Hub> {
+    fn hub(&self, ingestor: &Arc<Ingestor>, los: &Arc<pantau_model::derive::LosBands>) -> Arc<Hub> {
         self.hub
-            .get_or_init(|| Hub::start(ingestor.clone(), self.open.clone()))
+            .get_or_init(|| Hub::start(ingestor.clone(), los.clone(), self.open.clone()))
             .clone()
     }
 
@@ -299,7 +299,7 @@ pub(crate) fn subscribe(
     filter: Filter,
     audience: Audience,
 ) -> impl Stream<Item = Item> {
-    let hub = state.live_gate.hub(&state.ingestor);
+    let hub = state.live_gate.hub(&state.ingestor, &state.los);
     let cursor = hub.lock().head();
     let (window, budget) = pace(state.live_max_per_s);
     let mut window = tokio::time::interval(window);

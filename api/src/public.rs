@@ -245,7 +245,8 @@ pub(crate) async fn sensors(State(state): State<AppState>) -> Response {
     cached(&out, 60)
 }
 
-/// Live feed (Server-Sent Events) of public readings: `reading` events,
+/// Live feed (Server-Sent Events) of public readings: `reading` events
+/// (`sensor`, `kind`, `district`, `ts`, `values` and the derived `status`),
 /// `lagged` when the connection missed some, heartbeats every 15 s.
 #[utoipa::path(get, path = "/api/v1/public/live", tag = "public", operation_id = "public_live", params(live::Params),
     responses(
@@ -265,10 +266,12 @@ pub(crate) async fn live(
     Ok(live::sse(&state, admitted, filter, live::Audience::Public).into_response())
 }
 
-/// A public live event: public sensors only, no restricted field.
-pub(crate) fn public_event(s: &Sensor, r: &pantau_ingest::LiveReading) -> Option<JsonValue> {
-    s.public.then(|| {
-        let values = r
+/// A live reading as a latest value (JSON values), to derive its status.
+pub(crate) fn latest_of(r: &pantau_ingest::LiveReading) -> LatestReading {
+    LatestReading {
+        sensor: r.sensor.clone(),
+        ts: r.ts,
+        values: r
             .values
             .iter()
             .map(|(f, v)| {
@@ -277,14 +280,27 @@ pub(crate) fn public_event(s: &Sensor, r: &pantau_ingest::LiveReading) -> Option
                     serde_json::to_value(v).unwrap_or(JsonValue::Null),
                 )
             })
-            .collect();
-        let values = public_values(s, values);
+            .collect(),
+    }
+}
+
+/// A public live event: public sensors only, no restricted field, with
+/// the status the reading gives (as in `/api/v1/public/conditions`).
+pub(crate) fn public_event(
+    s: &Sensor,
+    r: &pantau_ingest::LiveReading,
+    los: &LosBands,
+) -> Option<JsonValue> {
+    s.public.then(|| {
+        let latest = latest_of(r);
+        let status = status(s, &latest, los);
         json!({
             "sensor": r.sensor,
             "kind": r.kind,
             "district": s.district,
             "ts": r.ts.to_rfc3339(),
-            "values": values,
+            "values": public_values(s, latest.values),
+            "status": status,
         })
     })
 }

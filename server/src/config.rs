@@ -151,6 +151,14 @@ pub struct ApiArgs {
     /// Public routes: burst per client address.
     #[arg(long, env = "PANTAU_PUBLIC_BURST", default_value = "60")]
     pub public_burst: std::num::NonZeroU32,
+    /// Public map: raster tiles to draw under the sites
+    /// (`https://tiles.example/{z}/{x}/{y}.png`); without it the map draws
+    /// the city's outline shipped in the binary and works offline.
+    #[arg(long, env = "PANTAU_MAP_TILES_URL")]
+    pub map_tiles_url: Option<String>,
+    /// Attribution of the map tiles, shown on the map.
+    #[arg(long, env = "PANTAU_MAP_TILES_ATTRIBUTION")]
+    pub map_tiles_attribution: Option<String>,
     /// Live feeds: most events per second per connection; beyond it events
     /// coalesce to the latest per sensor.
     #[arg(long, env = "PANTAU_LIVE_MAX_PER_S", default_value = "50")]
@@ -277,6 +285,11 @@ impl ApiArgs {
             "Public requests refused by the per-client rate limit",
             limiter.refused.clone(),
         );
+        let web = pantau_api::Web::new(&pantau_api::WebConfig {
+            tiles_url: self.map_tiles_url.clone(),
+            tiles_attribution: self.map_tiles_attribution.clone(),
+        })
+        .map_err(|e| anyhow::anyhow!("--map-tiles-url: {e}"))?;
         let live_gate =
             pantau_api::LiveGate::new(self.live_max_streams, self.live_max_streams_per_ip);
         live_gate.register(&mut metrics);
@@ -295,6 +308,7 @@ impl ApiArgs {
             los: std::sync::Arc::new(los),
             caches: std::sync::Arc::default(),
             alerts,
+            web: std::sync::Arc::new(web),
         })
     }
 }

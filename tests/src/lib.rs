@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
+pub mod browser;
 pub mod mqtt;
 pub mod services;
 pub mod webhook;

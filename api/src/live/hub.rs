@@ -18,6 +18,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use pantau_ingest::{Ingestor, LiveReading};
+use pantau_model::derive::LosBands;
 use pantau_model::{Registry, Sensor, SensorKind};
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::broadcast::error::TryRecvError;
@@ -36,6 +37,8 @@ pub(crate) struct Ev {
     reading: Arc<LiveReading>,
     /// The registry the reading was stored under (its sensor is in it).
     registry: Arc<Registry>,
+    /// Traffic level-of-service bands (the events carry the status).
+    los: Arc<LosBands>,
     /// The public event's JSON (`None` for a sensor that is not public).
     public: OnceLock<Option<Arc<str>>>,
     /// The agency event's JSON (every field).
@@ -44,11 +47,16 @@ pub(crate) struct Ev {
 
 impl Ev {
     /// An event of `reading`, whose sensor `registry` holds (else `None`).
-    pub(crate) fn new(reading: Arc<LiveReading>, registry: Arc<Registry>) -> Option<Self> {
+    pub(crate) fn new(
+        reading: Arc<LiveReading>,
+        registry: Arc<Registry>,
+        los: Arc<LosBands>,
+    ) -> Option<Self> {
         registry.get(&reading.sensor)?;
         Some(Self {
             reading,
             registry,
+            los,
             public: OnceLock::new(),
             agency: OnceLock::new(),
         })
@@ -79,7 +87,7 @@ impl Ev {
     pub(crate) fn public(&self) -> Option<Arc<str>> {
         self.public
             .get_or_init(|| {
-                crate::public::public_event(self.sensor(), &self.reading)
+                crate::public::public_event(self.sensor(), &self.reading, &self.los)
                     .map(|v| Arc::from(v.to_string()))
             })
             .clone()
@@ -90,13 +98,15 @@ impl Ev {
         self.agency
             .get_or_init(|| {
                 let r = &self.reading;
+                let latest = crate::public::latest_of(r);
                 let v = serde_json::json!({
                     "sensor": r.sensor,
                     "kind": r.kind,
                     "district": self.sensor().district,
                     "gateway": r.gateway,
                     "ts": r.ts.to_rfc3339(),
-                    "values": r.values,
+                    "status": crate::public::status(self.sensor(), &latest, &self.los),
+                    "values": latest.values,
                 });
                 Arc::from(v.to_string())
             })
@@ -212,7 +222,7 @@ pub(crate) struct Hub {
 impl Hub {
     /// Starts the hub's task on `ingestor`'s live broadcast; it keeps
     /// readings only while `open` (streams open) is above zero.
-    pub(crate) fn start(ingestor: Arc<Ingestor>, open: Gauge) -> Arc<Self> {
+    pub(crate) fn start(ingestor: Arc<Ingestor>, los: Arc<LosBands>, open: Gauge) -> Arc<Self> {
         let hub = Arc::new(Self {
             ring: Mutex::default(),
             head: watch::Sender::new(0),
@@ -245,7 +255,8 @@ impl Hub {
                 let entries: Vec<Entry> = batch
                     .drain(..)
                     .filter_map(|r| match r {
-                        Ok(r) => Ev::new(r, registry.clone()).map(|e| Entry::Reading(Arc::new(e))),
+                        Ok(r) => Ev::new(r, registry.clone(), los.clone())
+                            .map(|e| Entry::Reading(Arc::new(e))),
                         Err(n) => {
                             ingestor.metrics().live_lagged.inc_by(n);
                             Some(Entry::Lagged(n))
@@ -312,7 +323,7 @@ mod tests {
             values,
         };
         let ev = REGISTRY
-            .with(|reg| Ev::new(Arc::new(r), reg.clone()))
+            .with(|reg| Ev::new(Arc::new(r), reg.clone(), Arc::default()))
             .expect("a known sensor");
         Entry::Reading(Arc::new(ev))
     }

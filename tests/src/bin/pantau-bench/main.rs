@@ -17,6 +17,10 @@
 //! - `connections`: 10 000 concurrent idle TLS gateway connections: time
 //!   to connect them all and the server's RSS.
 //! - `alerts-ingest`, `alerts-webhook`: see `alerts.rs`.
+//! - `web-load`, `web-live` (`web` runs both): the public page in headless
+//!   Chromium — first-load bytes and time to a full map against `/healthz`;
+//!   200 sites at 50 readings/s: JS heap and publish→paint lag, early vs.
+//!   late in the run (`web.rs`).
 //!
 //! Run with release binaries: `cargo build --release --workspace --bins &&
 //! target/release/pantau-bench all`.
@@ -24,6 +28,7 @@
 mod agent;
 mod alerts;
 mod api;
+mod web;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -892,6 +897,12 @@ async fn main() -> Result<()> {
             api::bench_conditions().await?;
             api::bench_live_latency().await
         }
+        "web" => {
+            web::bench_web_load().await?;
+            web::bench_web_live().await
+        }
+        "web-load" => web::bench_web_load().await,
+        "web-live" => web::bench_web_live().await,
         "agent" => {
             agent::bench_agent_steady().await?;
             agent::bench_agent_replay(1_000_000).await
@@ -921,10 +932,12 @@ async fn main() -> Result<()> {
             )
             .await?;
             alerts::bench_alerts_webhook().await?;
+            web::bench_web_load().await?;
+            web::bench_web_live().await?;
             bench_connections(10_000).await
         }
         other => bail!(
-            "unknown benchmark {other:?}: history, influx, embedded, fanin, fanin-loaded, agent, api, alerts-ingest, alerts-webhook, connections or all"
+            "unknown benchmark {other:?}: history, influx, embedded, fanin, fanin-loaded, agent, api, alerts-ingest, alerts-webhook, web, web-load, web-live, connections or all"
         ),
     }
     .context(what)
