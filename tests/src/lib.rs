@@ -42,6 +42,24 @@ pub fn binary(name: &str) -> PathBuf {
     bin
 }
 
+/// The ids of the demo registry's public sites.
+pub fn demo_public_ids() -> Result<Vec<String>> {
+    let registry = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/dumai-demo-registry.toml"
+    ))?;
+    Ok(registry
+        .split("[[sensor]]")
+        .filter(|s| s.contains("public = true"))
+        .filter_map(|s| {
+            s.lines().find_map(|l| {
+                l.strip_prefix("id = \"")
+                    .map(|r| r.trim_end_matches('"').to_string())
+            })
+        })
+        .collect())
+}
+
 /// A free loopback port (bound, then released).
 pub fn free_addr() -> SocketAddr {
     TcpListener::bind("127.0.0.1:0")
@@ -165,6 +183,27 @@ impl Pantau {
             bail!("{e}; process status {status:?}; log:\n{}", p.log_text());
         }
         Ok(p)
+    }
+
+    /// `METHOD path` with a bearer token and an optional JSON body: the
+    /// status and the JSON answer (`null` when it is not JSON).
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: &str,
+        body: Option<Value>,
+    ) -> Result<(u16, Value)> {
+        let mut req = self
+            .client()?
+            .request(method, self.url(path))
+            .bearer_auth(token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let r = req.send().await?;
+        let status = r.status().as_u16();
+        Ok((status, r.json().await.unwrap_or(Value::Null)))
     }
 
     /// The process id.

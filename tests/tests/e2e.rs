@@ -20,20 +20,7 @@ async fn demo_serves_every_public_site_within_15s() -> anyhow::Result<()> {
         &["--demo", "--demo-interval", "2s"],
     )
     .await?;
-    let registry = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../deploy/dumai-demo-registry.toml"
-    ))?;
-    let public: Vec<String> = registry
-        .split("[[sensor]]")
-        .filter(|s| s.contains("public = true"))
-        .filter_map(|s| {
-            s.lines().find_map(|l| {
-                l.strip_prefix("id = \"")
-                    .map(|r| r.trim_end_matches('"').to_string())
-            })
-        })
-        .collect();
+    let public = demo_public_ids()?;
     assert_eq!(public.len(), 18);
     let remaining = Duration::from_secs(15).saturating_sub(started.elapsed());
     let conds = eventually(

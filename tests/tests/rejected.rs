@@ -15,13 +15,7 @@ async fn call(
     token: &str,
     body: Option<Value>,
 ) -> Result<(u16, Value)> {
-    let mut req = p.client()?.request(method, p.url(path)).bearer_auth(token);
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let r = req.send().await?;
-    let status = r.status().as_u16();
-    Ok((status, r.json().await.unwrap_or(Value::Null)))
+    p.call(method, path, token, body).await
 }
 
 #[tokio::test]

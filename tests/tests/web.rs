@@ -34,23 +34,6 @@ struct Demo {
     gw: GatewayCreds,
 }
 
-async fn call(
-    p: &Pantau,
-    method: reqwest::Method,
-    path: &str,
-    token: &str,
-    body: Option<Value>,
-) -> Result<(u16, Value)> {
-    let mut req = p.client()?.request(method, p.url(path)).bearer_auth(token);
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let resp = req.send().await?;
-    let status = resp.status().as_u16();
-    let v = resp.json().await.unwrap_or(Value::Null);
-    Ok((status, v))
-}
-
 /// A demo run (one reading per demo site, then quiet: a 10 min interval),
 /// plus `gw-web` reporting the public flood gauge `fl-web` (Siaga 3, 2, 1
 /// from 100, 150, 200 cm) and the non-public tide gauge `tide-web`, whose
@@ -72,26 +55,26 @@ async fn demo() -> Result<Demo> {
         json!({"id": HIDDEN, "kind": "tide_gauge", "gateway": "gw-web", "name": "Pasang Uji Internal",
                "district": "Dumai Barat", "lat": 1.6890, "lon": 101.4300, "owner": "ksop", "public": false}),
     ] {
-        let (status, v) = call(
-            &p,
-            reqwest::Method::POST,
-            "/api/v1/admin/sensors",
-            &admin,
-            Some(body),
-        )
-        .await?;
+        let (status, v) = p
+            .call(
+                reqwest::Method::POST,
+                "/api/v1/admin/sensors",
+                &admin,
+                Some(body),
+            )
+            .await?;
         ensure!(status == 201, "register a sensor: {status} {v}");
     }
     let rule = json!({"id": "pasang-web", "name": "Pasang tinggi (uji)", "kind": "tide_gauge",
         "sensors": [HIDDEN], "field": "tide_height_m", "above": [2.0]});
-    let (status, v) = call(
-        &p,
-        reqwest::Method::POST,
-        "/api/v1/admin/alert-rules",
-        &admin,
-        Some(rule),
-    )
-    .await?;
+    let (status, v) = p
+        .call(
+            reqwest::Method::POST,
+            "/api/v1/admin/alert-rules",
+            &admin,
+            Some(rule),
+        )
+        .await?;
     ensure!(status == 201, "add a rule: {status} {v}");
     let d = Demo {
         _dir: dir,
@@ -99,8 +82,10 @@ async fn demo() -> Result<Demo> {
         admin,
         gw,
     };
-    publish(
+    // 20 minutes old: the probe starts stale.
+    publish_at(
         &d,
+        -1200,
         &[
             (PROBE, "water_level_cm", 60.0),
             (HIDDEN, "tide_height_m", 1.0),
@@ -112,8 +97,13 @@ async fn demo() -> Result<Demo> {
 /// Publishes one reading per `(sensor, field, value)`, stamped now, as
 /// `gw-web` with `mosquitto_pub` (QoS 1; returns after the PUBACK).
 fn publish(d: &Demo, readings: &[(&str, &str, f64)]) -> Result<()> {
+    publish_at(d, 0, readings)
+}
+
+/// [`publish`], stamped `offset_s` from now.
+fn publish_at(d: &Demo, offset_s: i64, readings: &[(&str, &str, f64)]) -> Result<()> {
     static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-    let ts = now_rfc3339(0);
+    let ts = now_rfc3339(offset_s);
     let lines: Vec<String> = readings
         .iter()
         .map(|(s, f, v)| format!(r#"{{"sensor":"{s}","ts":"{ts}","values":{{"{f}":{v}}}}}"#))
@@ -153,33 +143,20 @@ async fn accessible(b: &Browser, page: &str) -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn public_app_shows_every_public_site_live_warns_and_works_offline() -> Result<()> {
     let mut d = demo().await?;
-    let registry = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../deploy/dumai-demo-registry.toml"
-    ))?;
     let b = Browser::start(PHONE.0, PHONE.1, "id-ID,id").await?;
     b.client.goto(&d.p.url("/")).await?;
 
     // Every public site, and no other, in the DOM: the list and the map.
     let want = eventually(
         Duration::from_secs(20),
-        "every demo site has a reading",
+        "the 18 public demo sites and the probe in the conditions",
         || async {
             let ids = public_ids(&d.p).await.ok()?;
             (ids.len() == 19).then_some(ids)
         },
     )
     .await?;
-    for id in registry
-        .split("[[sensor]]")
-        .filter(|s| s.contains("public = true"))
-        .filter_map(|s| {
-            s.lines().find_map(|l| {
-                l.strip_prefix("id = \"")
-                    .map(|r| r.trim_end_matches('"').to_owned())
-            })
-        })
-    {
+    for id in demo_public_ids()? {
         ensure!(
             want.contains(&id),
             "public demo site {id} is not in the public conditions"
@@ -225,6 +202,20 @@ async fn public_app_shows_every_public_site_live_warns_and_works_offline() -> Re
         .await?;
     ensure!(tab == "Daftar", "default language: the list tab says {tab}");
 
+    // A 20-minute-old value says so and looks stale.
+    b.wait_for(
+        Duration::from_secs(5),
+        "the probe's old value marked stale",
+        &format!(
+            "const li = document.querySelector('#list li[data-site=\"{PROBE}\"]');
+             const pin = document.querySelector('.pin[data-site=\"{PROBE}\"]');
+             return li.classList.contains('stale') && pin.classList.contains('stale')
+               && li.querySelector('.site-age').textContent.includes('Data lama')
+               && li.querySelector('.site-age').textContent.includes('20 menit lalu');"
+        ),
+    )
+    .await?;
+
     // A reading published now is on the page within 2 s, without a reload.
     let before = b
         .js("window.__marker = 1; return performance.timeOrigin")
@@ -234,7 +225,8 @@ async fn public_app_shows_every_public_site_live_warns_and_works_offline() -> Re
     b.wait_for(
         Duration::from_secs(2),
         "the 61 cm reading on the page",
-        &format!("return document.querySelector('#list li[data-site=\"{PROBE}\"] .site-value').textContent === '61 cm'"),
+        &format!("return document.querySelector('#list li[data-site=\"{PROBE}\"] .site-value').textContent === '61 cm'
+                  && !document.querySelector('#list li[data-site=\"{PROBE}\"]').classList.contains('stale')"),
     )
     .await?;
     let took = sent.elapsed();
@@ -425,9 +417,10 @@ async fn console_is_limited_to_the_tokens_scopes_and_acts_through_the_api() -> R
         Duration::from_secs(15),
         "a flood and a tide alert",
         || async {
-            let (_, v) = call(&d.p, reqwest::Method::GET, "/api/v1/alerts", &d.admin, None)
-                .await
-                .ok()?;
+            let (_, v) =
+                d.p.call(reqwest::Method::GET, "/api/v1/alerts", &d.admin, None)
+                    .await
+                    .ok()?;
             let list = v["alerts"].as_array()?.clone();
             let flood = list.iter().find(|a| a["sensor"] == PROBE)?.clone();
             list.iter().find(|a| a["sensor"] == HIDDEN)?;
@@ -436,14 +429,14 @@ async fn console_is_limited_to_the_tokens_scopes_and_acts_through_the_api() -> R
     )
     .await?;
     let alert_id = alerts.0["id"].as_i64().context("alert id")?;
-    let (_, sensors) = call(
-        &d.p,
-        reqwest::Method::GET,
-        "/api/v1/sensors?kind=flood_gauge",
-        &d.admin,
-        None,
-    )
-    .await?;
+    let (_, sensors) =
+        d.p.call(
+            reqwest::Method::GET,
+            "/api/v1/sensors?kind=flood_gauge",
+            &d.admin,
+            None,
+        )
+        .await?;
     let flood_ids: BTreeSet<String> = sensors
         .as_array()
         .context("a list")?
@@ -544,15 +537,15 @@ async fn console_is_limited_to_the_tokens_scopes_and_acts_through_the_api() -> R
         Duration::from_secs(5),
         "the alert acknowledged through the API",
         || async {
-            let (_, a) = call(
-                &d.p,
-                reqwest::Method::GET,
-                &format!("/api/v1/alerts/{alert_id}"),
-                &d.admin,
-                None,
-            )
-            .await
-            .ok()?;
+            let (_, a) =
+                d.p.call(
+                    reqwest::Method::GET,
+                    &format!("/api/v1/alerts/{alert_id}"),
+                    &d.admin,
+                    None,
+                )
+                .await
+                .ok()?;
             let a = a.get("alert").cloned().unwrap_or(a);
             (a["state"] == "acknowledged").then_some(a)
         },
@@ -618,4 +611,116 @@ async fn console_is_limited_to_the_tokens_scopes_and_acts_through_the_api() -> R
     b.screenshot("console-phone-alerts").await?;
     b.no_console_errors("console").await?;
     b.close().await
+}
+
+/// Over HTTP, without a browser: the pages carry the strict policy and
+/// revalidate; fingerprinted assets are immutable and gzipped; no page
+/// holds an inline script or style; the first load stays under 300 KB.
+#[tokio::test]
+async fn pages_are_served_with_a_strict_policy_cached_and_compressed() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data)?;
+    let p = Pantau::start(&data, &[]).await?;
+    let http = reqwest::Client::builder().no_gzip().build()?;
+    let mut first_load = 0usize;
+    for page in ["/", "/console"] {
+        let resp = http
+            .get(p.url(page))
+            .header("Accept-Encoding", "gzip")
+            .send()
+            .await?;
+        ensure!(resp.status() == 200, "{page}: {}", resp.status());
+        let h = resp.headers().clone();
+        let csp = h["content-security-policy"].to_str()?;
+        for part in [
+            "default-src 'none'",
+            "script-src 'self';",
+            "style-src 'self';",
+            "frame-ancestors 'none'",
+        ] {
+            ensure!(csp.contains(part), "{page}: CSP {csp} lacks {part}");
+        }
+        ensure!(
+            !csp.contains("unsafe-inline") && !csp.contains("unsafe-eval"),
+            "{csp}"
+        );
+        ensure!(
+            h["cache-control"] == "no-cache" && h.contains_key("etag"),
+            "{page}: {h:?}"
+        );
+        ensure!(h["content-encoding"] == "gzip", "{page} not gzipped: {h:?}");
+        let etag = h["etag"].to_str()?.to_owned();
+        let body = http.get(p.url(page)).send().await?.text().await?;
+        if page == "/" {
+            first_load += resp.bytes().await?.len();
+        }
+        // No inline script or style: every script has a src, no style
+        // element, no style or on* attribute.
+        for (i, _) in body.match_indices("<script") {
+            let tag = &body[i..i + body[i..].find('>').context("a closed tag")?];
+            ensure!(
+                tag.contains(" src=\"/assets/"),
+                "{page}: inline script {tag}"
+            );
+        }
+        ensure!(
+            !body.contains("<style") && !body.contains(" style=\"") && !body.contains(" onclick="),
+            "{page}: inline style or handler"
+        );
+        let revalidated = http
+            .get(p.url(page))
+            .header("If-None-Match", &etag)
+            .send()
+            .await?;
+        ensure!(
+            revalidated.status() == 304,
+            "{page}: {}",
+            revalidated.status()
+        );
+        let mut assets: Vec<String> = body
+            .match_indices("/assets/")
+            .map(|(i, _)| body[i..].chars().take_while(|c| *c != '"').collect())
+            .collect();
+        assets.sort();
+        assets.dedup();
+        ensure!(assets.len() >= 8, "{page} names {assets:?}");
+        for a in &assets {
+            let resp = http
+                .get(p.url(a))
+                .header("Accept-Encoding", "gzip, br")
+                .send()
+                .await?;
+            ensure!(resp.status() == 200, "{a}: {}", resp.status());
+            let h = resp.headers().clone();
+            ensure!(
+                h["cache-control"] == "public, max-age=31536000, immutable",
+                "{a}: {h:?}"
+            );
+            let text = a.ends_with(".js")
+                || a.ends_with(".css")
+                || a.ends_with(".geojson")
+                || a.ends_with(".svg");
+            ensure!(
+                !text || h["content-encoding"] == "gzip",
+                "{a} not gzipped: {h:?}"
+            );
+            let n = resp.bytes().await?.len();
+            if page == "/" {
+                first_load += n;
+            }
+        }
+    }
+    // An unknown asset is a JSON 404 like any unknown route.
+    let missing = http
+        .get(p.url("/assets/nothing.0000000000.js"))
+        .send()
+        .await?;
+    ensure!(missing.status() == 404, "{}", missing.status());
+    println!("first load of / (page and assets, gzipped): {first_load} bytes");
+    ensure!(
+        first_load <= 300 * 1024,
+        "first load {first_load} bytes > 300 KB"
+    );
+    Ok(())
 }

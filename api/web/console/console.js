@@ -194,12 +194,7 @@
 
   // ---- live ---------------------------------------------------------
 
-  function setConn(state) {
-    const c = document.getElementById('conn');
-    c.className = 'conn conn-' + state;
-    c.dataset.i18n = state;
-    c.textContent = t(state);
-  }
+  const setConn = P.setConn;
 
   function startLive() {
     if (live) live.abort();

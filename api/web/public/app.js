@@ -22,6 +22,8 @@
   let current = null; // the site page open, if any
   let range = '24h';
   let chartFor = null;
+  let needSort = false;
+  let userMoved = false;
 
   // ---- data ---------------------------------------------------------
 
@@ -104,6 +106,7 @@
       if (!s.fields && k.fields) s.fields = k.fields;
     }
     offlineSince = snap.saved || offlineSince || '';
+    needSort = true;
     schedule();
     return true;
   }
@@ -148,12 +151,7 @@
     warnTimer = setTimeout(loadWarnings, 1500);
   }
 
-  function setConn(state) {
-    const c = document.getElementById('conn');
-    c.className = 'conn conn-' + state;
-    c.dataset.i18n = state;
-    c.textContent = t(state);
-  }
+  const setConn = P.setConn;
 
   // ---- painting -----------------------------------------------------
 
@@ -192,7 +190,7 @@
       if (current === id) renderSite();
     }
     dirty.clear();
-    if (reorder) sortList();
+    if (reorder || needSort) { needSort = false; sortList(); }
     renderBanner();
     saveSoon();
     document.getElementById('count').textContent = t('sites_count', { n: sites.size });
@@ -220,6 +218,7 @@
       li.append(b);
       items.set(s.id, li);
       document.getElementById('list').append(li);
+      needSort = true;
     }
     li.className = 'site tone-' + lk.tone + ' ' + lk.cls + (lk.stale ? ' stale' : '') + (lk.nodata ? ' nodata' : '');
     const chip = li.querySelector('.chip');
@@ -316,7 +315,7 @@
       window.scrollTo(0, 0);
     } else {
       chartFor = null;
-      if (map) setTimeout(() => map.invalidateSize(), 0);
+      if (map) setTimeout(() => (userMoved ? map.invalidateSize() : fit()), 0);
     }
   }
 
@@ -411,7 +410,7 @@
       document.body.dataset.view = which;
       document.getElementById('tab-map').setAttribute('aria-selected', String(which === 'map'));
       document.getElementById('tab-list').setAttribute('aria-selected', String(which === 'list'));
-      if (which === 'map' && map) setTimeout(() => map.invalidateSize(), 0);
+      if (which === 'map' && map) setTimeout(() => (userMoved ? map.invalidateSize() : fit()), 0);
     };
     document.getElementById('tab-map').addEventListener('click', () => pick('map'));
     document.getElementById('tab-list').addEventListener('click', () => pick('list'));
@@ -435,6 +434,15 @@
     if (current) { renderSite(); loadChart(); }
   }
 
+  let fitting = false;
+  function fit() {
+    if (!sites.size || !map) return;
+    fitting = true;
+    map.invalidateSize();
+    map.fitBounds(L.latLngBounds([...sites.values()].map((s) => [s.lat, s.lon])).pad(0.05), { maxZoom: 15, animate: false });
+    fitting = false;
+  }
+
   async function start() {
     P.langSwitch(relabel);
     tabs();
@@ -449,10 +457,10 @@
     // last conditions, which include live readings, where newer.
     if (offlineSince !== null) restore();
     P.districtLabels(map, [...sites.values()]);
-    if (sites.size) {
-      const b = L.latLngBounds([...sites.values()].map((s) => [s.lat, s.lon]));
-      map.fitBounds(b.pad(0.05), { maxZoom: 15 });
-    }
+    fit();
+    // Until the visitor moves the map, it keeps every site in view.
+    map.on('dragstart zoomstart', (e) => { if (e.hard !== true && !fitting) userMoved = true; });
+    window.addEventListener('resize', () => { if (!userMoved) setTimeout(fit, 50); });
     renderOffline();
     route();
     window.addEventListener('hashchange', route);

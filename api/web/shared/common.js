@@ -24,7 +24,7 @@
       connecting: 'Menghubungkan…',
       reconnecting: 'Menyambung ulang…',
       offline: 'Offline',
-      offline_note: 'Anda sedang offline. Ini kondisi terakhir yang diterima pukul {time}; nilainya bisa sudah berubah.',
+      offline_note: 'Anda sedang offline. Ini kondisi terakhir yang diterima ({time}); nilainya bisa sudah berubah.',
       offline_never: 'Anda sedang offline dan belum ada kondisi tersimpan.',
       warnings: 'Peringatan aktif',
       warning_since: 'sejak {time}',
@@ -144,7 +144,7 @@
       connecting: 'Connecting…',
       reconnecting: 'Reconnecting…',
       offline: 'Offline',
-      offline_note: 'You are offline. These are the last conditions received at {time}; they may have changed.',
+      offline_note: 'You are offline. These are the last conditions received ({time}); they may have changed.',
       offline_never: 'You are offline and no conditions were saved yet.',
       warnings: 'Active warnings',
       warning_since: 'since {time}',
@@ -483,6 +483,8 @@
     // The glyph (drawn by CSS) repeats the label, the accessible name, for
     // the eye.
     e.dataset.glyph = lk.glyph;
+    // The most severe on top where pins overlap.
+    m.setZIndexOffset(Math.round((lk.stale ? -1 : lk.sev + 2) * 1000));
   }
 
   /** A uPlot line chart of `series` ([{label, unit, points:[[ms, v]]}])
@@ -521,6 +523,15 @@
     return u;
   }
 
+  /** Shows the live feed's state (`live`, `connecting`, `reconnecting`,
+   * `offline`) in the header's pill. */
+  function setConn(state) {
+    const c = document.getElementById('conn');
+    c.className = 'conn conn-' + state;
+    c.dataset.i18n = state;
+    c.textContent = t(state);
+  }
+
   /** Reads a Server-Sent Events stream with `fetch` (so it can carry a
    * bearer token), calling `onEvent(type, data)`; resolves when the
    * stream ends, rejects with `{status}` when refused. */
@@ -555,6 +566,6 @@
 
   window.Pantau = {
     STALE_MS, t, applyWords, langSwitch, lang: () => lang, num, ageText, clock, look, summary, fmt, el,
-    baseMap, districtLabels, pin, paintPin, chart, readSse,
+    baseMap, districtLabels, pin, paintPin, chart, readSse, setConn,
   };
 })();
