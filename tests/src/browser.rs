@@ -39,6 +39,7 @@ pub struct Browser {
     /// The WebDriver client.
     pub client: fantoccini::Client,
     _profile: tempfile::TempDir,
+    downloads: tempfile::TempDir,
 }
 
 /// ChromeDriver's log endpoint (`POST /session/{id}/se/log`).
@@ -76,6 +77,7 @@ impl Browser {
             .spawn()
             .context("run chromedriver (install chromium-driver)")?;
         let profile = tempfile::tempdir()?;
+        let downloads = tempfile::tempdir()?;
         let mut args: Vec<String> = [
             "--headless",
             "--no-sandbox",
@@ -104,7 +106,11 @@ impl Browser {
             "goog:chromeOptions": {
                 "binary": chromium(),
                 "args": args,
-                "prefs": {"intl.accept_languages": langs},
+                "prefs": {
+                    "intl.accept_languages": langs,
+                    "download.default_directory": downloads.path(),
+                    "download.prompt_for_download": false,
+                },
             },
         });
         let Value::Object(caps) = caps else {
@@ -127,9 +133,15 @@ impl Browser {
             driver,
             client,
             _profile: profile,
+            downloads,
         };
         b.resize(width, height).await?;
         Ok(b)
+    }
+
+    /// Where the browser saves downloads.
+    pub fn downloads(&self) -> &Path {
+        self.downloads.path()
     }
 
     /// Sets the viewport to `width`×`height` CSS pixels.

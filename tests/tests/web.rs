@@ -563,6 +563,33 @@ async fn console_is_limited_to_the_tokens_scopes_and_acts_through_the_api() -> R
     )
     .await?;
 
+    // Assign in the page; the API shows the assignee.
+    b.js(&format!("document.querySelector('#alerts li[data-alert=\"{alert_id}\"] button[data-act=assign]').click(); return 1"))
+        .await?;
+    b.js(&format!(
+        "const f = document.querySelector('#alerts li[data-alert=\"{alert_id}\"] form.act-form');
+         f.querySelector('input').value = 'Regu BPBD 2'; f.requestSubmit(); return 1"
+    ))
+    .await?;
+    eventually(
+        Duration::from_secs(5),
+        "the assignee through the API",
+        || async {
+            let (_, a) =
+                d.p.call(
+                    reqwest::Method::GET,
+                    &format!("/api/v1/alerts/{alert_id}"),
+                    &d.admin,
+                    None,
+                )
+                .await
+                .ok()?;
+            let a = a.get("alert").cloned().unwrap_or(a);
+            (a["assignee"] == "Regu BPBD 2").then_some(())
+        },
+    )
+    .await?;
+
     // Sensors: flood only, in the table and on the map; a history chart.
     b.js("document.getElementById('tab-sensors').click(); return 1")
         .await?;
@@ -593,6 +620,31 @@ async fn console_is_limited_to_the_tokens_scopes_and_acts_through_the_api() -> R
     )
     .await?;
     b.screenshot("console-desktop-sensors").await?;
+    // CSV export of what the chart shows: the readings, as the browser
+    // downloads them.
+    b.js("document.getElementById('d-csv').click(); return 1")
+        .await?;
+    let csv = eventually(Duration::from_secs(10), "the CSV download", || async {
+        let entry = std::fs::read_dir(b.downloads())
+            .ok()?
+            .flatten()
+            .find(|e| e.file_name().to_string_lossy().ends_with(".csv"))?;
+        std::fs::read_to_string(entry.path())
+            .ok()
+            .filter(|t| t.ends_with('\n'))
+    })
+    .await?;
+    let mut lines = csv.lines();
+    let header: Vec<&str> = lines.next().unwrap_or_default().split(',').collect();
+    let col = header.iter().position(|h| *h == "water_level_cm");
+    ensure!(header[0] == "time" && col.is_some(), "CSV header: {csv}");
+    let levels: Vec<&str> = lines
+        .filter_map(|l| l.split(',').nth(col.unwrap_or(0)))
+        .collect();
+    ensure!(
+        levels.contains(&"60") && levels.contains(&"170"),
+        "the readings 60 and 170 cm are not in the CSV: {csv}"
+    );
     accessible(&b, "console sensors").await?;
 
     // Gateways: health of the token's gateways only.

@@ -440,7 +440,7 @@
     const lines = ['time,' + series.map((x) => x.field).join(',')];
     for (const ts of [...byTs.keys()].sort((a, b) => a - b)) lines.push(new Date(ts).toISOString() + ',' + byTs.get(ts).join(','));
     const blob = new Blob([lines.join('\n') + '\n'], { type: 'text/csv' });
-    const a = el('a', { href: URL.createObjectURL(blob), download: detail.id + '_' + detail.range + '.csv' });
+    const a = el('a', { href: URL.createObjectURL(blob), download: detail.id + '_' + detail.range + '.csv', hidden: true, text: t('export_csv') });
     document.body.append(a);
     a.click();
     setTimeout(() => { URL.revokeObjectURL(a.href); a.remove(); }, 1000);
