@@ -320,6 +320,9 @@ async fn public_app_shows_every_public_site_live_warns_and_works_offline() -> Re
     )
     .await?;
     b.screenshot("public-phone-site").await?;
+    b.js("document.getElementById('chart').scrollIntoView({block: 'end'}); return 1")
+        .await?;
+    b.screenshot("public-phone-site-chart").await?;
     accessible(&b, "site page").await?;
     b.js("document.querySelector('[data-range=\"7d\"]').click(); return 1")
         .await?;

@@ -13,6 +13,7 @@
     id: {
       app_title: 'Pantau Dumai',
       app_sub: 'Kondisi kota secara langsung',
+      time: 'Waktu',
       console_title: 'Pantau — Konsol OPD',
       lang_label: 'Bahasa',
       skip: 'Langsung ke daftar lokasi',
@@ -133,6 +134,7 @@
     en: {
       app_title: 'Pantau Dumai',
       app_sub: 'Live city conditions',
+      time: 'Time',
       console_title: 'Pantau — Agency console',
       lang_label: 'Language',
       skip: 'Skip to the list of sites',
@@ -493,12 +495,16 @@
     node.replaceChildren();
     const xs = new Set();
     for (const s of series) for (const p of s.points) xs.add(p[0]);
+    if (!xs.size) return null;
+    // The range's ends, so threshold lines span it.
+    if (range) { xs.add(range[0]); xs.add(range[1]); }
     const x = [...xs].sort((a, b) => a - b);
-    if (!x.length) return null;
     const idx = new Map(x.map((v, i) => [v, i]));
     const data = [x.map((ms) => ms / 1000)];
     const colours = ['#1864ab', '#2b8a3e', '#862e9c', '#e67700'];
-    const useries = [{}];
+    const locale = lang === 'id' ? 'id-ID' : 'en-GB';
+    const days = (x[x.length - 1] - x[0]) > 2 * 86400e3;
+    const useries = [{ label: t('time'), value: (u, v) => (v == null ? '–' : clock(v * 1000)) }];
     series.forEach((s, i) => {
       const ys = new Array(x.length).fill(null);
       for (const p of s.points) ys[idx.get(p[0])] = p[1];
@@ -516,7 +522,14 @@
       height: Math.round(Math.min(320, Math.max(200, width * 0.45))),
       series: useries,
       scales: { x: range ? { time: true, range: () => [range[0] / 1000, range[1] / 1000] } : { time: true } },
-      axes: [{ stroke: '#495057', grid: { stroke: '#e9ecef' } }, { stroke: '#495057', grid: { stroke: '#e9ecef' } }],
+      axes: [
+        {
+          stroke: '#495057', grid: { stroke: '#e9ecef' },
+          values: (u, splits) => splits.map((v) => new Date(v * 1000).toLocaleString(locale,
+            days ? { day: 'numeric', month: 'short' } : { hour: '2-digit', minute: '2-digit' })),
+        },
+        { stroke: '#495057', grid: { stroke: '#e9ecef' } },
+      ],
       legend: { live: true },
     };
     const u = new uPlot(opts, data, node);
