@@ -318,7 +318,8 @@ pub(crate) async fn gateways(
     ))
 }
 
-/// Live feed (Server-Sent Events) of readings the token may read.
+/// Live feed (Server-Sent Events) of readings the token may read: `reading`
+/// events with every field and the derived `status`.
 #[utoipa::path(get, path = "/api/v1/live", tag = "agency", params(live::Params),
     security(("bearer" = [])),
     responses(

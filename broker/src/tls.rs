@@ -3,6 +3,13 @@
 //! reused on every later start; gateways trust `tls/ca.pem`. An operator
 //! may replace `server.pem`/`server-key.pem` with a certificate from the
 //! city's own CA.
+//!
+//! The server certificate is served through a [`ReloadableCert`]: one per
+//! certificate file in the process, shared by the MQTT and HTTPS
+//! listeners. [`reload_all`] (called on SIGHUP) reads the files again and
+//! swaps the certificate for new handshakes; connections already open keep
+//! theirs, and a pair that does not load (unreadable, not PEM, key not
+//! matching the certificate) leaves the old one in place.
 
 use std::fs;
 use std::io::Write;
@@ -227,6 +234,93 @@ impl ClientCertVerifier for Revocable {
     }
 }
 
+/// The server certificate and key of one pair of files, swappable while
+/// listeners use it.
+#[derive(Debug)]
+pub struct ReloadableCert {
+    cert: PathBuf,
+    key: PathBuf,
+    current: RwLock<Arc<rustls::sign::CertifiedKey>>,
+}
+
+/// The reloadable certificates of this process, by certificate path.
+static RELOADABLE: std::sync::Mutex<Vec<Arc<ReloadableCert>>> = std::sync::Mutex::new(Vec::new());
+
+impl ReloadableCert {
+    fn load(cert: &Path, key: &Path) -> Result<rustls::sign::CertifiedKey, TlsError> {
+        let certs = CertificateDer::pem_file_iter(cert)
+            .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+            .map_err(|source| TlsError::Pem {
+                path: cert.to_owned(),
+                source,
+            })?;
+        let der = PrivateKeyDer::from_pem_file(key).map_err(|source| TlsError::Pem {
+            path: key.to_owned(),
+            source,
+        })?;
+        let provider = rustls::crypto::ring::default_provider();
+        // Checks the key matches the certificate.
+        Ok(rustls::sign::CertifiedKey::from_der(certs, der, &provider)?)
+    }
+
+    /// The process's reloadable certificate for `files` (made on first use).
+    fn for_files(files: &TlsFiles) -> Result<Arc<Self>, TlsError> {
+        let mut all = RELOADABLE.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(r) = all.iter().find(|r| r.cert == files.server_cert) {
+            return Ok(r.clone());
+        }
+        let r = Arc::new(Self {
+            current: RwLock::new(Arc::new(Self::load(&files.server_cert, &files.server_key)?)),
+            cert: files.server_cert.clone(),
+            key: files.server_key.clone(),
+        });
+        all.push(r.clone());
+        Ok(r)
+    }
+
+    /// Reads the files again and serves the new pair from the next
+    /// handshake; on an error the current pair stays. Returns the new
+    /// certificate's serial.
+    pub fn reload(&self) -> Result<String, TlsError> {
+        let loaded = Self::load(&self.cert, &self.key)?;
+        let serial = loaded
+            .end_entity_cert()
+            .ok()
+            .and_then(cert_serial)
+            .unwrap_or_default();
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(loaded);
+        Ok(serial)
+    }
+
+    /// The certificate file.
+    pub fn path(&self) -> &Path {
+        &self.cert
+    }
+}
+
+impl rustls::server::ResolvesServerCert for ReloadableCert {
+    fn resolve(
+        &self,
+        _hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(
+            self.current
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+        )
+    }
+}
+
+/// Reloads every server certificate this process serves (see
+/// [`ReloadableCert::reload`]): each file and its outcome.
+pub fn reload_all() -> Vec<(PathBuf, Result<String, TlsError>)> {
+    let all = RELOADABLE.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    all.iter()
+        .map(|r| (r.path().to_owned(), r.reload()))
+        .collect()
+}
+
 /// [`server_config_with`] with an empty denylist.
 pub fn server_config(
     files: &TlsFiles,
@@ -245,7 +339,8 @@ pub fn server_config_with(
     names: &[String],
     revoked: Denylist,
 ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-    let (certs, key) = server_identity(files, names)?;
+    server_identity(files, names)?;
+    let resolver = ReloadableCert::for_files(files)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     // Gateways may present a certificate issued by the platform CA (the
     // identity is its CN); those that do not authenticate with a token.
@@ -271,7 +366,7 @@ pub fn server_config_with(
     let config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(certs, key)?;
+        .with_cert_resolver(resolver);
     Ok(Arc::new(config))
 }
 
@@ -283,21 +378,18 @@ pub fn https_config(
     files: &TlsFiles,
     names: &[String],
 ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-    let (certs, key) = server_identity(files, names)?;
+    server_identity(files, names)?;
+    let resolver = ReloadableCert::for_files(files)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
-        .with_single_cert(certs, key)?;
+        .with_cert_resolver(resolver);
     Ok(Arc::new(config))
 }
 
-/// The server certificate chain and key, generated (with the CA) when
-/// missing.
-fn server_identity(
-    files: &TlsFiles,
-    names: &[String],
-) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsError> {
+/// Generates the server certificate (and the CA) when missing.
+fn server_identity(files: &TlsFiles, names: &[String]) -> Result<(), TlsError> {
     ensure_ca(files)?;
     if !(files.server_cert.exists() && files.server_key.exists()) {
         let mut all = vec!["localhost".to_string(), "127.0.0.1".into(), "::1".into()];
@@ -324,17 +416,7 @@ fn server_identity(
         write_file(&files.server_cert, &cert.pem(), false)?;
         tracing::info!(path = %files.server_cert.display(), "Generated the MQTT server certificate.");
     }
-    let certs = CertificateDer::pem_file_iter(&files.server_cert)
-        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|source| TlsError::Pem {
-            path: files.server_cert.clone(),
-            source,
-        })?;
-    let key = PrivateKeyDer::from_pem_file(&files.server_key).map_err(|source| TlsError::Pem {
-        path: files.server_key.clone(),
-        source,
-    })?;
-    Ok((certs, key))
+    Ok(())
 }
 
 /// Issues a client certificate for a gateway (CN = gateway id, client

@@ -73,6 +73,7 @@ pub async fn run(cfg: IngestConfig) -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("cannot listen on {addr} (HTTP)"))?;
             let files = pantau_broker::tls::TlsFiles::in_data_dir(&cfg.data_dir);
+            crate::shutdown::reload_certificates_on_sighup()?;
             let gate = cfg.api.conn_gate(&mut prometheus)?;
             Some(cfg.api.listener(tcp, &files, &[], gate)?)
         }

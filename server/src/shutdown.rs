@@ -277,6 +277,37 @@ impl Drop for PendingGuard {
     }
 }
 
+/// From now on, SIGHUP reloads the TLS server certificates from their files
+/// (`tls/server.pem`, `tls/server-key.pem`) for new handshakes, without
+/// closing a connection; a pair that does not load is logged and the
+/// previous one stays in use.
+pub fn reload_certificates_on_sighup() -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hup = signal(SignalKind::hangup())?;
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                for (path, outcome) in pantau_broker::tls::reload_all() {
+                    match outcome {
+                        Ok(serial) => tracing::info!(
+                            path = %path.display(),
+                            serial,
+                            "Reloaded the TLS certificate."
+                        ),
+                        Err(e) => tracing::error!(
+                            path = %path.display(),
+                            error = %e,
+                            "The TLS certificate did not reload; the previous one stays in use."
+                        ),
+                    }
+                }
+            }
+        });
+    }
+    Ok(())
+}
+
 /// Returns when SIGINT or SIGTERM arrives.
 pub async fn signal() {
     #[cfg(unix)]

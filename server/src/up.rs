@@ -100,6 +100,7 @@ pub async fn up(cfg: UpConfig) -> anyhow::Result<()> {
     )
     .await?;
     let files = TlsFiles::in_data_dir(&cfg.data_dir);
+    crate::shutdown::reload_certificates_on_sighup()?;
     let revoked_certs = pantau_broker::tls::Denylist::default();
     let tls = server_config_with(&files, &cfg.tls_names, revoked_certs.clone())?;
 

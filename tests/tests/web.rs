@@ -130,6 +130,20 @@ fn ids_of(v: &Value) -> BTreeSet<String> {
         .collect()
 }
 
+/// An alert as the admin reads it through the API.
+async fn alert(d: &Demo, id: i64) -> Option<Value> {
+    let (_, a) =
+        d.p.call(
+            reqwest::Method::GET,
+            &format!("/api/v1/alerts/{id}"),
+            &d.admin,
+            None,
+        )
+        .await
+        .ok()?;
+    Some(a.get("alert").cloned().unwrap_or(a))
+}
+
 /// Fails on any serious or critical axe-core violation.
 async fn accessible(b: &Browser, page: &str) -> Result<()> {
     let v = b.axe().await?;
@@ -540,16 +554,7 @@ async fn console_is_limited_to_the_tokens_scopes_and_acts_through_the_api() -> R
         Duration::from_secs(5),
         "the alert acknowledged through the API",
         || async {
-            let (_, a) =
-                d.p.call(
-                    reqwest::Method::GET,
-                    &format!("/api/v1/alerts/{alert_id}"),
-                    &d.admin,
-                    None,
-                )
-                .await
-                .ok()?;
-            let a = a.get("alert").cloned().unwrap_or(a);
+            let a = alert(&d, alert_id).await?;
             (a["state"] == "acknowledged").then_some(a)
         },
     )
@@ -578,16 +583,7 @@ async fn console_is_limited_to_the_tokens_scopes_and_acts_through_the_api() -> R
         Duration::from_secs(5),
         "the assignee through the API",
         || async {
-            let (_, a) =
-                d.p.call(
-                    reqwest::Method::GET,
-                    &format!("/api/v1/alerts/{alert_id}"),
-                    &d.admin,
-                    None,
-                )
-                .await
-                .ok()?;
-            let a = a.get("alert").cloned().unwrap_or(a);
+            let a = alert(&d, alert_id).await?;
             (a["assignee"] == "Regu BPBD 2").then_some(())
         },
     )

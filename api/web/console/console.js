@@ -22,7 +22,6 @@
   let lastHistory = null;
   let gwTimer = null;
   const dirty = new Set();
-  let painting = false;
 
   // ---- API ----------------------------------------------------------
 
@@ -135,14 +134,9 @@
     schedule();
   }
 
-  function schedule() {
-    if (painting) return;
-    painting = true;
-    requestAnimationFrame(paint);
-  }
+  const schedule = P.frame(paint);
 
   function paint() {
-    painting = false;
     const now = Date.now();
     const tbody = document.querySelector('#sensors tbody');
     let added = false;

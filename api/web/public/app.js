@@ -17,7 +17,6 @@
   const pins = new Map();
   const items = new Map();
   let order = [];
-  let painting = false;
   let offlineSince = null;
   let current = null; // the site page open, if any
   let range = '24h';
@@ -155,14 +154,9 @@
 
   // ---- painting -----------------------------------------------------
 
-  function schedule() {
-    if (painting) return;
-    painting = true;
-    requestAnimationFrame(paint);
-  }
+  const schedule = P.frame(paint);
 
   function paint() {
-    painting = false;
     const now = Date.now();
     let reorder = false;
     for (const id of dirty) {

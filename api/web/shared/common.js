@@ -536,6 +536,16 @@
     return u;
   }
 
+  /** `fn` at the next frame, once however often this is called before. */
+  function frame(fn) {
+    let pending = false;
+    return () => {
+      if (pending) return;
+      pending = true;
+      requestAnimationFrame(() => { pending = false; fn(); });
+    };
+  }
+
   /** Shows the live feed's state (`live`, `connecting`, `reconnecting`,
    * `offline`) in the header's pill. */
   function setConn(state) {
@@ -579,6 +589,6 @@
 
   window.Pantau = {
     STALE_MS, t, applyWords, langSwitch, lang: () => lang, num, ageText, clock, look, summary, fmt, el,
-    baseMap, districtLabels, pin, paintPin, chart, readSse, setConn,
+    baseMap, districtLabels, pin, paintPin, chart, readSse, setConn, frame,
   };
 })();
