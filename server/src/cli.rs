@@ -40,6 +40,25 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Copy an embedded data directory, consistently, while `pantau up`
+    /// runs (ingest log, store, state, TLS material); prints a JSON summary.
+    Backup {
+        /// Data directory [default: ./pantau-data].
+        #[arg(long, env = "PANTAU_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+        /// Where the backup goes (a new or empty directory).
+        #[arg(long)]
+        to: PathBuf,
+    },
+    /// Restore a backup into a new (or empty) data directory.
+    Restore {
+        /// The backup (made by `pantau backup`).
+        #[arg(long)]
+        from: PathBuf,
+        /// The new data directory.
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -226,6 +245,10 @@ pub fn main() -> ExitCode {
         Command::Token {
             command: TokenCommand::Revoke { name, data_dir },
         } => token_revoke(&name, data_dir.unwrap_or_else(|| DEFAULT_DATA_DIR.into())),
+        Command::Backup { data_dir, to } => {
+            crate::backup::backup(&data_dir.unwrap_or_else(|| DEFAULT_DATA_DIR.into()), &to)
+        }
+        Command::Restore { from, data_dir } => crate::backup::restore(&from, &data_dir),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
