@@ -67,13 +67,15 @@ pub async fn run(cfg: IngestConfig) -> anyhow::Result<()> {
         crate::storage::open(&cfg.data_dir, registry.clone(), &cfg.storage, &metrics).await?;
     let mut prometheus = prometheus_client::registry::Registry::default();
     metrics.register(&mut prometheus);
+    // Whether or not it serves HTTPS: a SIGHUP (`systemctl reload`) must
+    // not end the worker.
+    crate::shutdown::reload_certificates_on_sighup()?;
     let http = match cfg.http_listen {
         Some(addr) => {
             let tcp = tokio::net::TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("cannot listen on {addr} (HTTP)"))?;
             let files = pantau_broker::tls::TlsFiles::in_data_dir(&cfg.data_dir);
-            crate::shutdown::reload_certificates_on_sighup()?;
             let gate = cfg.api.conn_gate(&mut prometheus)?;
             Some(cfg.api.listener(tcp, &files, &[], gate)?)
         }
