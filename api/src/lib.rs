@@ -21,6 +21,7 @@ mod public;
 mod ratelimit;
 mod rejected;
 mod serve;
+mod tokens;
 mod web;
 
 use std::sync::Arc;
@@ -168,6 +169,11 @@ pub fn router(state: AppState) -> Router {
             "/api/v1/admin/silences/{id}",
             axum::routing::delete(alerts::cancel_silence),
         )
+        .route(
+            "/api/v1/admin/tokens",
+            get(tokens::list).post(tokens::create),
+        )
+        .route("/api/v1/admin/tokens/{name}/revoke", post(tokens::revoke))
         .route("/api/v1/admin/gateways", post(admin::add_gateway))
         .route(
             "/api/v1/admin/gateways/{id}/revoke",

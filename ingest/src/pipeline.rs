@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use pantau_model::validate::check_envelope;
+use pantau_model::validate::{check_envelope, RejectReason};
 use pantau_model::{Policy, Registry, SensorKind, SharedRegistry, Timestamp};
 use serde::Serialize;
 use tokio::sync::broadcast;
@@ -43,6 +43,14 @@ pub struct IngestOutcome {
     pub envelope_error: Option<String>,
 }
 
+/// Where sensors registered through other processes come from, on state
+/// shared between processes (a scaled deployment's PostgreSQL).
+pub trait SensorSource: Send + Sync + std::fmt::Debug {
+    /// Brings the shared registry up to date with the shared state (at
+    /// most one look per short interval, however many callers ask).
+    fn refresh(&self) -> futures::future::BoxFuture<'_, ()>;
+}
+
 /// The ingest path shared by every connection.
 #[derive(Debug)]
 pub struct Ingestor {
@@ -56,6 +64,9 @@ pub struct Ingestor {
     policy: Policy,
     /// Fan-out of stored readings to live feeds.
     live: broadcast::Sender<Arc<LiveReading>>,
+    /// Sensors registered elsewhere (shared state only): consulted before
+    /// a reading is refused as naming an unknown sensor.
+    sensor_source: std::sync::OnceLock<Arc<dyn SensorSource>>,
 }
 
 impl Ingestor {
@@ -78,7 +89,15 @@ impl Ingestor {
             metrics,
             policy: Policy::default(),
             live,
+            sensor_source: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Consults `source` before refusing a reading of an unknown sensor,
+    /// so a sensor registered through another API replica is accepted at
+    /// once, not only after the next periodic refresh. Set once.
+    pub fn set_sensor_source(&self, source: Arc<dyn SensorSource>) {
+        let _ = self.sensor_source.set(source);
     }
 
     /// The current registry.
@@ -121,20 +140,30 @@ impl Ingestor {
         gateway: &str,
         payloads: &[&[u8]],
     ) -> Result<Vec<IngestOutcome>> {
-        let registry = self.registry();
+        let mut registry = self.registry();
         let now = Timestamp::now();
         let mut logged: Vec<LoggedReading> = Vec::new();
         let mut kept: Vec<KeptRejection> = Vec::new();
         let mut outcomes = Vec::with_capacity(payloads.len());
         for payload in payloads {
             self.metrics.envelopes_received.inc();
-            let checked = match check_envelope(
-                payload,
-                gateway,
-                registry.as_ref(),
-                now,
-                &self.policy,
-            ) {
+            let mut checked =
+                check_envelope(payload, gateway, registry.as_ref(), now, &self.policy);
+            if let (Ok(c), Some(source)) = (&checked, self.sensor_source.get()) {
+                if c.rejected
+                    .iter()
+                    .any(|r| matches!(r.reason, RejectReason::UnknownSensor))
+                {
+                    source.refresh().await;
+                    let fresh = self.registry();
+                    if !Arc::ptr_eq(&fresh, &registry) {
+                        registry = fresh;
+                        checked =
+                            check_envelope(payload, gateway, registry.as_ref(), now, &self.policy);
+                    }
+                }
+            }
+            let checked = match checked {
                 Ok(c) => c,
                 Err(e) => {
                     self.metrics.reject_envelope(e.reason());

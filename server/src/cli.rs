@@ -74,6 +74,8 @@ enum TokenCommand {
         /// Data directory [default: ./pantau-data].
         #[arg(long, env = "PANTAU_DATA_DIR")]
         data_dir: Option<PathBuf>,
+        #[command(flatten)]
+        state: StateArgs,
     },
     /// Revoke a token by name; a running server refuses it from the next request.
     Revoke {
@@ -82,7 +84,27 @@ enum TokenCommand {
         /// Data directory [default: ./pantau-data].
         #[arg(long, env = "PANTAU_DATA_DIR")]
         data_dir: Option<PathBuf>,
+        #[command(flatten)]
+        state: StateArgs,
     },
+}
+
+/// Where platform state lives.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct StateArgs {
+    /// Platform state shared by every process of a scaled deployment:
+    /// postgres://USER:PASSWORD@HOST:PORT/DB (prefer the environment
+    /// variable: a command line is visible to every user)
+    /// [default: state.db in the data directory].
+    #[arg(long = "state", env = "PANTAU_STATE", hide_env_values = true)]
+    pub url: Option<String>,
+}
+
+impl StateArgs {
+    /// Opens the state store (blocking).
+    pub fn open(&self, data_dir: &std::path::Path) -> anyhow::Result<StateDb> {
+        Ok(StateDb::select(self.url.as_deref(), data_dir)?)
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -141,6 +163,8 @@ struct IngestArgs {
     #[arg(long, env = "PANTAU_HTTP_LISTEN")]
     http_listen: Option<SocketAddr>,
     #[command(flatten)]
+    state: StateArgs,
+    #[command(flatten)]
     storage: StorageArgs,
     #[command(flatten)]
     api: ApiArgs,
@@ -158,6 +182,8 @@ enum GatewayCommand {
         /// Data directory [default: ./pantau-data].
         #[arg(long, env = "PANTAU_DATA_DIR")]
         data_dir: Option<PathBuf>,
+        #[command(flatten)]
+        state: StateArgs,
     },
     /// Revoke a gateway: its token and client certificates stop working,
     /// and a running platform disconnects it within a second.
@@ -167,6 +193,8 @@ enum GatewayCommand {
         /// Data directory [default: ./pantau-data].
         #[arg(long, env = "PANTAU_DATA_DIR")]
         data_dir: Option<PathBuf>,
+        #[command(flatten)]
+        state: StateArgs,
     },
     /// Give a gateway a new token; prints its credentials once, as JSON.
     /// The old token stops working at once.
@@ -176,6 +204,8 @@ enum GatewayCommand {
         /// Data directory [default: ./pantau-data].
         #[arg(long, env = "PANTAU_DATA_DIR")]
         data_dir: Option<PathBuf>,
+        #[command(flatten)]
+        state: StateArgs,
     },
 }
 
@@ -210,6 +240,7 @@ pub fn main() -> ExitCode {
                 data_dir: args.data_dir.unwrap_or_else(|| DEFAULT_DATA_DIR.into()),
                 registry: args.registry,
                 http_listen: args.http_listen,
+                state: args.state,
                 storage: args.storage,
                 api: args.api,
             };
@@ -218,33 +249,47 @@ pub fn main() -> ExitCode {
                 .and_then(|rt| rt.block_on(crate::ingest::run(cfg)))
         }
         Command::Gateway {
-            command: GatewayCommand::Add { id, cert, data_dir },
-        } => gateway_add(
-            &id,
-            cert,
-            data_dir.unwrap_or_else(|| DEFAULT_DATA_DIR.into()),
-        ),
+            command:
+                GatewayCommand::Add {
+                    id,
+                    cert,
+                    data_dir,
+                    state,
+                },
+        } => gateway_add(&id, cert, dir(data_dir), &state),
         Command::Gateway {
-            command: GatewayCommand::Revoke { id, data_dir },
-        } => gateway_revoke(&id, data_dir.unwrap_or_else(|| DEFAULT_DATA_DIR.into())),
+            command:
+                GatewayCommand::Revoke {
+                    id,
+                    data_dir,
+                    state,
+                },
+        } => gateway_revoke(&id, dir(data_dir), &state),
         Command::Gateway {
-            command: GatewayCommand::Rotate { id, data_dir },
-        } => gateway_rotate(&id, data_dir.unwrap_or_else(|| DEFAULT_DATA_DIR.into())),
+            command:
+                GatewayCommand::Rotate {
+                    id,
+                    data_dir,
+                    state,
+                },
+        } => gateway_rotate(&id, dir(data_dir), &state),
         Command::Token {
             command:
                 TokenCommand::Create {
                     name,
                     scopes,
                     data_dir,
+                    state,
                 },
-        } => token_create(
-            &name,
-            &scopes,
-            data_dir.unwrap_or_else(|| DEFAULT_DATA_DIR.into()),
-        ),
+        } => token_create(&name, &scopes, dir(data_dir), &state),
         Command::Token {
-            command: TokenCommand::Revoke { name, data_dir },
-        } => token_revoke(&name, data_dir.unwrap_or_else(|| DEFAULT_DATA_DIR.into())),
+            command:
+                TokenCommand::Revoke {
+                    name,
+                    data_dir,
+                    state,
+                },
+        } => token_revoke(&name, dir(data_dir), &state),
         Command::Backup { data_dir, to } => {
             crate::backup::backup(&data_dir.unwrap_or_else(|| DEFAULT_DATA_DIR.into()), &to)
         }
@@ -257,6 +302,10 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn dir(data_dir: Option<PathBuf>) -> PathBuf {
+    data_dir.unwrap_or_else(|| DEFAULT_DATA_DIR.into())
 }
 
 fn resolve(args: UpArgs) -> anyhow::Result<UpConfig> {
@@ -293,15 +342,24 @@ fn resolve(args: UpArgs) -> anyhow::Result<UpConfig> {
     })
 }
 
-fn token_create(name: &str, scopes: &str, data_dir: PathBuf) -> anyhow::Result<()> {
+fn token_create(
+    name: &str,
+    scopes: &str,
+    data_dir: PathBuf,
+    state: &StateArgs,
+) -> anyhow::Result<()> {
     if name.trim().is_empty() || name.len() > 128 {
         anyhow::bail!("invalid token name {name:?}: 1 to 128 characters");
     }
     let parsed = Scopes::parse(scopes).map_err(|e| anyhow::anyhow!("--scopes: {e}"))?;
-    std::fs::create_dir_all(&data_dir)
-        .map_err(|e| anyhow::anyhow!("cannot create data dir {}: {e}", data_dir.display()))?;
+    if state.url.is_none() {
+        std::fs::create_dir_all(&data_dir)
+            .map_err(|e| anyhow::anyhow!("cannot create data dir {}: {e}", data_dir.display()))?;
+    }
     let names = parsed.names();
-    let token = StateDb::open(&data_dir)?.create_token(name, &names.join(","))?;
+    let token = state
+        .open(&data_dir)?
+        .create_token(name, &names.join(","))?;
     println!(
         "{}",
         serde_json::json!({"name": name, "token": token, "scopes": names})
@@ -309,8 +367,8 @@ fn token_create(name: &str, scopes: &str, data_dir: PathBuf) -> anyhow::Result<(
     Ok(())
 }
 
-fn token_revoke(name: &str, data_dir: PathBuf) -> anyhow::Result<()> {
-    StateDb::open(&data_dir)?.revoke_token(name)?;
+fn token_revoke(name: &str, data_dir: PathBuf, state: &StateArgs) -> anyhow::Result<()> {
+    state.open(&data_dir)?.revoke_token(name)?;
     println!("{}", serde_json::json!({"name": name, "revoked": true}));
     Ok(())
 }
@@ -319,9 +377,9 @@ fn gateway_id(id: &str) -> anyhow::Result<GatewayId> {
     GatewayId::new(id).map_err(|e| anyhow::anyhow!("invalid gateway id {id:?}: {e}"))
 }
 
-fn gateway_revoke(id: &str, data_dir: PathBuf) -> anyhow::Result<()> {
+fn gateway_revoke(id: &str, data_dir: PathBuf, state: &StateArgs) -> anyhow::Result<()> {
     let id = gateway_id(id)?;
-    StateDb::open(&data_dir)?.revoke_gateway(&id)?;
+    state.open(&data_dir)?.revoke_gateway(&id)?;
     println!(
         "{}",
         serde_json::json!({"gateway": id.as_str(), "revoked": true})
@@ -329,9 +387,9 @@ fn gateway_revoke(id: &str, data_dir: PathBuf) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn gateway_rotate(id: &str, data_dir: PathBuf) -> anyhow::Result<()> {
+fn gateway_rotate(id: &str, data_dir: PathBuf, state: &StateArgs) -> anyhow::Result<()> {
     let id = gateway_id(id)?;
-    let token = StateDb::open(&data_dir)?.rotate_gateway(&id)?;
+    let token = state.open(&data_dir)?.rotate_gateway(&id)?;
     println!(
         "{}",
         serde_json::json!({"gateway": id.as_str(), "username": id.as_str(), "password": token})
@@ -339,13 +397,13 @@ fn gateway_rotate(id: &str, data_dir: PathBuf) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn gateway_add(id: &str, cert: bool, data_dir: PathBuf) -> anyhow::Result<()> {
+fn gateway_add(id: &str, cert: bool, data_dir: PathBuf, state: &StateArgs) -> anyhow::Result<()> {
     let id = gateway_id(id)?;
     std::fs::create_dir_all(&data_dir)
         .map_err(|e| anyhow::anyhow!("cannot create data dir {}: {e}", data_dir.display()))?;
     let files = TlsFiles::in_data_dir(&data_dir);
     ensure_ca(&files)?;
-    let state = StateDb::open(&data_dir)?;
+    let state = state.open(&data_dir)?;
     let token = state.add_gateway(&id)?;
     let abs = |p: PathBuf| std::fs::canonicalize(&p).unwrap_or(p);
     let mut out = serde_json::json!({

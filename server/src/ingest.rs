@@ -35,6 +35,8 @@ pub struct IngestConfig {
     pub registry: Option<PathBuf>,
     /// Optional HTTP listener for health and metrics.
     pub http_listen: Option<SocketAddr>,
+    /// Where platform state lives (`state.db` or a shared PostgreSQL).
+    pub state: crate::cli::StateArgs,
     /// Storage selection.
     pub storage: StorageArgs,
     /// API limits.
@@ -58,10 +60,13 @@ pub async fn run(cfg: IngestConfig) -> anyhow::Result<()> {
     };
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("cannot create data dir {}", cfg.data_dir.display()))?;
-    // Agency tokens and API-registered sensors of this worker live in its
-    // own data directory.
-    let state = Arc::new(pantau_state::StateDb::open(&cfg.data_dir)?);
-    let registry = Arc::new(crate::registry::effective(file, &state)?);
+    // Agency tokens and API-registered sensors: in the worker's own data
+    // directory, or in the PostgreSQL every worker and API replica shares.
+    let state = crate::registry::open_state(&cfg.state, &cfg.data_dir).await?;
+    // Reading the stored sensors blocks (PostgreSQL's client does).
+    let registry = Arc::new(tokio::task::block_in_place(|| {
+        crate::registry::effective(file.clone(), &state)
+    })?);
     let metrics = IngestMetrics::default();
     let storage =
         crate::storage::open(&cfg.data_dir, registry.clone(), &cfg.storage, &metrics).await?;
@@ -124,6 +129,7 @@ pub async fn run(cfg: IngestConfig) -> anyhow::Result<()> {
         },
     );
     storage.spawn_drain(&sup, drain_stage, &metrics, &health);
+    crate::registry::SharedSensors::follow(&sup, consumer_stage, file, &ingestor, &state);
     if let Some(listener) = http {
         let app = cfg.api.app_state(crate::config::ApiDeps {
             ingestor: ingestor.clone(),

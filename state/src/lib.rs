@@ -1,9 +1,12 @@
 //! Platform state that outlives a restart: gateway credentials, agency API
-//! tokens and API-registered sensors. Kept in `state.db`, a SQLite
-//! database in the data directory, so that `pantau gateway add` in another
-//! process takes effect in a running server without a restart. Also the
-//! in-memory state the listeners share: gateway presence and connection
-//! counts per address ([`admission`]).
+//! tokens and API-registered sensors. On one machine it is `state.db`, a
+//! SQLite database in the data directory, so that `pantau gateway add` in
+//! another process takes effect in a running server without a restart; in
+//! a scaled deployment it is a PostgreSQL database that every API replica
+//! and ingest worker shares (`--state postgres://…`), its schema brought up
+//! to date by migrations at start. Also the in-memory state the listeners
+//! share: gateway presence and connection counts per address
+//! ([`admission`]).
 //!
 //! Secrets are random 256-bit tokens shown once; only their SHA-256 is
 //! stored. A fast hash is enough for a secret with that much entropy (there
@@ -12,16 +15,15 @@
 #![forbid(unsafe_code)]
 
 pub mod admission;
+mod pg;
 pub mod presence;
+mod sqlite;
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
-use std::time::Duration;
 
 use pantau_model::{GatewayId, SensorSpec, Timestamp};
 use ring::digest;
 use ring::rand::{SecureRandom, SystemRandom};
-use rusqlite::{params, Connection, OptionalExtension};
 
 /// Errors of the state store.
 #[derive(Debug, thiserror::Error)]
@@ -48,11 +50,23 @@ pub enum Error {
     /// No API token of that name.
     #[error("no API token named {0:?}")]
     UnknownToken(String),
+    /// PostgreSQL failed (the address is given without its password).
+    #[error("state database {place}: {source}")]
+    Postgres {
+        /// `postgres://HOST:PORT/DB`, no credentials.
+        place: String,
+        /// The cause.
+        #[source]
+        source: postgres::Error,
+    },
+    /// The `--state` address cannot be used.
+    #[error("--state: {0}")]
+    BadAddress(String),
     /// A stored sensor record cannot be read back.
-    #[error("state database {path}: sensor {id:?}: {message}")]
+    #[error("state database {place}: sensor {id:?}: {message}")]
     BadSensor {
-        /// The database file.
-        path: PathBuf,
+        /// The database (file or address).
+        place: String,
         /// The sensor.
         id: String,
         /// What is wrong.
@@ -66,17 +80,27 @@ pub enum Error {
 /// Result of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// The platform state database.
+/// The platform state database: SQLite in the data directory (one
+/// machine) or a shared PostgreSQL (a scaled deployment).
 #[derive(Debug)]
 pub struct StateDb {
-    /// Where the database lives, for error messages.
-    path: PathBuf,
-    /// The write connection; writes are rare and short.
-    conn: Mutex<Connection>,
-    /// A read connection of its own: with WAL a reader never waits for a
-    /// writer, so MQTT authentication and API token checks do not queue
-    /// behind a write's fsync on a slow disk.
-    reader: Mutex<Connection>,
+    backend: Backend,
+}
+
+#[derive(Debug)]
+enum Backend {
+    Sqlite(Box<sqlite::Sqlite>),
+    Postgres(Box<pg::Postgres>),
+}
+
+/// Calls the same method on whichever backend is in use.
+macro_rules! dispatch {
+    ($self:ident . $m:ident ( $($a:expr),* )) => {
+        match &$self.backend {
+            Backend::Sqlite(s) => s.$m($($a),*),
+            Backend::Postgres(p) => p.$m($($a),*),
+        }
+    };
 }
 
 /// A gateway as registered (no secret).
@@ -91,254 +115,114 @@ pub struct GatewayRecord {
 impl StateDb {
     /// Opens (creating if needed) `state.db` in `data_dir`.
     pub fn open(data_dir: &Path) -> Result<Self> {
-        let path = data_dir.join("state.db");
-        let sql = |source| Error::Sqlite {
-            path: path.clone(),
-            source,
-        };
-        let conn = Connection::open(&path).map_err(sql)?;
-        conn.busy_timeout(Duration::from_secs(10)).map_err(sql)?;
-        conn.execute_batch(
-            "PRAGMA journal_mode = WAL;
-             PRAGMA synchronous = FULL;
-             CREATE TABLE IF NOT EXISTS gateways (
-                 id TEXT PRIMARY KEY,
-                 token_sha256 TEXT NOT NULL,
-                 created_ms INTEGER NOT NULL
-             ) WITHOUT ROWID;
-             CREATE TABLE IF NOT EXISTS api_tokens (
-                 name TEXT PRIMARY KEY,
-                 token_sha256 TEXT NOT NULL UNIQUE,
-                 scopes TEXT NOT NULL,
-                 created_ms INTEGER NOT NULL,
-                 revoked_ms INTEGER
-             );
-             CREATE TABLE IF NOT EXISTS sensors (
-                 id TEXT PRIMARY KEY,
-                 spec TEXT NOT NULL,
-                 updated_ms INTEGER NOT NULL,
-                 updated_by TEXT NOT NULL
-             ) WITHOUT ROWID;
-             CREATE TABLE IF NOT EXISTS gateway_certs (
-                 serial TEXT PRIMARY KEY,
-                 gateway TEXT NOT NULL,
-                 revoked INTEGER NOT NULL DEFAULT 0
-             ) WITHOUT ROWID;
-             CREATE TABLE IF NOT EXISTS revocations (
-                 id INTEGER PRIMARY KEY AUTOINCREMENT,
-                 gateway TEXT NOT NULL,
-                 at_ms INTEGER NOT NULL
-             );",
-        )
-        .map_err(sql)?;
-        let reader = Connection::open(&path).map_err(sql)?;
-        reader.busy_timeout(Duration::from_secs(10)).map_err(sql)?;
         Ok(Self {
-            path,
-            conn: Mutex::new(conn),
-            reader: Mutex::new(reader),
+            backend: Backend::Sqlite(Box::new(sqlite::Sqlite::open(data_dir)?)),
         })
     }
 
-    fn sql(&self, source: rusqlite::Error) -> Error {
-        Error::Sqlite {
-            path: self.path.clone(),
-            source,
+    /// Connects to a shared PostgreSQL state database
+    /// (`postgres://USER:PASSWORD@HOST:PORT/DB`) and runs the migrations
+    /// it lacks. Blocking: call it off the async runtime's worker threads
+    /// (`spawn_blocking`), as every other method.
+    pub fn connect(url: &str) -> Result<Self> {
+        Ok(Self {
+            backend: Backend::Postgres(Box::new(pg::Postgres::connect(url)?)),
+        })
+    }
+
+    /// `--state` as given: a `postgres://` (or `postgresql://`) address, or
+    /// nothing for `state.db` in `data_dir`.
+    pub fn select(state: Option<&str>, data_dir: &Path) -> Result<Self> {
+        match state.map(str::trim).filter(|s| !s.is_empty()) {
+            Some(url) if is_postgres(url) => Self::connect(url),
+            Some(other) => Err(Error::BadAddress(format!(
+                "{:?} is not a postgres:// address (leave it unset for state.db in the data directory)",
+                redact(other)
+            ))),
+            None => Self::open(data_dir),
         }
     }
 
-    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
-        // A panic while holding the lock cannot leave SQLite inconsistent.
-        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    /// Where the state lives, without credentials (for logs).
+    pub fn place(&self) -> String {
+        match &self.backend {
+            Backend::Sqlite(s) => s.place(),
+            Backend::Postgres(p) => p.place().to_owned(),
+        }
     }
 
-    fn reader(&self) -> std::sync::MutexGuard<'_, Connection> {
-        self.reader.lock().unwrap_or_else(|p| p.into_inner())
+    /// Whether the state is shared with other processes over the network
+    /// (then sensors registered elsewhere must be picked up by polling
+    /// [`StateDb::sensors_revision`]).
+    pub fn is_shared(&self) -> bool {
+        matches!(self.backend, Backend::Postgres(_))
     }
 
     /// Registers a new gateway and returns its token (shown only once).
     pub fn add_gateway(&self, id: &GatewayId) -> Result<String> {
-        let token = new_token()?;
-        let n = self
-            .conn()
-            .execute(
-                "INSERT INTO gateways (id, token_sha256, created_ms) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (id) DO NOTHING",
-                params![id.as_str(), hash(&token), Timestamp::now().millis()],
-            )
-            .map_err(|e| self.sql(e))?;
-        if n == 0 {
-            return Err(Error::DuplicateGateway(id.to_string()));
-        }
-        Ok(token)
+        dispatch!(self.add_gateway(id))
     }
 
     /// Registers many new gateways in one transaction (fleet imports);
     /// returns their tokens in order. Fails whole if any id exists.
     pub fn add_gateways(&self, ids: &[GatewayId]) -> Result<Vec<String>> {
-        let mut conn = self.conn();
-        let tx = conn.transaction().map_err(|e| self.sql(e))?;
-        let mut tokens = Vec::with_capacity(ids.len());
-        {
-            let mut insert = tx
-                .prepare("INSERT INTO gateways (id, token_sha256, created_ms) VALUES (?1, ?2, ?3) ON CONFLICT (id) DO NOTHING")
-                .map_err(|e| self.sql(e))?;
-            let now = Timestamp::now().millis();
-            for id in ids {
-                let token = new_token()?;
-                if insert
-                    .execute(params![id.as_str(), hash(&token), now])
-                    .map_err(|e| self.sql(e))?
-                    == 0
-                {
-                    return Err(Error::DuplicateGateway(id.to_string()));
-                }
-                tokens.push(token);
-            }
-        }
-        tx.commit().map_err(|e| self.sql(e))?;
-        Ok(tokens)
+        dispatch!(self.add_gateways(ids))
     }
 
     /// Registers a gateway or replaces its token; returns the new token.
     /// Used for the demo's own simulated gateways at each start.
     pub fn rotate_gateway_token(&self, id: &GatewayId) -> Result<String> {
-        let token = new_token()?;
-        self.conn()
-            .execute(
-                "INSERT INTO gateways (id, token_sha256, created_ms) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (id) DO UPDATE SET token_sha256 = excluded.token_sha256",
-                params![id.as_str(), hash(&token), Timestamp::now().millis()],
-            )
-            .map_err(|e| self.sql(e))?;
-        Ok(token)
+        dispatch!(self.rotate_gateway_token(id))
     }
 
     /// Replaces the token of a registered gateway; returns the new one.
     /// The old token stops working at once (a live connection that used it
     /// stays until it reconnects).
     pub fn rotate_gateway(&self, id: &GatewayId) -> Result<String> {
-        let token = new_token()?;
-        let n = self
-            .conn()
-            .execute(
-                "UPDATE gateways SET token_sha256 = ?2 WHERE id = ?1",
-                params![id.as_str(), hash(&token)],
-            )
-            .map_err(|e| self.sql(e))?;
-        if n == 0 {
-            return Err(Error::UnknownGateway(id.to_string()));
-        }
-        Ok(token)
+        dispatch!(self.rotate_gateway(id))
     }
 
     /// Revokes a gateway: its token and every client certificate issued to
     /// it stop working, and the revocation is recorded so that a running
     /// gatekeeper (in this process or another) disconnects it at once.
     pub fn revoke_gateway(&self, id: &GatewayId) -> Result<()> {
-        let mut conn = self.conn();
-        let tx = conn.transaction().map_err(|e| self.sql(e))?;
-        let n = tx
-            .execute("DELETE FROM gateways WHERE id = ?1", [id.as_str()])
-            .map_err(|e| self.sql(e))?;
-        if n == 0 {
-            return Err(Error::UnknownGateway(id.to_string()));
-        }
-        tx.execute(
-            "UPDATE gateway_certs SET revoked = 1 WHERE gateway = ?1",
-            [id.as_str()],
-        )
-        .map_err(|e| self.sql(e))?;
-        tx.execute(
-            "INSERT INTO revocations (gateway, at_ms) VALUES (?1, ?2)",
-            params![id.as_str(), Timestamp::now().millis()],
-        )
-        .map_err(|e| self.sql(e))?;
-        tx.commit().map_err(|e| self.sql(e))
+        dispatch!(self.revoke_gateway(id))
     }
 
     /// Records the serial (hex) of a client certificate issued to `gateway`.
     pub fn record_gateway_cert(&self, gateway: &GatewayId, serial: &str) -> Result<()> {
-        self.conn()
-            .execute(
-                "INSERT INTO gateway_certs (serial, gateway) VALUES (?1, ?2)
-                 ON CONFLICT (serial) DO UPDATE SET gateway = excluded.gateway",
-                params![serial, gateway.as_str()],
-            )
-            .map(drop)
-            .map_err(|e| self.sql(e))
+        dispatch!(self.record_gateway_cert(gateway, serial))
     }
 
     /// Serials (hex) of every revoked client certificate.
     pub fn revoked_serials(&self) -> Result<std::collections::HashSet<String>> {
-        let conn = self.reader();
-        let mut stmt = conn
-            .prepare_cached("SELECT serial FROM gateway_certs WHERE revoked = 1")
-            .map_err(|e| self.sql(e))?;
-        let rows = stmt.query_map([], |r| r.get(0)).map_err(|e| self.sql(e))?;
-        rows.collect::<Result<_, _>>().map_err(|e| self.sql(e))
+        dispatch!(self.revoked_serials())
     }
 
     /// Revocations recorded after `after` (their id and gateway), oldest
     /// first; `last_revocation()` gives where to start.
     pub fn revocations_after(&self, after: i64) -> Result<Vec<(i64, String)>> {
-        let conn = self.reader();
-        let mut stmt = conn
-            .prepare_cached("SELECT id, gateway FROM revocations WHERE id > ?1 ORDER BY id")
-            .map_err(|e| self.sql(e))?;
-        let rows = stmt
-            .query_map([after], |r| Ok((r.get(0)?, r.get(1)?)))
-            .map_err(|e| self.sql(e))?;
-        rows.collect::<Result<_, _>>().map_err(|e| self.sql(e))
+        dispatch!(self.revocations_after(after))
     }
 
     /// The id of the newest revocation (0 when none).
     pub fn last_revocation(&self) -> Result<i64> {
-        self.reader()
-            .query_row("SELECT coalesce(max(id), 0) FROM revocations", [], |r| {
-                r.get(0)
-            })
-            .map_err(|e| self.sql(e))
+        dispatch!(self.last_revocation())
     }
 
     /// Whether `token` is the secret of gateway `id`.
     pub fn verify_gateway(&self, id: &str, token: &str) -> Result<bool> {
-        let stored: Option<String> = self
-            .reader()
-            .query_row(
-                "SELECT token_sha256 FROM gateways WHERE id = ?1",
-                [id],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(|e| self.sql(e))?;
-        Ok(stored.is_some_and(|s| equal(s.as_bytes(), hash(token).as_bytes())))
+        dispatch!(self.verify_gateway(id, token))
     }
 
     /// Whether a gateway is registered.
     pub fn gateway_exists(&self, id: &str) -> Result<bool> {
-        self.reader()
-            .query_row("SELECT 1 FROM gateways WHERE id = ?1", [id], |_| Ok(()))
-            .optional()
-            .map(|o| o.is_some())
-            .map_err(|e| self.sql(e))
+        dispatch!(self.gateway_exists(id))
     }
 
     /// Every registered gateway.
     pub fn gateways(&self) -> Result<Vec<GatewayRecord>> {
-        let conn = self.reader();
-        let mut stmt = conn
-            .prepare("SELECT id, created_ms FROM gateways ORDER BY id")
-            .map_err(|e| self.sql(e))?;
-        let rows = stmt
-            .query_map([], |r| {
-                Ok(GatewayRecord {
-                    id: r.get(0)?,
-                    created: Timestamp(r.get(1)?),
-                })
-            })
-            .map_err(|e| self.sql(e))?;
-        rows.collect::<Result<_, _>>().map_err(|e| self.sql(e))
+        dispatch!(self.gateways())
     }
 }
 
@@ -358,55 +242,23 @@ pub struct ApiToken {
 impl StateDb {
     /// Creates an API token; returns the secret (shown only once).
     pub fn create_token(&self, name: &str, scopes: &str) -> Result<String> {
-        let token = new_token()?;
-        let n = self
-            .conn()
-            .execute(
-                "INSERT INTO api_tokens (name, token_sha256, scopes, created_ms) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (name) DO NOTHING",
-                params![name, hash(&token), scopes, Timestamp::now().millis()],
-            )
-            .map_err(|e| self.sql(e))?;
-        if n == 0 {
-            return Err(Error::DuplicateToken(name.to_owned()));
-        }
-        Ok(token)
+        dispatch!(self.create_token(name, scopes))
     }
 
     /// Revokes a token by name; effective for the next request (the API
-    /// looks tokens up on every request).
+    /// looks tokens up on every request, in every replica).
     pub fn revoke_token(&self, name: &str) -> Result<()> {
-        let n = self
-            .conn()
-            .execute(
-                "UPDATE api_tokens SET revoked_ms = coalesce(revoked_ms, ?2) WHERE name = ?1",
-                params![name, Timestamp::now().millis()],
-            )
-            .map_err(|e| self.sql(e))?;
-        if n == 0 {
-            return Err(Error::UnknownToken(name.to_owned()));
-        }
-        Ok(())
+        dispatch!(self.revoke_token(name))
     }
 
     /// The live (not revoked) token with this secret, if any.
     pub fn verify_token(&self, token: &str) -> Result<Option<ApiToken>> {
-        self.reader()
-            .query_row(
-                "SELECT name, scopes, created_ms FROM api_tokens
-                 WHERE token_sha256 = ?1 AND revoked_ms IS NULL",
-                [hash(token)],
-                |r| {
-                    Ok(ApiToken {
-                        name: r.get(0)?,
-                        scopes: r.get(1)?,
-                        created: Timestamp(r.get(2)?),
-                        revoked: None,
-                    })
-                },
-            )
-            .optional()
-            .map_err(|e| self.sql(e))
+        dispatch!(self.verify_token(token))
+    }
+
+    /// Every token, revoked ones too (no secrets), ordered by name.
+    pub fn tokens(&self) -> Result<Vec<ApiToken>> {
+        dispatch!(self.tokens())
     }
 }
 
@@ -416,46 +268,45 @@ impl StateDb {
     /// Stores a sensor (replacing an earlier record of its id), noting who
     /// changed it.
     pub fn save_sensor(&self, spec: &SensorSpec, by: &str) -> Result<()> {
-        let json = serde_json::to_string(spec).map_err(|e| Error::BadSensor {
-            path: self.path.clone(),
-            id: spec.id.clone(),
-            message: e.to_string(),
-        })?;
-        self.conn()
-            .execute(
-                "INSERT INTO sensors (id, spec, updated_ms, updated_by) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (id) DO UPDATE SET spec = excluded.spec,
-                     updated_ms = excluded.updated_ms, updated_by = excluded.updated_by",
-                params![spec.id, json, Timestamp::now().millis(), by],
-            )
-            .map_err(|e| self.sql(e))?;
-        Ok(())
+        dispatch!(self.save_sensor(spec, by))
     }
 
     /// Every stored sensor, ordered by id.
     pub fn sensors(&self) -> Result<Vec<SensorSpec>> {
-        let conn = self.reader();
-        let mut stmt = conn
-            .prepare("SELECT id, spec FROM sensors ORDER BY id")
-            .map_err(|e| self.sql(e))?;
-        let rows = stmt
-            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
-            .map_err(|e| self.sql(e))?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (id, json) = row.map_err(|e| self.sql(e))?;
-            out.push(serde_json::from_str(&json).map_err(|e| Error::BadSensor {
-                path: self.path.clone(),
-                id,
-                message: e.to_string(),
-            })?);
+        dispatch!(self.sensors())
+    }
+
+    /// A number that changes whenever a stored sensor does (`None` where
+    /// the state is not shared and no other process changes it).
+    pub fn sensors_revision(&self) -> Result<Option<i64>> {
+        match &self.backend {
+            Backend::Sqlite(_) => Ok(None),
+            Backend::Postgres(p) => p.sensors_revision().map(Some),
         }
-        Ok(out)
+    }
+}
+
+/// Whether `--state` names a PostgreSQL database.
+pub fn is_postgres(url: &str) -> bool {
+    url.starts_with("postgres://") || url.starts_with("postgresql://")
+}
+
+/// `url` with any password replaced, for messages.
+pub fn redact(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => match rest.rsplit_once('@') {
+            Some((userinfo, host)) => {
+                let user = userinfo.split(':').next().unwrap_or("");
+                format!("{scheme}://{user}:***@{host}")
+            }
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
     }
 }
 
 /// A new random token: 256 bits, hex.
-fn new_token() -> Result<String> {
+pub(crate) fn new_token() -> Result<String> {
     let mut bytes = [0u8; 32];
     SystemRandom::new()
         .fill(&mut bytes)
@@ -463,7 +314,7 @@ fn new_token() -> Result<String> {
     Ok(hex(&bytes))
 }
 
-fn hash(token: &str) -> String {
+pub(crate) fn hash(token: &str) -> String {
     hex(digest::digest(&digest::SHA256, token.as_bytes()).as_ref())
 }
 
@@ -472,49 +323,8 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 /// Compares without an early exit.
-fn equal(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn equal(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-#[cfg(test)]
-mod reader_tests {
-    use super::*;
-
-    #[test]
-    fn reads_never_wait_for_a_write_in_progress() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = std::sync::Arc::new(StateDb::open(dir.path()).unwrap());
-        let id = GatewayId::new("gw-a").unwrap();
-        let token = db.add_gateway(&id).unwrap();
-        // A write holds the writer (as a commit on a slow disk would).
-        let (held_tx, held_rx) = std::sync::mpsc::channel();
-        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
-        let writer = {
-            let db = db.clone();
-            std::thread::spawn(move || {
-                let _writing = db.conn();
-                held_tx.send(()).unwrap();
-                let _ = release_rx.recv();
-            })
-        };
-        held_rx.recv().unwrap();
-        // Authentication and token checks still answer meanwhile.
-        let (done_tx, done_rx) = std::sync::mpsc::channel();
-        let reader = {
-            let db = db.clone();
-            std::thread::spawn(move || {
-                let ok = db.verify_gateway("gw-a", &token).unwrap()
-                    && db.gateway_exists("gw-a").unwrap()
-                    && db.verify_token("nope").unwrap().is_none();
-                done_tx.send(ok).unwrap();
-            })
-        };
-        let answered = done_rx.recv_timeout(std::time::Duration::from_secs(5));
-        release_tx.send(()).unwrap();
-        writer.join().unwrap();
-        reader.join().unwrap();
-        assert_eq!(answered, Ok(true), "reads queued behind the write");
-    }
 }
 
 #[cfg(test)]

@@ -733,7 +733,7 @@ impl IngestWorker {
             log,
         };
         let url = format!("http://{http}/healthz");
-        eventually(Duration::from_secs(30), "pantau ingest /healthz", || {
+        let up = eventually(Duration::from_secs(30), "pantau ingest /healthz", || {
             let url = url.clone();
             async move {
                 reqwest::get(&url)
@@ -743,7 +743,20 @@ impl IngestWorker {
                     .map(drop)
             }
         })
-        .await?;
+        .await;
+        if let Err(e) = up {
+            let log = std::fs::read_to_string(&w.log).unwrap_or_default();
+            let tail: Vec<&str> = log
+                .lines()
+                .filter(|l| !l.starts_with("   "))
+                .rev()
+                .take(12)
+                .collect();
+            bail!(
+                "{e}; its log ends:\n{}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
         Ok(w)
     }
 

@@ -323,3 +323,189 @@ fn which(name: &str) -> Result<PathBuf> {
     }
     bail!("{name} not found on PATH")
 }
+
+/// PostgreSQL (Debian's `postgresql`, version 15 on bookworm): a cluster of
+/// its own made by `initdb` in a temporary directory, password
+/// authentication (SCRAM) on a free loopback port, a database `pantau`
+/// owned by role `pantau`. Run as the `postgres` system user when the
+/// tests run as root (the server refuses root).
+#[derive(Debug)]
+pub struct Postgres {
+    child: Option<Child>,
+    /// TCP address.
+    pub addr: SocketAddr,
+    /// Password of role `pantau`.
+    pub password: String,
+    bin: PathBuf,
+    root: tempfile::TempDir,
+}
+
+impl Postgres {
+    /// Makes and starts the cluster.
+    pub async fn start() -> Result<Self> {
+        let bin = pg_bin()?;
+        let root = tempfile::Builder::new().prefix("pantau-pg-").tempdir()?;
+        let password = format!("pw-{}", std::process::id());
+        let data = root.path().join("data");
+        std::fs::write(root.path().join("pwfile"), &password)?;
+        let me = Self {
+            child: None,
+            addr: free_addr(),
+            password,
+            bin,
+            root,
+        };
+        if as_root() {
+            // The postgres user must reach and own the cluster's files.
+            std::fs::set_permissions(
+                me.root.path(),
+                std::os::unix::fs::PermissionsExt::from_mode(0o755),
+            )?;
+            let ok = Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(me.root.path())
+                .status()?
+                .success();
+            if !ok {
+                bail!("chown of the PostgreSQL test cluster failed");
+            }
+        }
+        let out = me
+            .command("initdb")
+            .arg("-D")
+            .arg(&data)
+            .args(["-U", "pantau", "--auth=scram-sha-256", "--no-sync"])
+            .arg(format!(
+                "--pwfile={}",
+                me.root.path().join("pwfile").display()
+            ))
+            .output()
+            .context("run initdb (install Debian's postgresql)")?;
+        if !out.status.success() {
+            bail!("initdb failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let mut me = me;
+        me.restart().await?;
+        let out = Command::new(me.bin.join("createdb"))
+            .args(["-h", "127.0.0.1", "-p", &me.addr.port().to_string()])
+            .args(["-U", "pantau", "pantau"])
+            .env("PGPASSWORD", &me.password)
+            .output()?;
+        if !out.status.success() {
+            bail!("createdb failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(me)
+    }
+
+    fn command(&self, program: &str) -> Command {
+        if as_root() {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(self.bin.join(program));
+            c
+        } else {
+            Command::new(self.bin.join(program))
+        }
+    }
+
+    /// The database's address, with the password.
+    pub fn url(&self) -> String {
+        format!(
+            "postgres://pantau:{}@127.0.0.1:{}/pantau",
+            self.password,
+            self.addr.port()
+        )
+    }
+
+    /// Stops the server (SIGKILL).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// (Re)starts the server on the same port and data; waits until it
+    /// accepts connections.
+    pub async fn restart(&mut self) -> Result<()> {
+        self.stop();
+        let log = self.root.path().join("postgres.log");
+        let mut cmd = self.command("postgres");
+        cmd.arg("-D")
+            .arg(self.root.path().join("data"))
+            .args(["-p", &self.addr.port().to_string()])
+            .args(["-c", "listen_addresses=127.0.0.1"])
+            .arg("-c")
+            .arg(format!(
+                "unix_socket_directories={}",
+                self.root.path().display()
+            ))
+            .args(["-c", "max_connections=200"]);
+        self.child = Some(spawn_logged(&mut cmd, &log).context("start postgres")?);
+        let (ready, port) = (self.bin.join("pg_isready"), self.addr.port().to_string());
+        eventually(Duration::from_secs(30), "postgres ready", || {
+            let ok = Command::new(&ready)
+                .args(["-q", "-h", "127.0.0.1", "-p", &port])
+                .status()
+                .is_ok_and(|s| s.success());
+            async move { ok.then_some(()) }
+        })
+        .await
+    }
+
+    /// Runs SQL with psql; returns its unaligned, tuples-only output.
+    pub fn psql(&self, sql: &str) -> Result<String> {
+        let out = Command::new(self.bin.join("psql"))
+            .args(["-h", "127.0.0.1", "-p", &self.addr.port().to_string()])
+            .args([
+                "-U",
+                "pantau",
+                "-d",
+                "pantau",
+                "-X",
+                "-A",
+                "-t",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-c",
+                sql,
+            ])
+            .env("PGPASSWORD", &self.password)
+            .output()?;
+        if !out.status.success() {
+            bail!("psql {sql:?}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn as_root() -> bool {
+    // The tests run as root in CI; `id -u` avoids unsafe libc calls.
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0\n"))
+}
+
+/// The newest installed PostgreSQL's binaries (`/usr/lib/postgresql/N/bin`).
+fn pg_bin() -> Result<PathBuf> {
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .context("no /usr/lib/postgresql (install Debian's postgresql)")?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let v = e.file_name().to_str()?.parse().ok()?;
+            let bin = e.path().join("bin");
+            bin.join("postgres").exists().then_some((v, bin))
+        })
+        .collect();
+    versions.sort();
+    versions
+        .pop()
+        .map(|(_, b)| b)
+        .context("no PostgreSQL server binaries under /usr/lib/postgresql")
+}
