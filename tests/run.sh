@@ -2,7 +2,7 @@
 # Runs Pantau's whole test suite on a fresh machine: installs the
 # third-party services the end-to-end tests drive (Debian packages:
 # mosquitto, mosquitto-clients, influxdb, victoria-metrics, postgresql,
-# chromium and chromium-driver for the web pages; socat for a
+# haproxy, chromium and chromium-driver for the web pages; socat for a
 # serial line of pseudo-terminals; util-linux's prlimit for a small
 # open-file limit) and the API
 # checkers (PyPI: schemathesis, openapi-spec-validator) and a container-file
@@ -26,6 +26,9 @@ command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
 # Shared platform state (tests/tests/shared_state.rs): a PostgreSQL server
 # (Debian's postgresql; the tests make their own cluster with initdb).
 compgen -G "/usr/lib/postgresql/*/bin/postgres" >/dev/null || need+=(postgresql)
+# The scaled topology (tests/tests/scaled.rs): a load balancer in front
+# of the API replicas.
+command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || need+=(haproxy)
 # The deploy checks (tests/tests/deploy.rs): systemd-analyze.
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 if [ ${#need[@]} -gt 0 ]; then

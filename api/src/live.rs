@@ -156,6 +156,11 @@ pub(crate) struct Params {
     sensor: Option<String>,
     /// Districts (kecamatan), e.g. `Dumai Kota`.
     district: Option<String>,
+    /// Every reading, in order, instead of the latest of each sensor when
+    /// the stream falls behind: it follows the feed's ring (4 096 events)
+    /// and, once it falls off it, gets a `lagged` event with how many it
+    /// missed (an analyst's recorder; a map wants the default).
+    complete: Option<bool>,
 }
 
 /// The client address of a request (through trusted proxies) admitted to
@@ -175,6 +180,8 @@ pub(crate) struct Filter {
     kinds: Option<BTreeSet<SensorKind>>,
     sensors: Option<BTreeSet<String>>,
     districts: Option<BTreeSet<String>>,
+    /// Every reading rather than coalescing when behind.
+    complete: bool,
 }
 
 fn list(v: &Option<String>) -> Option<BTreeSet<String>> {
@@ -211,6 +218,7 @@ impl Filter {
             kinds,
             sensors: list(&p.sensor),
             districts: list(&p.district),
+            complete: p.complete.unwrap_or(false),
         })
     }
 
@@ -327,7 +335,7 @@ pub(crate) fn subscribe(
                 let (filter, audience) = (&f.filter, &f.audience);
                 let ring = f.hub.lock();
                 while f.batch.len() < f.budget {
-                    match ring.next(&mut f.cursor, |ev| {
+                    match ring.next(&mut f.cursor, filter.complete, |ev| {
                         filter.matches(ev).then(|| audience.view(ev)).flatten()
                     }) {
                         Next::Reading(v, skipped) => {

@@ -30,6 +30,14 @@ use crate::pipeline::Ingestor;
 /// The shared-subscription group of all ingest workers.
 pub const SHARE_FILTER: &str = "$share/pantau-ingest/pantau/v1/gw/+/telemetry";
 
+/// Where ingest workers publish each commit (`pantau/v1/committed/WORKER`,
+/// a JSON array of the committed readings), after the commit and before
+/// the acknowledgement, for the API replicas' live feeds and latest values.
+pub const COMMITTED_PREFIX: &str = "pantau/v1/committed/";
+
+/// What every API replica subscribes to (no shared group: each gets all).
+pub const COMMITTED_FILTER: &str = "pantau/v1/committed/+";
+
 /// How to reach the external broker.
 #[derive(Clone)]
 pub struct ConsumerConfig {
@@ -121,7 +129,9 @@ async fn session(
     if let Some(tls) = &cfg.tls {
         opts.set_transport(Transport::Tls(TlsConfiguration::Rustls(tls.clone())));
     }
-    let (client, mut eventloop) = AsyncClient::new(opts, 256);
+    // Room for an ack and a commit announcement per message in flight.
+    let (client, mut eventloop) = AsyncClient::new(opts, 1024);
+    let committed_topic = format!("{COMMITTED_PREFIX}{}", cfg.worker_id);
     // Commits in flight, in arrival order; acks leave in that order.
     let mut pending = FuturesOrdered::new();
     loop {
@@ -148,10 +158,13 @@ async fn session(
                             .ok()
                             .filter(|t| t.kind == TopicKind::Telemetry);
                         let result = match gateway {
-                            Some(t) => ingestor.ingest(t.gateway.as_str(), &p.payload).await.map(drop),
+                            Some(t) => ingestor
+                                .ingest_committed(t.gateway.as_str(), &[&p.payload[..]])
+                                .await
+                                .map(|(_, committed)| Some(committed)),
                             None => {
                                 ingestor.metrics().reject_envelope("foreign_topic");
-                                Ok(())
+                                Ok(None)
                             }
                         };
                         (p, result)
@@ -161,7 +174,17 @@ async fn session(
                 Err(e) => return SessionEnd::Connection(e.to_string()),
             },
             Some((publish, result)) = pending.next(), if !pending.is_empty() => match result {
-                Ok(()) => {
+                Ok(committed) => {
+                    // The commit goes out before the ack, on the same
+                    // connection: if this worker dies before either is
+                    // sent, the broker redelivers and whoever commits
+                    // again publishes again.
+                    if let Some(c) = committed.filter(|c| !c.readings().is_empty()) {
+                        let body = serde_json::to_vec(c.readings()).unwrap_or_default();
+                        if let Err(e) = client.try_publish(committed_topic.clone(), QoS::AtLeastOnce, false, body) {
+                            return SessionEnd::Connection(e.to_string());
+                        }
+                    }
                     // Never await here: the event loop that sends the ack is
                     // polled by this same task.
                     if let Err(e) = client.try_ack(&publish) {
@@ -174,6 +197,129 @@ async fn session(
             },
             _ = shutdown.cancelled() => {
                 // Let commits in flight finish and acknowledge them.
+                while let Some((publish, result)) = pending.next().await {
+                    let Ok(committed) = result else { break };
+                    if let Some(c) = committed.filter(|c| !c.readings().is_empty()) {
+                        let body = serde_json::to_vec(c.readings()).unwrap_or_default();
+                        if client.try_publish(committed_topic.clone(), QoS::AtLeastOnce, false, body).is_err() {
+                            break;
+                        }
+                    }
+                    if client.try_ack(&publish).is_err() {
+                        break;
+                    }
+                }
+                let _ = client.try_disconnect();
+                let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                    while eventloop.poll().await.is_ok() {}
+                })
+                .await;
+                return SessionEnd::Shutdown;
+            }
+        }
+    }
+}
+
+/// An API replica's subscription to the ingest workers' commits
+/// ([`COMMITTED_FILTER`]): a persistent session (client id
+/// `pantau-api-{worker_id}`, clean_session = false) so a replica that was
+/// away gets what it missed, each message mirrored into the replica's own
+/// log (latest values) and live feeds before it is acknowledged. A body
+/// that is not a list of readings is counted (`bad_committed`) and
+/// acknowledged, never retried forever. Runs until `shutdown`.
+pub async fn mirror(
+    cfg: ConsumerConfig,
+    ingestor: Arc<Ingestor>,
+    health: Health,
+    shutdown: CancellationToken,
+) {
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30))
+        .expect("valid backoff bounds");
+    loop {
+        let reason = match mirror_session(&cfg, &ingestor, &health, &shutdown, &mut backoff).await {
+            SessionEnd::Shutdown => return,
+            SessionEnd::Connection(e) | SessionEnd::Commit(e) | SessionEnd::Refused(e) => e,
+        };
+        health.down(
+            Part::Consumer,
+            format_args!("broker {}:{}: {reason}", cfg.host, cfg.port),
+        );
+        let delay = backoff.next_delay();
+        tracing::warn!(replica = %cfg.worker_id, error = %reason, retry_in_ms = delay.as_millis() as u64, "Broker session ended, reconnecting.");
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = shutdown.cancelled() => return,
+        }
+    }
+}
+
+async fn mirror_session(
+    cfg: &ConsumerConfig,
+    ingestor: &Arc<Ingestor>,
+    health: &Health,
+    shutdown: &CancellationToken,
+    backoff: &mut Backoff,
+) -> SessionEnd {
+    let mut opts = MqttOptions::new(
+        format!("pantau-api-{}", cfg.worker_id),
+        cfg.host.clone(),
+        cfg.port,
+    );
+    opts.set_clean_session(false);
+    opts.set_manual_acks(true);
+    opts.set_keep_alive(Duration::from_secs(30));
+    opts.set_max_packet_size(4 * 1024 * 1024, 1024 * 1024);
+    if let (Some(u), p) = (&cfg.username, &cfg.password) {
+        opts.set_credentials(u.clone(), p.clone().unwrap_or_default());
+    }
+    if let Some(tls) = &cfg.tls {
+        opts.set_transport(Transport::Tls(TlsConfiguration::Rustls(tls.clone())));
+    }
+    let (client, mut eventloop) = AsyncClient::new(opts, 1024);
+    let mut pending = FuturesOrdered::new();
+    loop {
+        tokio::select! {
+            ev = eventloop.poll() => match ev {
+                Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                    backoff.reset();
+                    tracing::info!(replica = %cfg.worker_id, session_present = ack.session_present, "Connected to the external broker.");
+                    if let Err(e) = client.try_subscribe(COMMITTED_FILTER, QoS::AtLeastOnce) {
+                        return SessionEnd::Connection(e.to_string());
+                    }
+                }
+                Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                    if ack.return_codes.iter().any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure)) {
+                        return SessionEnd::Refused(format!("subscription to {COMMITTED_FILTER} refused"));
+                    }
+                    health.up(Part::Consumer);
+                    tracing::info!(replica = %cfg.worker_id, filter = COMMITTED_FILTER, "Subscribed to the ingest workers' commits.");
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    let ingestor = ingestor.clone();
+                    pending.push_back(async move {
+                        let result = match serde_json::from_slice::<Vec<crate::log::LoggedReading>>(&p.payload) {
+                            Ok(readings) => ingestor.mirror(readings).await,
+                            Err(e) => {
+                                ingestor.metrics().reject_envelope("bad_committed");
+                                tracing::warn!(topic = %p.topic, error = %e, "A commit announcement is not a list of readings; skipped.");
+                                Ok(())
+                            }
+                        };
+                        (p, result)
+                    });
+                }
+                Ok(_) => {}
+                Err(e) => return SessionEnd::Connection(e.to_string()),
+            },
+            Some((publish, result)) = pending.next(), if !pending.is_empty() => match result {
+                Ok(()) => {
+                    if let Err(e) = client.try_ack(&publish) {
+                        return SessionEnd::Connection(e.to_string());
+                    }
+                }
+                Err(e) => return SessionEnd::Commit(e.to_string()),
+            },
+            _ = shutdown.cancelled() => {
                 while let Some((publish, result)) = pending.next().await {
                     if result.is_err() || client.try_ack(&publish).is_err() {
                         break;

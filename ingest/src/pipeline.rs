@@ -140,6 +140,16 @@ impl Ingestor {
         gateway: &str,
         payloads: &[&[u8]],
     ) -> Result<Vec<IngestOutcome>> {
+        Ok(self.ingest_committed(gateway, payloads).await?.0)
+    }
+
+    /// [`Ingestor::ingest_many`], also answering the readings as committed
+    /// (an ingest worker publishes them for the API replicas).
+    pub async fn ingest_committed(
+        &self,
+        gateway: &str,
+        payloads: &[&[u8]],
+    ) -> Result<(Vec<IngestOutcome>, crate::log::Committed)> {
         let mut registry = self.registry();
         let now = Timestamp::now();
         let mut logged: Vec<LoggedReading> = Vec::new();
@@ -205,7 +215,17 @@ impl Ingestor {
         }
         let committed = self.log.append_with(logged, kept, Vec::new()).await?;
         self.offer_live(&committed);
-        Ok(outcomes)
+        Ok((outcomes, committed))
+    }
+
+    /// Takes readings another process committed (an API replica mirrors
+    /// what the ingest workers publish after their commits): kept in this
+    /// process's log for the latest values, then offered to live feeds.
+    /// They were validated where they were committed.
+    pub async fn mirror(&self, readings: Vec<LoggedReading>) -> Result<()> {
+        let committed = self.log.append(readings).await?;
+        self.offer_live(&committed);
+        Ok(())
     }
 
     /// Re-ingests kept rejected readings matching `filter` (after their

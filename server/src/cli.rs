@@ -30,6 +30,9 @@ enum Command {
     Up(UpArgs),
     /// Consume telemetry from an external MQTT broker into storage.
     Ingest(IngestArgs),
+    /// Serve the API as one replica of a scaled deployment: history from
+    /// InfluxDB, state from PostgreSQL, live readings from the broker.
+    Api(ReplicaArgs),
     /// Manage gateways.
     Gateway {
         #[command(subcommand)]
@@ -170,6 +173,35 @@ struct IngestArgs {
     api: ApiArgs,
 }
 
+#[derive(Debug, clap::Args)]
+struct ReplicaArgs {
+    /// Broker cluster the ingest workers publish their commits to:
+    /// mqtts://HOST:PORT (or mqtt://HOST:PORT on loopback).
+    #[arg(long, env = "PANTAU_BROKER")]
+    broker: String,
+    /// Stable replica name (its MQTT client id is pantau-api-NAME).
+    #[arg(long, env = "PANTAU_REPLICA_ID")]
+    replica_id: String,
+    /// CA certificate of the broker (PEM), for mqtts://.
+    #[arg(long, env = "PANTAU_BROKER_CA")]
+    broker_ca: Option<PathBuf>,
+    /// Cache directory (mirrored commits, TLS files) [default: ./pantau-data].
+    #[arg(long, env = "PANTAU_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Sensor registry (TOML), the same file the ingest workers use.
+    #[arg(long, env = "PANTAU_REGISTRY")]
+    registry: Option<PathBuf>,
+    /// HTTP API address [default: 127.0.0.1:8080]; HTTPS off loopback.
+    #[arg(long, env = "PANTAU_HTTP_LISTEN")]
+    http_listen: Option<SocketAddr>,
+    #[command(flatten)]
+    state: StateArgs,
+    #[command(flatten)]
+    storage: StorageArgs,
+    #[command(flatten)]
+    api: ApiArgs,
+}
+
 #[derive(Debug, Subcommand)]
 enum GatewayCommand {
     /// Register a gateway; prints its credentials once, as JSON.
@@ -247,6 +279,24 @@ pub fn main() -> ExitCode {
             tokio::runtime::Runtime::new()
                 .map_err(anyhow::Error::from)
                 .and_then(|rt| rt.block_on(crate::ingest::run(cfg)))
+        }
+        Command::Api(args) => {
+            let cfg = crate::replica::ReplicaConfig {
+                broker: args.broker,
+                replica_id: args.replica_id,
+                broker_ca: args.broker_ca,
+                data_dir: dir(args.data_dir),
+                registry: args.registry,
+                http_listen: args
+                    .http_listen
+                    .unwrap_or_else(|| DEFAULT_HTTP.parse().expect("valid default")),
+                state: args.state,
+                storage: args.storage,
+                api: args.api,
+            };
+            tokio::runtime::Runtime::new()
+                .map_err(anyhow::Error::from)
+                .and_then(|rt| rt.block_on(crate::replica::run(cfg)))
         }
         Command::Gateway {
             command:

@@ -11,6 +11,7 @@ pub mod demo;
 pub mod ingest;
 pub mod limits;
 pub mod registry;
+pub mod replica;
 pub mod shutdown;
 pub mod storage;
 pub mod up;

@@ -781,6 +781,123 @@ impl Drop for IngestWorker {
     }
 }
 
+/// A running `pantau api` replica.
+#[derive(Debug)]
+pub struct ApiReplica {
+    child: Child,
+    /// Its cache directory.
+    pub data_dir: PathBuf,
+    /// Its HTTP address.
+    pub http: SocketAddr,
+    /// Its log.
+    pub log: PathBuf,
+    args: Vec<String>,
+}
+
+impl ApiReplica {
+    /// Starts `pantau api --broker BROKER --replica-id ID --http-listen
+    /// ADDR ...` (on a free port, or `http` when given) and waits for its
+    /// /readyz.
+    pub async fn start(
+        data_dir: &Path,
+        broker: &str,
+        replica_id: &str,
+        http: Option<SocketAddr>,
+        extra: &[&str],
+    ) -> Result<Self> {
+        std::fs::create_dir_all(data_dir)?;
+        let http = http.unwrap_or_else(free_addr);
+        let log = data_dir.with_extension(format!("{}.log", http.port()));
+        let mut args: Vec<String> = ["api", "--broker", broker, "--replica-id", replica_id]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        args.extend(["--data-dir".into(), data_dir.display().to_string()]);
+        args.extend(["--http-listen".into(), http.to_string()]);
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let child = Command::new(binary("pantau"))
+            .args(&args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()
+            .context("spawn pantau api")?;
+        let r = Self {
+            child,
+            data_dir: data_dir.to_owned(),
+            http,
+            log,
+            args,
+        };
+        r.wait_ready().await?;
+        Ok(r)
+    }
+
+    async fn wait_ready(&self) -> Result<()> {
+        let url = format!("http://{}/readyz", self.http);
+        let up = eventually(Duration::from_secs(30), "pantau api /readyz", || {
+            let url = url.clone();
+            async move {
+                reqwest::get(&url)
+                    .await
+                    .ok()
+                    .filter(|r| r.status().is_success())
+                    .map(drop)
+            }
+        })
+        .await;
+        if let Err(e) = up {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let tail: Vec<&str> = log
+                .lines()
+                .filter(|l| !l.starts_with("   "))
+                .rev()
+                .take(12)
+                .collect();
+            bail!(
+                "{e}; its log ends:\n{}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
+        Ok(())
+    }
+
+    /// Starts it again with the same arguments (after [`ApiReplica::kill`]).
+    pub async fn restart(&mut self) -> Result<()> {
+        self.kill();
+        self.child = Command::new(binary("pantau"))
+            .args(&self.args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::OpenOptions::new().append(true).open(&self.log)?)
+            .spawn()
+            .context("spawn pantau api")?;
+        self.wait_ready().await
+    }
+
+    /// `http://ADDR{path}`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.http)
+    }
+
+    /// `/metrics` as text.
+    pub async fn metrics(&self) -> Result<String> {
+        Ok(reqwest::get(self.url("/metrics")).await?.text().await?)
+    }
+
+    /// SIGKILL.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ApiReplica {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 /// Every (sensor, ts) key in an embedded store, with how often it occurs.
 pub fn stored_keys(data_dir: &Path) -> Result<Vec<(String, i64)>> {
     let conn = store_conn(data_dir)?;

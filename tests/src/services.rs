@@ -509,3 +509,61 @@ fn pg_bin() -> Result<PathBuf> {
         .map(|(_, b)| b)
         .context("no PostgreSQL server binaries under /usr/lib/postgresql")
 }
+
+/// HAProxy (Debian's `haproxy`) in front of HTTP backends: round robin,
+/// each backend checked on `/readyz` every 500 ms, a request to a dead
+/// backend retried on another (`option redispatch`), long timeouts for
+/// live streams.
+#[derive(Debug)]
+pub struct Haproxy {
+    child: Child,
+    /// Frontend address.
+    pub addr: SocketAddr,
+}
+
+impl Haproxy {
+    /// Starts it under `dir` for `backends`; waits until the frontend
+    /// answers `/healthz` through a backend.
+    pub async fn start(dir: &Path, backends: &[SocketAddr]) -> Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let addr = free_addr();
+        let servers: String = backends
+            .iter()
+            .enumerate()
+            .map(|(i, b)| format!("  server r{i} {b} check inter 500ms fall 2 rise 1\n"))
+            .collect();
+        let conf = dir.join("haproxy.cfg");
+        std::fs::write(
+            &conf,
+            format!(
+                "global\n  maxconn 4000\ndefaults\n  mode http\n  timeout connect 2s\n  timeout client 120s\n  timeout server 120s\n  timeout tunnel 1h\n  retries 3\n  option redispatch\nfrontend api\n  bind {addr}\n  default_backend replicas\nbackend replicas\n  balance roundrobin\n  option httpchk GET /readyz\n  http-check expect status 200\n{servers}"
+            ),
+        )?;
+        let out = Command::new(which("haproxy")?)
+            .arg("-c")
+            .arg("-f")
+            .arg(&conf)
+            .output()
+            .context("run haproxy (install Debian's haproxy)")?;
+        if !out.status.success() {
+            bail!("haproxy -c: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let child = spawn_logged(
+            Command::new(which("haproxy")?)
+                .arg("-db")
+                .arg("-f")
+                .arg(&conf),
+            &dir.join("haproxy.log"),
+        )?;
+        let me = Self { child, addr };
+        http_ready(&format!("http://{addr}/healthz"), "haproxy frontend").await?;
+        Ok(me)
+    }
+}
+
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -182,8 +182,21 @@ impl Ring {
 
     /// The next entry after `cursor` that `wants` keeps (it returns what to
     /// send), advancing the cursor past everything looked at.
-    pub(crate) fn next<T>(&self, cursor: &mut u64, wants: impl Fn(&Ev) -> Option<T>) -> Next<T> {
-        if self.head.saturating_sub(*cursor) > BEHIND || *cursor + 1 < self.first {
+    /// A `complete` stream never coalesces: it follows the ring however
+    /// far behind, and once it falls off the ring's start it gets one
+    /// `Lagged` with how many events it missed, then goes on from there.
+    pub(crate) fn next<T>(
+        &self,
+        cursor: &mut u64,
+        complete: bool,
+        wants: impl Fn(&Ev) -> Option<T>,
+    ) -> Next<T> {
+        if complete && *cursor + 1 < self.first {
+            let missed = self.first - *cursor - 1;
+            *cursor = self.first - 1;
+            return Next::Lagged(missed);
+        }
+        if (!complete && self.head.saturating_sub(*cursor) > BEHIND) || *cursor + 1 < self.first {
             // Behind: the latest of each sensor after the cursor.
             for (&seq, ev) in self.by_seq.range(*cursor + 1..) {
                 if let Some(out) = wants(ev) {
@@ -346,7 +359,7 @@ mod tests {
             ring.push(ev(["a", "b", "private"][i % 3], i as u64));
         }
         let mut got = Vec::new();
-        while let Next::Reading(v, skipped) = ring.next(&mut cursor, public) {
+        while let Next::Reading(v, skipped) = ring.next(&mut cursor, false, public) {
             assert_eq!(skipped, 0);
             got.push(v.to_string());
         }
@@ -356,7 +369,7 @@ mod tests {
             .collect();
         assert_eq!(got, want);
         assert_eq!(cursor, ring.head());
-        assert_eq!(ring.next(&mut cursor, public), Next::Idle);
+        assert_eq!(ring.next(&mut cursor, false, public), Next::Idle);
     }
 
     #[test]
@@ -371,7 +384,7 @@ mod tests {
         assert_eq!(ring.by_seq.len(), 10);
         let mut got = Vec::new();
         let mut skipped = 0;
-        while let Next::Reading(v, s) = ring.next(&mut cursor, public) {
+        while let Next::Reading(v, s) = ring.next(&mut cursor, false, public) {
             got.push(v.to_string());
             skipped += s;
         }
@@ -383,6 +396,47 @@ mod tests {
     }
 
     #[test]
+    fn a_complete_stream_takes_every_event_however_far_behind_within_the_ring() {
+        let mut ring = Ring::default();
+        let mut cursor = ring.head();
+        let n = RING as u64 - 1;
+        for i in 0..n {
+            ring.push(ev(&format!("s{}", i % 10), i));
+        }
+        let mut got = Vec::new();
+        while let Next::Reading(v, s) = ring.next(&mut cursor, true, public) {
+            assert_eq!(s, 0, "a complete stream coalesced");
+            got.push(v.to_string());
+        }
+        let want: Vec<String> = (0..n).map(|i| format!("s{}:{i}", i % 10)).collect();
+        assert_eq!(got, want);
+        // Fallen off the ring: told how many it missed, then in order again.
+        for i in n..n + 2 * RING as u64 {
+            ring.push(ev(&format!("s{}", i % 10), i));
+        }
+        let Next::Lagged(missed) = ring.next(&mut cursor, true, public) else {
+            panic!("no lagged event for readings off the ring");
+        };
+        let Next::Reading(first, 0) = ring.next(&mut cursor, true, public) else {
+            panic!("no reading after the lagged event");
+        };
+        let resumed: u64 = first.split_once(':').unwrap().1.parse().unwrap();
+        assert_eq!(
+            resumed,
+            n + missed,
+            "missed count does not match the resume point"
+        );
+        let mut rest = 1;
+        while let Next::Reading(..) = ring.next(&mut cursor, true, public) {
+            rest += 1;
+        }
+        assert_eq!(
+            rest as usize, RING,
+            "every event on the ring taken after the gap"
+        );
+    }
+
+    #[test]
     fn a_slow_stream_never_takes_an_older_reading_of_a_sensor_after_a_newer_one() {
         let mut ring = Ring::default();
         let mut cursor = ring.head();
@@ -391,7 +445,7 @@ mod tests {
             ring.push(ev(&format!("s{}", i % 7), i));
             // One take per three readings: it falls behind and coalesces.
             if i % 3 == 0 {
-                if let Next::Reading(v, _) = ring.next(&mut cursor, public) {
+                if let Next::Reading(v, _) = ring.next(&mut cursor, false, public) {
                     let (s, n) = v.split_once(':').unwrap();
                     let n: u64 = n.parse().unwrap();
                     if let Some(prev) = last.insert(s.to_owned(), n) {
@@ -410,9 +464,15 @@ mod tests {
         ring.push(ev("a", 1));
         ring.push(Entry::Lagged(5));
         ring.push(ev("a", 2));
-        assert!(matches!(ring.next(&mut cursor, public), Next::Reading(..)));
-        assert_eq!(ring.next(&mut cursor, public), Next::Lagged(5));
-        assert!(matches!(ring.next(&mut cursor, public), Next::Reading(..)));
-        assert_eq!(ring.next(&mut cursor, public), Next::Idle);
+        assert!(matches!(
+            ring.next(&mut cursor, false, public),
+            Next::Reading(..)
+        ));
+        assert_eq!(ring.next(&mut cursor, false, public), Next::Lagged(5));
+        assert!(matches!(
+            ring.next(&mut cursor, false, public),
+            Next::Reading(..)
+        ));
+        assert_eq!(ring.next(&mut cursor, false, public), Next::Idle);
     }
 }
