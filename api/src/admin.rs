@@ -83,6 +83,16 @@ pub(crate) async fn add_gateway(
             }
             e => e.into(),
         })?;
+    if let Some(hook) = &state.gateway_hook {
+        if let Err(e) = hook.added(id.as_str(), &token).await {
+            // Not in the broker: not registered either.
+            let (db, gw) = (state.state.clone(), id.clone());
+            let _ = tokio::task::spawn_blocking(move || db.revoke_gateway(&gw)).await;
+            return Err(ApiError::Broker(format!(
+                "gateway {id} not registered: the broker refused it: {e:#}"
+            )));
+        }
+    }
     tracing::info!(gateway = %id, by = %agency.name, "Gateway registered through the API.");
     Ok((
         StatusCode::CREATED,
@@ -138,6 +148,13 @@ pub(crate) async fn revoke_gateway(
     let id = path_gateway(&id)?;
     let (db, gw) = (state.state.clone(), id.clone());
     gateway_state(tokio::task::spawn_blocking(move || db.revoke_gateway(&gw)).await?)?;
+    if let Some(hook) = &state.gateway_hook {
+        hook.revoked(id.as_str()).await.map_err(|e| {
+            ApiError::Broker(format!(
+                "gateway {id} is revoked in Pantau but the broker did not remove it (revoke it again): {e:#}"
+            ))
+        })?;
+    }
     tracing::warn!(gateway = %id, by = %agency.name, "Gateway revoked through the API.");
     Ok(Json(Revoked {
         gateway: id.to_string(),
@@ -166,6 +183,13 @@ pub(crate) async fn rotate_gateway(
     let id = path_gateway(&id)?;
     let (db, gw) = (state.state.clone(), id.clone());
     let token = gateway_state(tokio::task::spawn_blocking(move || db.rotate_gateway(&gw)).await?)?;
+    if let Some(hook) = &state.gateway_hook {
+        hook.rotated(id.as_str(), &token).await.map_err(|e| {
+            ApiError::Broker(format!(
+                "gateway {id}: the broker did not take the new token (rotate again): {e:#}"
+            ))
+        })?;
+    }
     tracing::info!(gateway = %id, by = %agency.name, "Gateway token rotated through the API.");
     Ok(Json(GatewayCredentials {
         gateway: id.to_string(),

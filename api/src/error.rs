@@ -48,6 +48,10 @@ pub enum ApiError {
     /// This client address has as many live streams open as it may.
     #[error("too many live streams from this address")]
     TooManyStreams,
+    /// The MQTT broker cluster refused or did not answer a provisioning
+    /// step (the message names the step, never a secret).
+    #[error("broker: {0}")]
+    Broker(String),
     /// The server is at a capacity limit; try again shortly.
     #[error("busy: {0}")]
     Busy(&'static str),
@@ -171,6 +175,14 @@ impl IntoResponse for ApiError {
                 })),
             )
                 .into_response(),
+            ApiError::Broker(message) => {
+                tracing::error!(error = %message, "Broker provisioning failed.");
+                (
+                    StatusCode::BAD_GATEWAY,
+                    Json(serde_json::json!({"error": "broker", "message": message})),
+                )
+                    .into_response()
+            }
             ApiError::Busy(message) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 [(axum::http::header::RETRY_AFTER, "5".to_string())],

@@ -99,6 +99,28 @@ pub struct AppState {
     pub alerts: Option<Arc<pantau_alerts::Engine>>,
     /// The web pages.
     pub web: Arc<Web>,
+    /// Provisions gateways in an external broker cluster (`None` on the
+    /// embedded broker, which reads the platform state itself).
+    pub gateway_hook: Option<Arc<dyn GatewayHook>>,
+}
+
+/// What an external broker must learn when a gateway is added, revoked or
+/// given a new token (Mosquitto's dynamic security: its own client list).
+pub trait GatewayHook: Send + Sync + std::fmt::Debug {
+    /// Gateway `id` was registered with `password`.
+    fn added<'a>(
+        &'a self,
+        id: &'a str,
+        password: &'a str,
+    ) -> futures::future::BoxFuture<'a, anyhow::Result<()>>;
+    /// Gateway `id` was revoked: refuse and disconnect it.
+    fn revoked<'a>(&'a self, id: &'a str) -> futures::future::BoxFuture<'a, anyhow::Result<()>>;
+    /// Gateway `id` has a new `password`.
+    fn rotated<'a>(
+        &'a self,
+        id: &'a str,
+        password: &'a str,
+    ) -> futures::future::BoxFuture<'a, anyhow::Result<()>>;
 }
 
 /// Largest request body accepted (admin JSON bodies are small).

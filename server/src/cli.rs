@@ -168,6 +168,8 @@ struct IngestArgs {
     #[command(flatten)]
     state: StateArgs,
     #[command(flatten)]
+    broker_admin: crate::dynsec::BrokerAdminArgs,
+    #[command(flatten)]
     storage: StorageArgs,
     #[command(flatten)]
     api: ApiArgs,
@@ -197,6 +199,8 @@ struct ReplicaArgs {
     #[command(flatten)]
     state: StateArgs,
     #[command(flatten)]
+    broker_admin: crate::dynsec::BrokerAdminArgs,
+    #[command(flatten)]
     storage: StorageArgs,
     #[command(flatten)]
     api: ApiArgs,
@@ -216,6 +220,8 @@ enum GatewayCommand {
         data_dir: Option<PathBuf>,
         #[command(flatten)]
         state: StateArgs,
+        #[command(flatten)]
+        broker_admin: crate::dynsec::BrokerAdminArgs,
     },
     /// Revoke a gateway: its token and client certificates stop working,
     /// and a running platform disconnects it within a second.
@@ -227,6 +233,8 @@ enum GatewayCommand {
         data_dir: Option<PathBuf>,
         #[command(flatten)]
         state: StateArgs,
+        #[command(flatten)]
+        broker_admin: crate::dynsec::BrokerAdminArgs,
     },
     /// Give a gateway a new token; prints its credentials once, as JSON.
     /// The old token stops working at once.
@@ -238,6 +246,8 @@ enum GatewayCommand {
         data_dir: Option<PathBuf>,
         #[command(flatten)]
         state: StateArgs,
+        #[command(flatten)]
+        broker_admin: crate::dynsec::BrokerAdminArgs,
     },
 }
 
@@ -275,6 +285,7 @@ pub fn main() -> ExitCode {
                 state: args.state,
                 storage: args.storage,
                 api: args.api,
+                broker_admin: args.broker_admin,
             };
             tokio::runtime::Runtime::new()
                 .map_err(anyhow::Error::from)
@@ -293,6 +304,7 @@ pub fn main() -> ExitCode {
                 state: args.state,
                 storage: args.storage,
                 api: args.api,
+                broker_admin: args.broker_admin,
             };
             tokio::runtime::Runtime::new()
                 .map_err(anyhow::Error::from)
@@ -305,24 +317,27 @@ pub fn main() -> ExitCode {
                     cert,
                     data_dir,
                     state,
+                    broker_admin,
                 },
-        } => gateway_add(&id, cert, dir(data_dir), &state),
+        } => gateway_add(&id, cert, dir(data_dir), &state, &broker_admin),
         Command::Gateway {
             command:
                 GatewayCommand::Revoke {
                     id,
                     data_dir,
                     state,
+                    broker_admin,
                 },
-        } => gateway_revoke(&id, dir(data_dir), &state),
+        } => gateway_revoke(&id, dir(data_dir), &state, &broker_admin),
         Command::Gateway {
             command:
                 GatewayCommand::Rotate {
                     id,
                     data_dir,
                     state,
+                    broker_admin,
                 },
-        } => gateway_rotate(&id, dir(data_dir), &state),
+        } => gateway_rotate(&id, dir(data_dir), &state, &broker_admin),
         Command::Token {
             command:
                 TokenCommand::Create {
@@ -427,9 +442,28 @@ fn gateway_id(id: &str) -> anyhow::Result<GatewayId> {
     GatewayId::new(id).map_err(|e| anyhow::anyhow!("invalid gateway id {id:?}: {e}"))
 }
 
-fn gateway_revoke(id: &str, data_dir: PathBuf, state: &StateArgs) -> anyhow::Result<()> {
+/// Runs a broker provisioning step to completion (the CLI has no runtime).
+fn on_broker(step: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(step)
+}
+
+fn gateway_revoke(
+    id: &str,
+    data_dir: PathBuf,
+    state: &StateArgs,
+    broker: &crate::dynsec::BrokerAdminArgs,
+) -> anyhow::Result<()> {
     let id = gateway_id(id)?;
+    let dynsec = broker.dynsec()?;
     state.open(&data_dir)?.revoke_gateway(&id)?;
+    if let Some(d) = dynsec {
+        on_broker(d.revoke_gateway(id.as_str())).map_err(|e| {
+            anyhow::anyhow!("gateway {id} is revoked in Pantau, but the broker did not remove it (run the revocation again): {e:#}")
+        })?;
+    }
     println!(
         "{}",
         serde_json::json!({"gateway": id.as_str(), "revoked": true})
@@ -437,9 +471,22 @@ fn gateway_revoke(id: &str, data_dir: PathBuf, state: &StateArgs) -> anyhow::Res
     Ok(())
 }
 
-fn gateway_rotate(id: &str, data_dir: PathBuf, state: &StateArgs) -> anyhow::Result<()> {
+fn gateway_rotate(
+    id: &str,
+    data_dir: PathBuf,
+    state: &StateArgs,
+    broker: &crate::dynsec::BrokerAdminArgs,
+) -> anyhow::Result<()> {
     let id = gateway_id(id)?;
+    let dynsec = broker.dynsec()?;
     let token = state.open(&data_dir)?.rotate_gateway(&id)?;
+    if let Some(d) = dynsec {
+        on_broker(d.rotate_gateway(id.as_str(), &token)).map_err(|e| {
+            anyhow::anyhow!(
+                "gateway {id}: the broker did not take the new token (rotate again): {e:#}"
+            )
+        })?;
+    }
     println!(
         "{}",
         serde_json::json!({"gateway": id.as_str(), "username": id.as_str(), "password": token})
@@ -447,14 +494,28 @@ fn gateway_rotate(id: &str, data_dir: PathBuf, state: &StateArgs) -> anyhow::Res
     Ok(())
 }
 
-fn gateway_add(id: &str, cert: bool, data_dir: PathBuf, state: &StateArgs) -> anyhow::Result<()> {
+fn gateway_add(
+    id: &str,
+    cert: bool,
+    data_dir: PathBuf,
+    state: &StateArgs,
+    broker: &crate::dynsec::BrokerAdminArgs,
+) -> anyhow::Result<()> {
     let id = gateway_id(id)?;
+    let dynsec = broker.dynsec()?;
     std::fs::create_dir_all(&data_dir)
         .map_err(|e| anyhow::anyhow!("cannot create data dir {}: {e}", data_dir.display()))?;
     let files = TlsFiles::in_data_dir(&data_dir);
     ensure_ca(&files)?;
     let state = state.open(&data_dir)?;
     let token = state.add_gateway(&id)?;
+    if let Some(d) = dynsec {
+        if let Err(e) = on_broker(d.add_gateway(id.as_str(), &token)) {
+            // Not in the broker: not registered either.
+            let _ = state.revoke_gateway(&id);
+            anyhow::bail!("gateway {id} not registered: the broker refused it: {e:#}");
+        }
+    }
     let abs = |p: PathBuf| std::fs::canonicalize(&p).unwrap_or(p);
     let mut out = serde_json::json!({
         "gateway": id.as_str(),

@@ -276,6 +276,7 @@ impl ApiArgs {
             los,
             health,
             alerts,
+            gateway_hook,
         } = deps;
         let trusted_proxies = pantau_api::TrustedProxies::parse(&self.trusted_proxies)
             .map_err(|e| anyhow::anyhow!("--trusted-proxy: {e}"))?;
@@ -309,6 +310,7 @@ impl ApiArgs {
             caches: std::sync::Arc::default(),
             alerts,
             web: std::sync::Arc::new(web),
+            gateway_hook,
         })
     }
 }
@@ -332,6 +334,8 @@ pub struct ApiDeps {
     pub health: pantau_ingest::Health,
     /// The alert engine, if this process runs one.
     pub alerts: Option<std::sync::Arc<pantau_alerts::Engine>>,
+    /// Provisions gateways in an external broker (Mosquitto dynsec).
+    pub gateway_hook: Option<std::sync::Arc<dyn pantau_api::GatewayHook>>,
 }
 
 /// Gatekeeper limits (each flag with a `PANTAU_*` env twin).

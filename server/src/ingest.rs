@@ -41,6 +41,9 @@ pub struct IngestConfig {
     pub storage: StorageArgs,
     /// API limits.
     pub api: crate::config::ApiArgs,
+    /// The external broker's dynsec admin (gateways added through the API
+    /// are provisioned there).
+    pub broker_admin: crate::dynsec::BrokerAdminArgs,
 }
 
 /// Runs the worker until SIGINT/SIGTERM.
@@ -140,6 +143,10 @@ pub async fn run(cfg: IngestConfig) -> anyhow::Result<()> {
             los: pantau_model::derive::LosBands::default(),
             health: health.clone(),
             alerts: None,
+            gateway_hook: cfg
+                .broker_admin
+                .dynsec()?
+                .map(|d| d as Arc<dyn pantau_api::GatewayHook>),
         })?;
         sup.spawn_critical(api_stage, "api", Some(Part::Api), |stop| {
             pantau_api::run(app, listener, stop)

@@ -8,6 +8,7 @@ pub mod backup;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod dynsec;
 pub mod ingest;
 pub mod limits;
 pub mod registry;

@@ -52,6 +52,9 @@ pub struct ReplicaConfig {
     pub storage: StorageArgs,
     /// API limits.
     pub api: crate::config::ApiArgs,
+    /// The external broker's dynsec admin (gateways added through the API
+    /// are provisioned there).
+    pub broker_admin: crate::dynsec::BrokerAdminArgs,
 }
 
 /// Runs the replica until SIGINT/SIGTERM.
@@ -149,6 +152,10 @@ pub async fn run(cfg: ReplicaConfig) -> anyhow::Result<()> {
         los: pantau_model::derive::LosBands::default(),
         health: health.clone(),
         alerts: None,
+        gateway_hook: cfg
+            .broker_admin
+            .dynsec()?
+            .map(|d| d as std::sync::Arc<dyn pantau_api::GatewayHook>),
     })?;
     sup.spawn_critical(api_stage, "api", Some(Part::Api), |stop| {
         pantau_api::run(app, listener, stop)

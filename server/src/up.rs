@@ -180,6 +180,7 @@ pub async fn up(cfg: UpConfig) -> anyhow::Result<()> {
         los: cfg.los.clone(),
         health: health.clone(),
         alerts,
+        gateway_hook: None,
     })?;
     let http = cfg.api.listener(http, &files, &cfg.tls_names, gate)?;
     let scheme = if http.is_tls() { "https" } else { "http" };

@@ -706,6 +706,17 @@ impl IngestWorker {
         worker_id: &str,
         extra: &[&str],
     ) -> Result<Self> {
+        Self::start_env(data_dir, broker, worker_id, extra, &[]).await
+    }
+
+    /// [`IngestWorker::start`] with environment variables (credentials).
+    pub async fn start_env(
+        data_dir: &Path,
+        broker: &str,
+        worker_id: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Self> {
         std::fs::create_dir_all(data_dir)?;
         let http = free_addr();
         let log = data_dir.with_extension(format!("{}.log", http.port()));
@@ -721,6 +732,7 @@ impl IngestWorker {
             .arg(data_dir)
             .args(["--http-listen", &http.to_string()])
             .args(extra)
+            .envs(env.iter().copied())
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log)?)
