@@ -11,6 +11,7 @@ mod admin;
 mod agency;
 mod alerts;
 mod auth;
+pub mod broker_hooks;
 mod error;
 mod extract;
 mod history;
@@ -102,6 +103,9 @@ pub struct AppState {
     /// Provisions gateways in an external broker cluster (`None` on the
     /// embedded broker, which reads the platform state itself).
     pub gateway_hook: Option<Arc<dyn GatewayHook>>,
+    /// The secret an external broker's auth hooks present (`None`: the
+    /// hooks are off).
+    pub broker_hooks: Option<Arc<broker_hooks::BrokerHookSecret>>,
 }
 
 /// What an external broker must learn when a gateway is added, revoked or
@@ -212,6 +216,9 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/v1/admin/rejected", get(rejected::list))
         .route("/api/v1/admin/rejected/replay", post(rejected::replay))
+        .route("/broker/v1/emqx/authn", post(broker_hooks::emqx_authn))
+        .route("/broker/v1/emqx/authz", post(broker_hooks::emqx_authz))
+        .route("/broker/v1/vernemq/{hook}", post(broker_hooks::vernemq))
         .route("/api/v1/openapi.json", get(openapi::document))
         .merge(openapi::docs_page())
         .fallback(not_found)

@@ -123,6 +123,9 @@ impl Modify for BearerAuth {
         crate::agency::gateways,
         crate::agency::live,
         crate::agency::live_ws,
+        crate::broker_hooks::emqx_authn,
+        crate::broker_hooks::emqx_authz,
+        crate::broker_hooks::vernemq,
         crate::tokens::list,
         crate::tokens::create,
         crate::tokens::revoke,
@@ -164,6 +167,7 @@ impl Modify for BearerAuth {
         (name = "alerts", description = "Bearer token; alerts of the kinds the token reads; actions need `ack:<kind>`"),
         (name = "admin", description = "Bearer token with the admin scope"),
         (name = "operations", description = "Health, readiness, metrics, this document"),
+        (name = "broker", description = "For an external broker cluster (EMQX HTTP auth, VerneMQ webhooks): the hook secret, not an agency token"),
     )
 )]
 pub(crate) struct ApiDoc;

@@ -49,6 +49,8 @@ pub struct IngestMetrics {
     pub log_commit_seconds: Histogram,
     /// Sink write attempts that failed and were retried, by reason.
     pub sink_retries: Family<ReasonLabels, Counter>,
+    /// Broker hook decisions (EMQX, VerneMQ), by broker, hook and verdict.
+    pub broker_hooks: Family<ReasonLabels, Counter>,
     /// 1 while the sink is stopped by a fatal error (bad credentials, ...).
     pub sink_stopped: Gauge,
 }
@@ -58,6 +60,7 @@ impl Default for IngestMetrics {
         Self {
             envelopes_received: Counter::default(),
             envelopes_rejected: Family::default(),
+            broker_hooks: Family::default(),
             readings_accepted: Counter::default(),
             readings_rejected: Family::default(),
             live_lagged: Counter::default(),
@@ -85,6 +88,11 @@ impl IngestMetrics {
             "envelopes_received",
             "Telemetry envelopes received",
             self.envelopes_received.clone(),
+        );
+        r.register(
+            "broker_hook_decisions",
+            "Answers to an external broker's authentication and authorization hooks",
+            self.broker_hooks.clone(),
         );
         r.register(
             "envelopes_rejected",
@@ -187,6 +195,17 @@ impl IngestMetrics {
         self.log_dropped
             .get_or_create(&vec![("reason", reason)])
             .inc_by(n);
+    }
+
+    /// Counts one broker hook decision.
+    pub fn broker_hook(&self, broker: &'static str, hook: &'static str, verdict: &'static str) {
+        self.broker_hooks
+            .get_or_create(&vec![
+                ("broker", broker),
+                ("hook", hook),
+                ("verdict", verdict),
+            ])
+            .inc();
     }
 
     /// Counts a retried sink write.

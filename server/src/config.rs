@@ -159,6 +159,11 @@ pub struct ApiArgs {
     /// Attribution of the map tiles, shown on the map.
     #[arg(long, env = "PANTAU_MAP_TILES_ATTRIBUTION")]
     pub map_tiles_attribution: Option<String>,
+    /// A file holding the secret an external broker's authentication and
+    /// authorization hooks present (EMQX HTTP auth, VerneMQ webhooks at
+    /// /broker/v1/…); without it those routes are off.
+    #[arg(long, env = "PANTAU_BROKER_HOOK_TOKEN_FILE")]
+    pub broker_hook_token_file: Option<std::path::PathBuf>,
     /// Live feeds: most events per second per connection; beyond it events
     /// coalesce to the latest per sensor.
     #[arg(long, env = "PANTAU_LIVE_MAX_PER_S", default_value = "50")]
@@ -291,6 +296,19 @@ impl ApiArgs {
             tiles_attribution: self.map_tiles_attribution.clone(),
         })
         .map_err(|e| anyhow::anyhow!("--map-tiles-url: {e}"))?;
+        let broker_hooks = match &self.broker_hook_token_file {
+            None => None,
+            Some(f) => {
+                let text = std::fs::read_to_string(f).map_err(|e| {
+                    anyhow::anyhow!("--broker-hook-token-file {}: {e}", f.display())
+                })?;
+                Some(std::sync::Arc::new(
+                    pantau_api::broker_hooks::BrokerHookSecret::new(&text).ok_or_else(|| {
+                        anyhow::anyhow!("--broker-hook-token-file {} is empty", f.display())
+                    })?,
+                ))
+            }
+        };
         let live_gate =
             pantau_api::LiveGate::new(self.live_max_streams, self.live_max_streams_per_ip);
         live_gate.register(&mut metrics);
@@ -311,6 +329,7 @@ impl ApiArgs {
             alerts,
             web: std::sync::Arc::new(web),
             gateway_hook,
+            broker_hooks,
         })
     }
 }

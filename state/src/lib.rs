@@ -220,6 +220,12 @@ impl StateDb {
         dispatch!(self.gateway_exists(id))
     }
 
+    /// Whether a gateway of this id was ever revoked (a broker hook
+    /// refuses such a name instead of passing it on).
+    pub fn was_revoked(&self, id: &str) -> Result<bool> {
+        dispatch!(self.was_revoked(id))
+    }
+
     /// Every registered gateway.
     pub fn gateways(&self) -> Result<Vec<GatewayRecord>> {
         dispatch!(self.gateways())

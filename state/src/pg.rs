@@ -327,6 +327,17 @@ impl Postgres {
         })
     }
 
+    pub(crate) fn was_revoked(&self, id: &str) -> Result<bool> {
+        self.read(|c| {
+            c.query_opt(
+                "SELECT 1 FROM revocations WHERE gateway = $1 LIMIT 1",
+                &[&id],
+            )
+            .map(|r| r.is_some())
+            .map_err(|e| self.err(e))
+        })
+    }
+
     pub(crate) fn gateways(&self) -> Result<Vec<GatewayRecord>> {
         self.read(|c| {
             let rows = c

@@ -262,6 +262,18 @@ impl Sqlite {
             .map_err(|e| self.sql(e))
     }
 
+    pub(crate) fn was_revoked(&self, id: &str) -> Result<bool> {
+        self.reader()
+            .query_row(
+                "SELECT 1 FROM revocations WHERE gateway = ?1 LIMIT 1",
+                [id],
+                |_| Ok(()),
+            )
+            .optional()
+            .map(|o| o.is_some())
+            .map_err(|e| self.sql(e))
+    }
+
     /// Every registered gateway.
     pub(crate) fn gateways(&self) -> Result<Vec<GatewayRecord>> {
         let conn = self.reader();

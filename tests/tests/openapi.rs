@@ -14,7 +14,7 @@ use std::process::Command;
 use anyhow::{ensure, Context, Result};
 use pantau_tests::*;
 
-const ROUTES: [&str; 38] = [
+const ROUTES: [&str; 43] = [
     "/api/v1/public/conditions",
     "/api/v1/public/sensors",
     "/api/v1/public/sensors/{id}/history",
@@ -42,6 +42,11 @@ const ROUTES: [&str; 38] = [
     "/api/v1/admin/silences/{id}",
     "/api/v1/public/warnings",
     "/api/v1/public/warnings.cap",
+    "/api/v1/admin/tokens",
+    "/api/v1/admin/tokens/{name}/revoke",
+    "/broker/v1/emqx/authn",
+    "/broker/v1/emqx/authz",
+    "/broker/v1/vernemq/{hook}",
     "/api/v1/admin/gateways",
     "/api/v1/admin/gateways/{id}/revoke",
     "/api/v1/admin/gateways/{id}/rotate",
