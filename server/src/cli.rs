@@ -92,6 +92,17 @@ enum TokenCommand {
     },
 }
 
+/// The account Pantau uses on an external broker.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct BrokerLogin {
+    /// Username on the external broker (e.g. pantau-ingest, pantau-api).
+    #[arg(long, env = "PANTAU_BROKER_USERNAME")]
+    pub broker_username: Option<String>,
+    /// Its password (prefer the environment variable).
+    #[arg(long, env = "PANTAU_BROKER_PASSWORD", hide_env_values = true)]
+    pub broker_password: Option<String>,
+}
+
 /// Where platform state lives.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct StateArgs {
@@ -166,6 +177,8 @@ struct IngestArgs {
     #[arg(long, env = "PANTAU_HTTP_LISTEN")]
     http_listen: Option<SocketAddr>,
     #[command(flatten)]
+    broker_login: BrokerLogin,
+    #[command(flatten)]
     state: StateArgs,
     #[command(flatten)]
     broker_admin: crate::dynsec::BrokerAdminArgs,
@@ -196,6 +209,8 @@ struct ReplicaArgs {
     /// HTTP API address [default: 127.0.0.1:8080]; HTTPS off loopback.
     #[arg(long, env = "PANTAU_HTTP_LISTEN")]
     http_listen: Option<SocketAddr>,
+    #[command(flatten)]
+    broker_login: BrokerLogin,
     #[command(flatten)]
     state: StateArgs,
     #[command(flatten)]
@@ -286,6 +301,7 @@ pub fn main() -> ExitCode {
                 storage: args.storage,
                 api: args.api,
                 broker_admin: args.broker_admin,
+                broker_login: args.broker_login,
             };
             tokio::runtime::Runtime::new()
                 .map_err(anyhow::Error::from)
@@ -305,6 +321,7 @@ pub fn main() -> ExitCode {
                 storage: args.storage,
                 api: args.api,
                 broker_admin: args.broker_admin,
+                broker_login: args.broker_login,
             };
             tokio::runtime::Runtime::new()
                 .map_err(anyhow::Error::from)

@@ -32,14 +32,18 @@ const DEADLINE: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct BrokerAdminArgs {
     /// An external Mosquitto whose dynamic-security plugin Pantau
-    /// provisions gateways in (mqtts://HOST:PORT, or mqtt:// on loopback);
-    /// its admin credentials come from PANTAU_BROKER_ADMIN_USERNAME and
-    /// PANTAU_BROKER_ADMIN_PASSWORD.
+    /// provisions gateways in (mqtts://HOST:PORT, or mqtt:// on loopback).
     #[arg(long, env = "PANTAU_BROKER_ADMIN")]
     pub broker_admin: Option<String>,
     /// CA certificate (PEM) of that broker, for mqtts://.
     #[arg(long, env = "PANTAU_BROKER_ADMIN_CA")]
     pub broker_admin_ca: Option<PathBuf>,
+    /// The dynsec admin's username.
+    #[arg(long, env = "PANTAU_BROKER_ADMIN_USERNAME")]
+    pub broker_admin_username: Option<String>,
+    /// Its password (prefer the environment variable).
+    #[arg(long, env = "PANTAU_BROKER_ADMIN_PASSWORD", hide_env_values = true)]
+    pub broker_admin_password: Option<String>,
 }
 
 impl BrokerAdminArgs {
@@ -55,9 +59,12 @@ impl BrokerAdminArgs {
             (true, None) => bail!("--broker-admin mqtts:// needs --broker-admin-ca FILE"),
             (false, _) => None,
         };
-        let username = std::env::var("PANTAU_BROKER_ADMIN_USERNAME")
-            .context("--broker-admin needs PANTAU_BROKER_ADMIN_USERNAME")?;
-        let password = std::env::var("PANTAU_BROKER_ADMIN_PASSWORD")
+        let username = self.broker_admin_username.clone().context(
+            "--broker-admin needs --broker-admin-username (PANTAU_BROKER_ADMIN_USERNAME)",
+        )?;
+        let password = self
+            .broker_admin_password
+            .clone()
             .context("--broker-admin needs PANTAU_BROKER_ADMIN_PASSWORD")?;
         Ok(Some(Arc::new(Dynsec {
             host,

@@ -44,6 +44,8 @@ pub struct IngestConfig {
     /// The external broker's dynsec admin (gateways added through the API
     /// are provisioned there).
     pub broker_admin: crate::dynsec::BrokerAdminArgs,
+    /// Pantau's own account on the broker.
+    pub broker_login: crate::cli::BrokerLogin,
 }
 
 /// Runs the worker until SIGINT/SIGTERM.
@@ -111,8 +113,8 @@ pub async fn run(cfg: IngestConfig) -> anyhow::Result<()> {
         port,
         tls,
         worker_id: cfg.worker_id.clone(),
-        username: std::env::var("PANTAU_BROKER_USERNAME").ok(),
-        password: std::env::var("PANTAU_BROKER_PASSWORD").ok(),
+        username: cfg.broker_login.broker_username.clone(),
+        password: cfg.broker_login.broker_password.clone(),
     };
     let (consumer_ingestor, consumer_health) = (ingestor.clone(), health.clone());
     sup.spawn_restarting(

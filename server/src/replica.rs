@@ -55,6 +55,8 @@ pub struct ReplicaConfig {
     /// The external broker's dynsec admin (gateways added through the API
     /// are provisioned there).
     pub broker_admin: crate::dynsec::BrokerAdminArgs,
+    /// Pantau's own account on the broker.
+    pub broker_login: crate::cli::BrokerLogin,
 }
 
 /// Runs the replica until SIGINT/SIGTERM.
@@ -123,8 +125,8 @@ pub async fn run(cfg: ReplicaConfig) -> anyhow::Result<()> {
         port,
         tls,
         worker_id: cfg.replica_id.clone(),
-        username: std::env::var("PANTAU_BROKER_USERNAME").ok(),
-        password: std::env::var("PANTAU_BROKER_PASSWORD").ok(),
+        username: cfg.broker_login.broker_username.clone(),
+        password: cfg.broker_login.broker_password.clone(),
     };
     let (mirror_ingestor, mirror_health) = (ingestor.clone(), health.clone());
     sup.spawn_restarting(mirror_stage, "commits", Some(Part::Consumer), move |stop| {
