@@ -772,6 +772,11 @@ impl IngestWorker {
         Ok(w)
     }
 
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// `/metrics` as text.
     pub async fn metrics(&self) -> Result<String> {
         Ok(reqwest::get(format!("http://{}/metrics", self.http))

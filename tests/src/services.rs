@@ -91,6 +91,11 @@ bind-address = "{rpc}"
         format!("http://{}", self.addr)
     }
 
+    /// Its process id (while running).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Stops the server (SIGKILL).
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {

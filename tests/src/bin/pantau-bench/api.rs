@@ -13,7 +13,7 @@ use pantau_tests::{eventually, Pantau};
 use crate::{start_platform, Load};
 
 /// One wrk run: (requests/s, p99 latency).
-fn wrk(url: &str, secs: u32) -> Result<(f64, Duration)> {
+pub(crate) fn wrk(url: &str, secs: u32) -> Result<(f64, Duration)> {
     let out = Command::new("wrk")
         .args(["-t2", "-c64", &format!("-d{secs}s"), "--latency", url])
         .output()

@@ -17,6 +17,8 @@
 //! - `connections`: 10 000 concurrent idle TLS gateway connections: time
 //!   to connect them all and the server's RSS.
 //! - `alerts-ingest`, `alerts-webhook`: see `alerts.rs`.
+//! - `scale-ingest`, `scale-api`: 1 against 2 ingest workers and API
+//!   replicas (`scale.rs`).
 //! - `web-load`, `web-live` (`web` runs both): the public page in headless
 //!   Chromium — first-load bytes and time to a full map against `/healthz`;
 //!   200 sites at 50 readings/s: JS heap and publish→paint lag, early vs.
@@ -28,6 +30,7 @@
 mod agent;
 mod alerts;
 mod api;
+mod scale;
 mod web;
 
 use std::sync::Arc;
@@ -890,6 +893,14 @@ async fn main() -> Result<()> {
             .await
         }
         "alerts-webhook" => alerts::bench_alerts_webhook().await,
+        "scale-ingest" => {
+            scale::bench_scale_ingest(Load {
+                readings: readings / 5,
+                ..load
+            })
+            .await
+        }
+        "scale-api" => scale::bench_scale_api().await,
         "fanin" => bench_fanin().await,
         "fanin-loaded" => bench_fanin_loaded().await,
         "connections" => bench_connections(10_000).await,
@@ -937,7 +948,7 @@ async fn main() -> Result<()> {
             bench_connections(10_000).await
         }
         other => bail!(
-            "unknown benchmark {other:?}: history, influx, embedded, fanin, fanin-loaded, agent, api, alerts-ingest, alerts-webhook, web, web-load, web-live, connections or all"
+            "unknown benchmark {other:?}: history, influx, embedded, fanin, fanin-loaded, agent, api, alerts-ingest, alerts-webhook, scale-ingest, scale-api, web, web-load, web-live, connections or all"
         ),
     }
     .context(what)
