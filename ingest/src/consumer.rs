@@ -129,12 +129,19 @@ async fn session(
     if let Some(tls) = &cfg.tls {
         opts.set_transport(Transport::Tls(TlsConfiguration::Rustls(tls.clone())));
     }
-    // Room for an ack and a commit announcement per message in flight.
+    // Commit announcements are QoS 1: while the broker has not acked a
+    // window of them, the client takes no request (acks included), so the
+    // window is wide and what does not fit in the channel waits in
+    // `outbox`, in order, instead of ending the session (which would have
+    // the broker redeliver everything in flight).
+    opts.set_inflight(1000);
     let (client, mut eventloop) = AsyncClient::new(opts, 1024);
     let committed_topic = format!("{COMMITTED_PREFIX}{}", cfg.worker_id);
     // Commits in flight, in arrival order; acks leave in that order.
     let mut pending = FuturesOrdered::new();
+    let mut outbox = std::collections::VecDeque::new();
     loop {
+        flush(&client, &committed_topic, &mut outbox);
         tokio::select! {
             ev = eventloop.poll() => match ev {
                 Ok(Event::Incoming(Packet::ConnAck(ack))) => {
@@ -180,16 +187,10 @@ async fn session(
                     // sent, the broker redelivers and whoever commits
                     // again publishes again.
                     if let Some(c) = committed.filter(|c| !c.readings().is_empty()) {
-                        let body = serde_json::to_vec(c.readings()).unwrap_or_default();
-                        if let Err(e) = client.try_publish(committed_topic.clone(), QoS::AtLeastOnce, false, body) {
-                            return SessionEnd::Connection(e.to_string());
-                        }
+                        outbox.push_back(Out::Publish(serde_json::to_vec(c.readings()).unwrap_or_default()));
                     }
-                    // Never await here: the event loop that sends the ack is
-                    // polled by this same task.
-                    if let Err(e) = client.try_ack(&publish) {
-                        return SessionEnd::Connection(e.to_string());
-                    }
+                    outbox.push_back(Out::Ack(publish));
+                    flush(&client, &committed_topic, &mut outbox);
                 }
                 // Not durable: acknowledge nothing more; the broker redelivers
                 // after the reconnect.
@@ -200,15 +201,17 @@ async fn session(
                 while let Some((publish, result)) = pending.next().await {
                     let Ok(committed) = result else { break };
                     if let Some(c) = committed.filter(|c| !c.readings().is_empty()) {
-                        let body = serde_json::to_vec(c.readings()).unwrap_or_default();
-                        if client.try_publish(committed_topic.clone(), QoS::AtLeastOnce, false, body).is_err() {
-                            break;
-                        }
+                        outbox.push_back(Out::Publish(serde_json::to_vec(c.readings()).unwrap_or_default()));
                     }
-                    if client.try_ack(&publish).is_err() {
-                        break;
-                    }
+                    outbox.push_back(Out::Ack(publish));
                 }
+                let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                    flush(&client, &committed_topic, &mut outbox);
+                    while !outbox.is_empty() && eventloop.poll().await.is_ok() {
+                        flush(&client, &committed_topic, &mut outbox);
+                    }
+                })
+                .await;
                 let _ = client.try_disconnect();
                 let _ = tokio::time::timeout(Duration::from_secs(2), async {
                     while eventloop.poll().await.is_ok() {}
@@ -217,6 +220,31 @@ async fn session(
                 return SessionEnd::Shutdown;
             }
         }
+    }
+}
+
+/// What a worker still has to hand its MQTT client, in order.
+enum Out {
+    /// A commit announcement (the JSON of its readings).
+    Publish(Vec<u8>),
+    /// The acknowledgement of a committed message.
+    Ack(rumqttc::Publish),
+}
+
+/// Hands the client what fits in its request channel, in order; the rest
+/// waits for the event loop to make room. Never waits itself (the event
+/// loop is polled by the same task).
+fn flush(client: &AsyncClient, topic: &str, outbox: &mut std::collections::VecDeque<Out>) {
+    while let Some(next) = outbox.front() {
+        let sent = match next {
+            Out::Publish(body) => client.try_publish(topic, QoS::AtLeastOnce, false, body.clone()),
+            Out::Ack(p) => client.try_ack(p),
+        };
+        if sent.is_err() {
+            // Full (the event loop owns the other end, so it is not gone).
+            return;
+        }
+        outbox.pop_front();
     }
 }
 

@@ -164,7 +164,7 @@ async fn scaled_topology_loses_nothing_when_a_worker_and_a_replica_die() -> anyh
     ];
     let (d1, d2) = (dir.path().join("w1"), dir.path().join("w2"));
     let w1 = IngestWorker::start(&d1, &broker, "w1", &common).await?;
-    let _w2 = IngestWorker::start(&d2, &broker, "w2", &common).await?;
+    let w2 = IngestWorker::start(&d2, &broker, "w2", &common).await?;
     let mut replica_args = common.to_vec();
     replica_args.extend([
         "--live-max-per-s",
@@ -331,6 +331,14 @@ async fn scaled_topology_loses_nothing_when_a_worker_and_a_replica_die() -> anyh
         "the feed skipped readings"
     );
     sse.abort();
+
+    // The worker that was never killed kept one broker session all along
+    // (a session that ends has the broker redeliver all it had in flight).
+    let log = std::fs::read_to_string(&w2.log)?;
+    assert!(
+        !log.contains("Broker session ended"),
+        "worker 2's session ended under load"
+    );
 
     // Latest and history agree across the replicas (the restarted one got
     // the commits it missed from its persistent session).

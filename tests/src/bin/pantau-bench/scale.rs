@@ -145,6 +145,27 @@ async fn ingest_round(
     .await?;
     let rate = n as f64 / t.elapsed().as_secs_f64();
     let workers_cpu: f64 = pids.iter().zip(&cpu0).map(|(p, c)| cpu_s(*p) - c).sum();
+    // Work done twice shows here: retried InfluxDB writes, and envelopes
+    // or readings taken more often than sent (redeliveries).
+    let mut retries = std::collections::BTreeMap::<String, f64>::new();
+    for w in &ws {
+        let m = w.metrics().await?;
+        for line in m.lines().filter(|l| {
+            [
+                "pantau_ingest_sink_retries_total",
+                "pantau_ingest_readings_accepted_total",
+                "pantau_ingest_log_delivered_total",
+                "pantau_ingest_envelopes_received_total",
+            ]
+            .iter()
+            .any(|p| l.starts_with(p))
+        }) {
+            if let Some((k, v)) = line.rsplit_once(' ') {
+                *retries.entry(k.to_owned()).or_default() += v.parse::<f64>().unwrap_or(0.0);
+            }
+        }
+    }
+    println!("    counters: {retries:?}");
     Ok((
         rate,
         workers_cpu,
