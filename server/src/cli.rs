@@ -112,12 +112,21 @@ pub struct StateArgs {
     /// [default: state.db in the data directory].
     #[arg(long = "state", env = "PANTAU_STATE", hide_env_values = true)]
     pub url: Option<String>,
+    /// CA certificate (PEM) of the PostgreSQL server: the connection is
+    /// TLS and the server's certificate is verified against it (use with
+    /// sslmode=require in the address).
+    #[arg(long = "state-ca", env = "PANTAU_STATE_CA")]
+    pub ca: Option<PathBuf>,
 }
 
 impl StateArgs {
     /// Opens the state store (blocking).
     pub fn open(&self, data_dir: &std::path::Path) -> anyhow::Result<StateDb> {
-        Ok(StateDb::select(self.url.as_deref(), data_dir)?)
+        Ok(StateDb::select(
+            self.url.as_deref(),
+            self.ca.as_deref(),
+            data_dir,
+        )?)
     }
 }
 

@@ -16,6 +16,7 @@
 
 pub mod admission;
 mod pg;
+mod pg_tls;
 pub mod presence;
 mod sqlite;
 
@@ -121,20 +122,21 @@ impl StateDb {
     }
 
     /// Connects to a shared PostgreSQL state database
-    /// (`postgres://USER:PASSWORD@HOST:PORT/DB`) and runs the migrations
-    /// it lacks. Blocking: call it off the async runtime's worker threads
+    /// (`postgres://USER:PASSWORD@HOST:PORT/DB`, over TLS verified against
+    /// `ca` when given) and runs the migrations it lacks. Blocking: call it off the async runtime's worker threads
     /// (`spawn_blocking`), as every other method.
-    pub fn connect(url: &str) -> Result<Self> {
+    pub fn connect(url: &str, ca: Option<&Path>) -> Result<Self> {
         Ok(Self {
-            backend: Backend::Postgres(Box::new(pg::Postgres::connect(url)?)),
+            backend: Backend::Postgres(Box::new(pg::Postgres::connect(url, ca)?)),
         })
     }
 
     /// `--state` as given: a `postgres://` (or `postgresql://`) address, or
-    /// nothing for `state.db` in `data_dir`.
-    pub fn select(state: Option<&str>, data_dir: &Path) -> Result<Self> {
+    /// nothing for `state.db` in `data_dir`; `ca` (PEM) verifies a
+    /// PostgreSQL server's certificate (TLS).
+    pub fn select(state: Option<&str>, ca: Option<&Path>, data_dir: &Path) -> Result<Self> {
         match state.map(str::trim).filter(|s| !s.is_empty()) {
-            Some(url) if is_postgres(url) => Self::connect(url),
+            Some(url) if is_postgres(url) => Self::connect(url, ca),
             Some(other) => Err(Error::BadAddress(format!(
                 "{:?} is not a postgres:// address (leave it unset for state.db in the data directory)",
                 redact(other)

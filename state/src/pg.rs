@@ -8,7 +8,9 @@
 //! Two connections per process, as with SQLite: one for writes, one for
 //! reads (a token check never queues behind a slow write). A connection
 //! found closed (the server restarted, a network cut) is replaced on the
-//! next call; the call that found it fails with the error.
+//! next call; the call that found it fails with the error. With a CA
+//! (`--state-ca`) the connection is TLS, the server's certificate
+//! verified; off loopback without one, a warning says it is not encrypted.
 
 use std::collections::HashSet;
 use std::str::FromStr;
@@ -66,6 +68,7 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[(
 /// The PostgreSQL state store.
 pub(crate) struct Postgres {
     config: Config,
+    transport: crate::pg_tls::Transport,
     /// `postgres://USER@HOST:PORT/DB`, never the password.
     place: String,
     writer: Mutex<Option<Client>>,
@@ -103,7 +106,7 @@ impl Drop for Postgres {
 
 impl Postgres {
     /// Connects, migrates, and keeps the connection for writes.
-    pub(crate) fn connect(url: &str) -> Result<Self> {
+    pub(crate) fn connect(url: &str, ca: Option<&std::path::Path>) -> Result<Self> {
         let mut config = Config::from_str(url).map_err(|e| {
             // The parser's message never repeats the password.
             Error::BadAddress(format!("{}: {e}", crate::redact(url)))
@@ -120,14 +123,16 @@ impl Postgres {
         }
         config.application_name("pantau");
         let place = place(&config);
-        if !config.get_hosts().iter().all(is_local) {
+        let transport = crate::pg_tls::Transport::choose(config.get_ssl_mode(), ca)?;
+        if !transport.is_tls() && !config.get_hosts().iter().all(is_local) {
             tracing::warn!(
                 state = %place,
-                "The connection to PostgreSQL is not encrypted; keep the database on this host or a private network until TLS to PostgreSQL is supported."
+                "The connection to PostgreSQL is not encrypted: give --state-ca (PANTAU_STATE_CA) and sslmode=require."
             );
         }
         let me = Self {
             config,
+            transport,
             place,
             writer: Mutex::new(None),
             reader: Mutex::new(None),
@@ -157,7 +162,11 @@ impl Postgres {
         let mut guard = slot.lock().unwrap_or_else(|p| p.into_inner());
         let client = match guard.take() {
             Some(c) if !c.is_closed() => c,
-            _ => self.config.connect(NoTls).map_err(|e| self.err(e))?,
+            _ => match &self.transport {
+                crate::pg_tls::Transport::Plain => self.config.connect(NoTls),
+                crate::pg_tls::Transport::Tls(tls) => self.config.connect(tls.clone()),
+            }
+            .map_err(|e| self.err(e))?,
         };
         let client = guard.insert(client);
         let out = f(client);

@@ -396,22 +396,45 @@ pub struct Postgres {
     pub password: String,
     bin: PathBuf,
     root: tempfile::TempDir,
+    /// TLS only.
+    tls: bool,
 }
 
 impl Postgres {
     /// Makes and starts the cluster.
     pub async fn start() -> Result<Self> {
+        Self::start_with(None).await
+    }
+
+    /// A cluster that takes only TLS connections (`hostssl` lines alone in
+    /// its pg_hba.conf), with `tls`'s server certificate (for localhost).
+    pub async fn start_tls(tls: &TlsFiles) -> Result<Self> {
+        Self::start_with(Some(tls)).await
+    }
+
+    async fn start_with(tls: Option<&TlsFiles>) -> Result<Self> {
         let bin = pg_bin()?;
         let root = tempfile::Builder::new().prefix("pantau-pg-").tempdir()?;
         let password = format!("pw-{}", std::process::id());
         let data = root.path().join("data");
         std::fs::write(root.path().join("pwfile"), &password)?;
+        if let Some(tls) = tls {
+            std::fs::copy(&tls.server_cert, root.path().join("server.pem"))?;
+            let key = root.path().join("server-key.pem");
+            std::fs::copy(&tls.server_key, &key)?;
+            std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+            std::fs::write(
+                root.path().join("pg_hba.conf"),
+                "hostssl all all 127.0.0.1/32 scram-sha-256\n",
+            )?;
+        }
         let me = Self {
             child: None,
             addr: free_addr(),
             password,
             bin,
             root,
+            tls: tls.is_some(),
         };
         if as_root() {
             // The postgres user must reach and own the cluster's files.
@@ -498,6 +521,16 @@ impl Postgres {
                 self.root.path().display()
             ))
             .args(["-c", "max_connections=200"]);
+        if self.tls {
+            let at = |f: &str| self.root.path().join(f).display().to_string();
+            cmd.args(["-c", "ssl=on"])
+                .arg("-c")
+                .arg(format!("ssl_cert_file={}", at("server.pem")))
+                .arg("-c")
+                .arg(format!("ssl_key_file={}", at("server-key.pem")))
+                .arg("-c")
+                .arg(format!("hba_file={}", at("pg_hba.conf")));
+        }
         self.child = Some(spawn_logged(&mut cmd, &log).context("start postgres")?);
         let (ready, port) = (self.bin.join("pg_isready"), self.addr.port().to_string());
         eventually(Duration::from_secs(30), "postgres ready", || {
