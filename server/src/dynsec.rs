@@ -52,13 +52,8 @@ impl BrokerAdminArgs {
         let Some(url) = &self.broker_admin else {
             return Ok(None);
         };
-        let (tls, host, port) = pantau_edge_agent::uplink::parse_url(url)
-            .map_err(|e| anyhow::anyhow!("--broker-admin: {e}"))?;
-        let tls = match (tls, &self.broker_admin_ca) {
-            (true, Some(ca)) => Some(pantau_edge_agent::uplink::client_tls(ca)?),
-            (true, None) => bail!("--broker-admin mqtts:// needs --broker-admin-ca FILE"),
-            (false, _) => None,
-        };
+        let (tls, host, port) =
+            broker_address(url, self.broker_admin_ca.as_deref(), "--broker-admin")?;
         let username = self.broker_admin_username.clone().context(
             "--broker-admin needs --broker-admin-username (PANTAU_BROKER_ADMIN_USERNAME)",
         )?;
@@ -74,6 +69,24 @@ impl BrokerAdminArgs {
             password,
         })))
     }
+}
+
+/// An external broker's `mqtts://HOST:PORT` (with the CA that signed its
+/// certificate) or `mqtt://HOST:PORT`: the client TLS settings, host and
+/// port; `flag` names the option in errors.
+pub fn broker_address(
+    url: &str,
+    ca: Option<&std::path::Path>,
+    flag: &str,
+) -> anyhow::Result<(Option<Arc<rustls::ClientConfig>>, String, u16)> {
+    let (tls, host, port) =
+        pantau_edge_agent::uplink::parse_url(url).map_err(|e| anyhow::anyhow!("{flag}: {e}"))?;
+    let tls = match (tls, ca) {
+        (true, Some(ca)) => Some(pantau_edge_agent::uplink::client_tls(ca)?),
+        (true, None) => bail!("{flag} mqtts:// needs {flag}-ca FILE"),
+        (false, _) => None,
+    };
+    Ok((tls, host, port))
 }
 
 /// A Mosquitto dynamic-security control connection's settings.

@@ -52,13 +52,8 @@ pub struct IngestConfig {
 pub async fn run(cfg: IngestConfig) -> anyhow::Result<()> {
     pantau_model::id::check_id(&cfg.worker_id)
         .map_err(|e| anyhow::anyhow!("invalid --worker-id {:?}: {e}", cfg.worker_id))?;
-    let (tls, host, port) = pantau_edge_agent::uplink::parse_url(&cfg.broker)
-        .map_err(|e| anyhow::anyhow!("--broker: {e}"))?;
-    let tls = match (tls, &cfg.broker_ca) {
-        (true, Some(ca)) => Some(pantau_edge_agent::uplink::client_tls(ca)?),
-        (true, None) => anyhow::bail!("--broker mqtts:// needs --broker-ca FILE"),
-        (false, _) => None,
-    };
+    let (tls, host, port) =
+        crate::dynsec::broker_address(&cfg.broker, cfg.broker_ca.as_deref(), "--broker")?;
     let file = match &cfg.registry {
         Some(p) => Registry::load(p)?,
         None => Registry::empty(),

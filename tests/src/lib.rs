@@ -798,6 +798,20 @@ impl Drop for IngestWorker {
     }
 }
 
+/// `pantau token create --scopes SCOPES` on the shared state `url`
+/// (`PANTAU_STATE`); the token's secret.
+pub fn token_create_shared(url: &str, name: &str, scopes: &str) -> Result<String> {
+    let out = Command::new(binary("pantau"))
+        .args(["token", "create", "--name", name, "--scopes", scopes])
+        .env("PANTAU_STATE", url)
+        .output()?;
+    if !out.status.success() {
+        bail!("token create: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let v: Value = serde_json::from_slice(&out.stdout)?;
+    Ok(v["token"].as_str().unwrap_or_default().to_owned())
+}
+
 /// A running `pantau api` replica.
 #[derive(Debug)]
 pub struct ApiReplica {

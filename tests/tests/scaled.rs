@@ -35,20 +35,6 @@ fn registry() -> String {
     out
 }
 
-fn cli_token(url: &str, name: &str, scopes: &str) -> anyhow::Result<String> {
-    let out = std::process::Command::new(binary("pantau"))
-        .args(["token", "create", "--name", name, "--scopes", scopes])
-        .env("PANTAU_STATE", url)
-        .output()?;
-    anyhow::ensure!(
-        out.status.success(),
-        "token create: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_slice(&out.stdout)?;
-    Ok(v["token"].as_str().unwrap_or_default().to_owned())
-}
-
 async fn call(
     url: String,
     method: reqwest::Method,
@@ -180,7 +166,7 @@ async fn scaled_topology_loses_nothing_when_a_worker_and_a_replica_die() -> anyh
     let lb = Haproxy::start(&dir.path().join("haproxy"), &[r1.http, r2.http]).await?;
 
     // Tokens are shared through PostgreSQL.
-    let admin = cli_token(&state, "ops", "admin")?;
+    let admin = token_create_shared(&state, "ops", "admin")?;
     let (status, created) = call(
         r1.url("/api/v1/admin/tokens"),
         reqwest::Method::POST,

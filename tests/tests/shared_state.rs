@@ -6,27 +6,10 @@
 //! through one is accepted by both workers at once; the schema is migrated
 //! once however many processes start, and no secret is stored in clear.
 
-use std::process::Command;
-
 use pantau_model::Timestamp;
 use pantau_tests::services::{Mosquitto, Postgres};
 use pantau_tests::*;
 use serde_json::{json, Value};
-
-/// `pantau token create --state URL` (the CLI on shared state).
-fn cli_token(url: &str, name: &str, scopes: &str) -> anyhow::Result<String> {
-    let out = Command::new(binary("pantau"))
-        .args(["token", "create", "--name", name, "--scopes", scopes])
-        .env("PANTAU_STATE", url)
-        .output()?;
-    anyhow::ensure!(
-        out.status.success(),
-        "token create: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_slice(&out.stdout)?;
-    Ok(v["token"].as_str().unwrap_or_default().to_owned())
-}
 
 async fn call(
     w: &IngestWorker,
@@ -74,7 +57,7 @@ async fn tokens_and_sensors_are_shared_by_every_worker_through_postgres() -> any
         "each migration recorded once"
     );
 
-    let admin = cli_token(&url, "ops", "admin")?;
+    let admin = token_create_shared(&url, "ops", "admin")?;
     // Created through worker 1's API…
     let (status, created) = call(
         &w1,
