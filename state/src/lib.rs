@@ -294,6 +294,27 @@ impl StateDb {
     }
 }
 
+/// Leases: one holder at a time for a named duty (an alert evaluator's
+/// share of the sensors, say), renewed by its holder before it runs out
+/// and taken over by another once it has. Each change of holder raises the
+/// lease's epoch, a fencing token: a holder that stalled past its lease
+/// and comes back learns it lost it at its next renewal, and work it
+/// stamps with its epoch can be refused.
+impl StateDb {
+    /// Takes or renews lease `name` for `holder` for `ttl_ms`; its epoch,
+    /// or `None` while another holder's lease runs. On shared state the
+    /// database's clock decides when a lease ran out.
+    pub fn acquire_lease(&self, name: &str, holder: &str, ttl_ms: i64) -> Result<Option<i64>> {
+        dispatch!(self.acquire_lease(name, holder, ttl_ms))
+    }
+
+    /// Gives lease `name` up at once (if `holder` has it), for a clean
+    /// hand-over at shutdown.
+    pub fn release_lease(&self, name: &str, holder: &str) -> Result<()> {
+        dispatch!(self.release_lease(name, holder))
+    }
+}
+
 /// Whether `--state` names a PostgreSQL database.
 pub fn is_postgres(url: &str) -> bool {
     url.starts_with("postgres://") || url.starts_with("postgresql://")
@@ -366,6 +387,37 @@ mod tests {
         drop(db);
         let db = StateDb::open(dir.path()).unwrap();
         assert_eq!(db.sensors().unwrap(), vec![spec]);
+    }
+
+    #[test]
+    fn a_lease_has_one_holder_until_it_runs_out_and_each_takeover_raises_the_epoch() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = StateDb::open(dir.path()).unwrap();
+        assert_eq!(db.acquire_lease("eval-0", "a", 60_000).unwrap(), Some(1));
+        assert_eq!(db.acquire_lease("eval-0", "b", 60_000).unwrap(), None);
+        assert_eq!(
+            db.acquire_lease("eval-0", "a", 60_000).unwrap(),
+            Some(1),
+            "renewal"
+        );
+        // Another duty is another lease.
+        assert_eq!(db.acquire_lease("eval-1", "b", 60_000).unwrap(), Some(1));
+        // Run out (a lease of no time), then taken over: a new epoch.
+        assert_eq!(db.acquire_lease("eval-0", "a", -1).unwrap(), Some(1));
+        assert_eq!(db.acquire_lease("eval-0", "b", 60_000).unwrap(), Some(2));
+        assert_eq!(
+            db.acquire_lease("eval-0", "a", 60_000).unwrap(),
+            None,
+            "fenced"
+        );
+        db.release_lease("eval-0", "a").unwrap();
+        assert_eq!(
+            db.acquire_lease("eval-0", "a", 60_000).unwrap(),
+            None,
+            "not a's to release"
+        );
+        db.release_lease("eval-0", "b").unwrap();
+        assert_eq!(db.acquire_lease("eval-0", "a", 60_000).unwrap(), Some(3));
     }
 
     #[test]

@@ -29,10 +29,11 @@ const MIGRATION_LOCK: i64 = 0x70_61_6e_74_61_75;
 
 /// The migrations, in order. Each runs once, in a transaction, and is
 /// recorded in `pantau_migrations`. Never edit a released one: add the next.
-const MIGRATIONS: &[(i32, &str, &str)] = &[(
-    1,
-    "platform state: gateways, API tokens, sensors, client certificates, revocations",
-    "CREATE TABLE gateways (
+const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (
+        1,
+        "platform state: gateways, API tokens, sensors, client certificates, revocations",
+        "CREATE TABLE gateways (
          id TEXT PRIMARY KEY,
          token_sha256 TEXT NOT NULL,
          created_ms BIGINT NOT NULL
@@ -63,7 +64,18 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[(
          gateway TEXT NOT NULL,
          at_ms BIGINT NOT NULL
      );",
-)];
+    ),
+    (
+        2,
+        "leases: one holder at a time for a named duty, with a fencing epoch",
+        "CREATE TABLE leases (
+             name TEXT PRIMARY KEY,
+             holder TEXT NOT NULL,
+             expires_ms BIGINT NOT NULL,
+             epoch BIGINT NOT NULL
+         );",
+    ),
+];
 
 /// The PostgreSQL state store.
 pub(crate) struct Postgres {
@@ -466,6 +478,45 @@ impl Postgres {
                 })
             })
             .collect()
+    }
+
+    pub(crate) fn acquire_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl_ms: i64,
+    ) -> Result<Option<i64>> {
+        // The database's clock, not the callers': holders on several
+        // machines agree on when a lease ran out.
+        self.write(|c| {
+            c.query_opt(
+                "WITH now AS (SELECT (extract(epoch FROM clock_timestamp()) * 1000)::BIGINT AS ms)
+                 INSERT INTO leases (name, holder, expires_ms, epoch)
+                 SELECT $1, $2, now.ms + $3, 1 FROM now
+                 ON CONFLICT (name) DO UPDATE SET
+                     holder = excluded.holder,
+                     expires_ms = excluded.expires_ms,
+                     epoch = CASE WHEN leases.holder = excluded.holder THEN leases.epoch
+                                  ELSE leases.epoch + 1 END
+                 WHERE leases.holder = excluded.holder
+                    OR leases.expires_ms < (SELECT ms FROM now)
+                 RETURNING epoch",
+                &[&name, &holder, &ttl_ms],
+            )
+            .map(|r| r.map(|r| r.get(0)))
+            .map_err(|e| self.err(e))
+        })
+    }
+
+    pub(crate) fn release_lease(&self, name: &str, holder: &str) -> Result<()> {
+        self.write(|c| {
+            c.execute(
+                "UPDATE leases SET expires_ms = 0 WHERE name = $1 AND holder = $2",
+                &[&name, &holder],
+            )
+            .map(drop)
+            .map_err(|e| self.err(e))
+        })
     }
 
     pub(crate) fn sensors_revision(&self) -> Result<i64> {

@@ -58,6 +58,12 @@ impl Sqlite {
                  gateway TEXT NOT NULL,
                  revoked INTEGER NOT NULL DEFAULT 0
              ) WITHOUT ROWID;
+             CREATE TABLE IF NOT EXISTS leases (
+                 name TEXT PRIMARY KEY,
+                 holder TEXT NOT NULL,
+                 expires_ms INTEGER NOT NULL,
+                 epoch INTEGER NOT NULL
+             ) WITHOUT ROWID;
              CREATE TABLE IF NOT EXISTS revocations (
                  id INTEGER PRIMARY KEY AUTOINCREMENT,
                  gateway TEXT NOT NULL,
@@ -324,6 +330,40 @@ impl Sqlite {
             return Err(Error::UnknownToken(name.to_owned()));
         }
         Ok(())
+    }
+
+    pub(crate) fn acquire_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl_ms: i64,
+    ) -> Result<Option<i64>> {
+        let now = Timestamp::now().millis();
+        self.conn()
+            .query_row(
+                "INSERT INTO leases (name, holder, expires_ms, epoch) VALUES (?1, ?2, ?3 + ?4, 1)
+                 ON CONFLICT (name) DO UPDATE SET
+                     holder = excluded.holder,
+                     expires_ms = excluded.expires_ms,
+                     epoch = CASE WHEN leases.holder = excluded.holder THEN leases.epoch
+                                  ELSE leases.epoch + 1 END
+                 WHERE leases.holder = excluded.holder OR leases.expires_ms < ?3
+                 RETURNING epoch",
+                params![name, holder, now, ttl_ms],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| self.sql(e))
+    }
+
+    pub(crate) fn release_lease(&self, name: &str, holder: &str) -> Result<()> {
+        self.conn()
+            .execute(
+                "UPDATE leases SET expires_ms = 0 WHERE name = ?1 AND holder = ?2",
+                params![name, holder],
+            )
+            .map(drop)
+            .map_err(|e| self.sql(e))
     }
 
     /// Every token (no secrets), ordered by name.

@@ -52,8 +52,8 @@ async fn tokens_and_sensors_are_shared_by_every_worker_through_postgres() -> any
     );
     let (w1, w2) = (w1?, w2?);
     assert_eq!(
-        pg.psql("SELECT string_agg(version::text, ',') FROM pantau_migrations")?,
-        "1",
+        pg.psql("SELECT string_agg(version::text, ',' ORDER BY version) FROM pantau_migrations")?,
+        "1,2",
         "each migration recorded once"
     );
 
@@ -183,5 +183,46 @@ async fn tokens_and_sensors_are_shared_by_every_worker_through_postgres() -> any
     let dump = pg.psql("SELECT string_agg(token_sha256, ',') FROM api_tokens")?;
     assert!(!dump.contains(&admin) && !dump.contains(&bpbd));
     assert_eq!(dump.split(',').count(), 2);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_lease_in_postgres_has_one_holder_and_passes_on_when_it_runs_out() -> anyhow::Result<()> {
+    let pg = Postgres::start().await?;
+    let url = pg.url();
+    // Two processes' worth of connections; the client blocks, so off the
+    // runtime's threads.
+    let (a, b) = tokio::task::spawn_blocking(move || {
+        Ok::<_, pantau_state::Error>((
+            std::sync::Arc::new(pantau_state::StateDb::connect(&url, None)?),
+            std::sync::Arc::new(pantau_state::StateDb::connect(&url, None)?),
+        ))
+    })
+    .await??;
+    let take = |db: &std::sync::Arc<pantau_state::StateDb>, who: &'static str, ttl: i64| {
+        let db = db.clone();
+        async move {
+            tokio::task::spawn_blocking(move || db.acquire_lease("alerts-0", who, ttl))
+                .await
+                .expect("lease task")
+        }
+    };
+    assert_eq!(take(&a, "a", 60_000).await?, Some(1));
+    assert_eq!(take(&b, "b", 60_000).await?, None, "two holders at once");
+    // a renews for a short while and then stops (as if it died): b gets
+    // it once it has run out, by the database's clock, with a new epoch.
+    assert_eq!(take(&a, "a", 300).await?, Some(1));
+    let epoch = eventually(
+        std::time::Duration::from_secs(10),
+        "b to take the lease over",
+        || async { take(&b, "b", 60_000).await.ok().flatten() },
+    )
+    .await?;
+    assert_eq!(epoch, 2);
+    assert_eq!(
+        take(&a, "a", 60_000).await?,
+        None,
+        "the old holder is fenced"
+    );
     Ok(())
 }
