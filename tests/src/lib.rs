@@ -685,6 +685,33 @@ pub fn agent_line(sensor: &str, ts_ms: i64, field: &str, value: f64) -> String {
     )
 }
 
+/// Waits (30 s at most) until `url` answers 2xx; otherwise fails with the
+/// end of the process's `log` (backtrace frames left out).
+async fn serving(url: &str, what: &str, log: &Path) -> Result<()> {
+    let up = eventually(Duration::from_secs(30), what, || async move {
+        reqwest::get(url)
+            .await
+            .ok()
+            .filter(|r| r.status().is_success())
+            .map(drop)
+    })
+    .await;
+    if let Err(e) = up {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        let tail: Vec<&str> = text
+            .lines()
+            .filter(|l| !l.starts_with("   "))
+            .rev()
+            .take(12)
+            .collect();
+        bail!(
+            "{e}; its log ends:\n{}",
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        );
+    }
+    Ok(())
+}
+
 /// A running `pantau ingest` worker.
 #[derive(Debug)]
 pub struct IngestWorker {
@@ -744,31 +771,12 @@ impl IngestWorker {
             http,
             log,
         };
-        let url = format!("http://{http}/healthz");
-        let up = eventually(Duration::from_secs(30), "pantau ingest /healthz", || {
-            let url = url.clone();
-            async move {
-                reqwest::get(&url)
-                    .await
-                    .ok()
-                    .filter(|r| r.status().is_success())
-                    .map(drop)
-            }
-        })
-        .await;
-        if let Err(e) = up {
-            let log = std::fs::read_to_string(&w.log).unwrap_or_default();
-            let tail: Vec<&str> = log
-                .lines()
-                .filter(|l| !l.starts_with("   "))
-                .rev()
-                .take(12)
-                .collect();
-            bail!(
-                "{e}; its log ends:\n{}",
-                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-            );
-        }
+        serving(
+            &format!("http://{http}/healthz"),
+            "pantau ingest /healthz",
+            &w.log,
+        )
+        .await?;
         Ok(w)
     }
 
@@ -865,32 +873,7 @@ impl ApiReplica {
     }
 
     async fn wait_ready(&self) -> Result<()> {
-        let url = format!("http://{}/readyz", self.http);
-        let up = eventually(Duration::from_secs(30), "pantau api /readyz", || {
-            let url = url.clone();
-            async move {
-                reqwest::get(&url)
-                    .await
-                    .ok()
-                    .filter(|r| r.status().is_success())
-                    .map(drop)
-            }
-        })
-        .await;
-        if let Err(e) = up {
-            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-            let tail: Vec<&str> = log
-                .lines()
-                .filter(|l| !l.starts_with("   "))
-                .rev()
-                .take(12)
-                .collect();
-            bail!(
-                "{e}; its log ends:\n{}",
-                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-            );
-        }
-        Ok(())
+        serving(&self.url("/readyz"), "pantau api /readyz", &self.log).await
     }
 
     /// Starts it again with the same arguments (after [`ApiReplica::kill`]).
