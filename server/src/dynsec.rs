@@ -188,7 +188,11 @@ impl Dynsec {
     }
 
     async fn exchange(&self, commands: Vec<Value>) -> anyhow::Result<Vec<Value>> {
-        let id = format!("pantau-admin-{}", std::process::id());
+        // One client id per exchange: two at once (two admin requests) with
+        // one id would have the broker drop the first.
+        static EXCHANGES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = EXCHANGES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let id = format!("pantau-admin-{}-{n}", std::process::id());
         let mut opts = MqttOptions::new(id, self.host.clone(), self.port);
         opts.set_clean_session(true);
         opts.set_keep_alive(Duration::from_secs(10));

@@ -120,6 +120,25 @@ async fn gateways_provisioned_in_mosquitto_dynsec_publish_only_their_own_topics(
     let b: Value = r.json().await?;
     let b_pw = b["password"].as_str().unwrap().to_owned();
 
+    // Two registrations at once each get a control connection of their own.
+    let add = |id: &'static str| {
+        let (url, admin) = (
+            format!("http://{}/api/v1/admin/gateways", w.http),
+            admin.clone(),
+        );
+        async move {
+            reqwest::Client::new()
+                .post(url)
+                .bearer_auth(admin)
+                .json(&json!({ "id": id }))
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+        }
+    };
+    let (c, d) = tokio::join!(add("gw-c"), add("gw-d"));
+    assert_eq!((c?, d?), (201, 201), "concurrent registrations collided");
+
     let ts = |s: i64| now_rfc3339(-600 + s);
     // A wrong password is refused by Mosquitto.
     let out = mosquitto_pub(
