@@ -346,8 +346,43 @@ impl Engine {
     fn reload_api_rules(&self) -> Result<(), EngineError> {
         let rules = check_rules(&stored_specs(&self.store)?)?;
         let mut api = self.api_rules.lock().unwrap_or_else(|p| p.into_inner());
-        api.0 += 1;
-        api.1 = rules;
+        if api.1 != rules {
+            api.0 += 1;
+            api.1 = rules;
+        }
+        Ok(())
+    }
+
+    /// Picks up rules added or deleted by API through another process
+    /// sharing the store (the evaluator is rebuilt only when they changed).
+    pub fn follow_rules(&self) -> Result<(), EngineError> {
+        self.reload_api_rules()
+    }
+
+    /// Rebuilds the evaluator from the store — its trackers and the rules
+    /// added by API, as another process left them — for an evaluator that
+    /// takes the alert duty over in a scaled deployment.
+    pub fn reload(&self) -> Result<(), EngineError> {
+        self.reload_api_rules()?;
+        let trackers = self.store.trackers()?;
+        let registry = self.registry.get();
+        let (version, api_rules) = {
+            let api = self.api_rules.lock().unwrap_or_else(|p| p.into_inner());
+            (api.0, api.1.clone())
+        };
+        let mut rules = self.file_rules.clone();
+        rules.extend(api_rules);
+        let mut evaluator = Evaluator::new(&registry, rules);
+        evaluator.restore(trackers.into_iter().map(|(k, mut s)| {
+            s.saved = Some(s.material());
+            (k, s)
+        }));
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        inner.evaluator = evaluator;
+        inner.rules_version = version;
+        inner.registry_version = self.registry.version();
+        inner.statuses.clear();
+        inner.dirty.clear();
         Ok(())
     }
 

@@ -27,6 +27,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod duty;
 pub mod engine;
 pub mod evaluator;
 pub mod ladder;
@@ -35,6 +36,7 @@ pub mod rate;
 pub mod rules;
 pub mod silence;
 pub mod store;
+mod store_pg;
 pub mod tracker;
 pub mod webhook;
 

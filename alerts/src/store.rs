@@ -53,6 +53,20 @@ pub enum StoreError {
         /// What is wrong.
         message: String,
     },
+    /// The shared state (PostgreSQL) failed.
+    #[error("alert store: {0}")]
+    Shared(#[from] pantau_state::Error),
+    /// The store is not shared (`state.db`) where a shared one is needed.
+    #[error("the alert store is not shared: give --state postgres://…")]
+    NotShared,
+    /// Another evaluator holds the lease now: the step was not recorded.
+    #[error("lease {name:?} was taken over (epoch {epoch} is no longer current): not recorded")]
+    Fenced {
+        /// The lease.
+        name: String,
+        /// The epoch this evaluator had.
+        epoch: i64,
+    },
     /// No such alert, rule, webhook or silence.
     #[error("no {0}")]
     NotFound(String),
@@ -373,9 +387,46 @@ const SCHEMA: &str = "
         cancelled_ms INTEGER
     );";
 
-/// The alert store.
+/// The alert store: the alert tables of `state.db` (one process), or of
+/// the shared PostgreSQL state (a scaled deployment, see [`crate::store_pg`]).
 #[derive(Debug)]
 pub struct AlertStore {
+    backend: Backend,
+}
+
+#[derive(Debug)]
+enum Backend {
+    Sqlite(SqliteAlerts),
+    Postgres(crate::store_pg::PgAlerts),
+}
+
+/// Calls the same method on whichever backend is in use.
+macro_rules! dispatch {
+    ($self:ident . $m:ident ( $($a:expr),* )) => {
+        match &$self.backend {
+            Backend::Sqlite(s) => s.$m($($a),*),
+            Backend::Postgres(p) => p.$m($($a),*),
+        }
+    };
+}
+
+/// Who may record evaluation steps in a shared alert store: the holder
+/// of lease `name` at `epoch`. A step recorded with a fence is refused
+/// ([`StoreError::Fenced`]) once another holder took the lease over, so
+/// an evaluator that stalled past its lease cannot open an alert twice.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    /// The lease.
+    pub name: String,
+    /// Its holder.
+    pub holder: String,
+    /// The epoch the holder got.
+    pub epoch: i64,
+}
+
+/// The alert tables of `state.db`.
+#[derive(Debug)]
+pub(crate) struct SqliteAlerts {
     path: PathBuf,
     conn: Mutex<Connection>,
 }
@@ -419,7 +470,7 @@ pub struct Recorded {
     pub event: AlertEvent,
 }
 
-fn kinds_json(kinds: &[SensorKind]) -> String {
+pub(crate) fn kinds_json(kinds: &[SensorKind]) -> String {
     serde_json::to_string(&kinds.iter().map(|k| k.as_str()).collect::<Vec<_>>())
         .unwrap_or_else(|_| "[]".into())
 }
@@ -428,6 +479,166 @@ impl AlertStore {
     /// Opens (creating its tables if needed) the alert tables of `state.db`
     /// in `data_dir`.
     pub fn open(data_dir: &Path) -> Result<Self> {
+        Ok(Self {
+            backend: Backend::Sqlite(SqliteAlerts::open(data_dir)?),
+        })
+    }
+
+    /// The alert tables of the shared PostgreSQL state (created by its
+    /// migration 3); `NotShared` on `state.db`.
+    pub fn shared(state: std::sync::Arc<pantau_state::StateDb>) -> Result<Self> {
+        if !state.is_shared() {
+            return Err(StoreError::NotShared);
+        }
+        Ok(Self {
+            backend: Backend::Postgres(crate::store_pg::PgAlerts::new(state)),
+        })
+    }
+
+    /// Whether the store is shared between processes.
+    pub fn is_shared(&self) -> bool {
+        matches!(self.backend, Backend::Postgres(_))
+    }
+
+    /// From now on evaluation steps are recorded only while `fence` holds
+    /// (`None`: always). Only a shared store checks it.
+    pub fn set_fence(&self, fence: Option<Fence>) {
+        if let Backend::Postgres(p) = &self.backend {
+            p.set_fence(fence);
+        }
+    }
+
+    /// The evaluator's position in the ingest log (always 0 on a shared
+    /// store: there the evaluator's readings come from the commit stream).
+    pub fn cursor(&self) -> Result<i64> {
+        dispatch!(self.cursor())
+    }
+
+    /// Every tracker kept.
+    pub fn trackers(&self) -> Result<Vec<(Key, State)>> {
+        dispatch!(self.trackers())
+    }
+
+    /// Records one evaluation step in one transaction: `changes` (each
+    /// with its timeline event and, unless muted, an outbox row for every
+    /// webhook whose filter it passes), the `trackers` it touched, and the
+    /// new log position `cursor` (if it moved). Returns what each change
+    /// became, in order. On a shared store with a fence, refused
+    /// ([`StoreError::Fenced`]) when the fence no longer holds.
+    pub fn record(
+        &self,
+        changes: &[ChangeRecord],
+        trackers: &[((&str, &str), Option<&State>)],
+        cursor: Option<i64>,
+        now: Timestamp,
+    ) -> Result<Vec<Recorded>> {
+        dispatch!(self.record(changes, trackers, cursor, now))
+    }
+
+    /// One alert.
+    pub fn alert(&self, id: i64) -> Result<Alert> {
+        dispatch!(self.alert(id))
+    }
+
+    /// An alert's timeline, oldest first.
+    pub fn timeline(&self, id: i64) -> Result<Vec<AlertEvent>> {
+        dispatch!(self.timeline(id))
+    }
+
+    /// Alerts matching `filter`, most recently changed first.
+    pub fn alerts(&self, f: &AlertFilter) -> Result<Vec<Alert>> {
+        dispatch!(self.alerts(f))
+    }
+
+    /// Acknowledges an open alert (again by someone else: the latest wins).
+    pub fn acknowledge(&self, id: i64, by: &str, note: Option<&str>) -> Result<Recorded> {
+        dispatch!(self.acknowledge(id, by, note))
+    }
+
+    /// Sets (or clears, with `None`) the assignee.
+    pub fn assign(&self, id: i64, by: &str, assignee: Option<&str>) -> Result<Recorded> {
+        dispatch!(self.assign(id, by, assignee))
+    }
+
+    /// Adds a note to the timeline.
+    pub fn note(&self, id: i64, by: &str, note: &str) -> Result<Recorded> {
+        dispatch!(self.note(id, by, note))
+    }
+
+    /// Resolves an alert by hand. Its rule's tracker is left alone: if the
+    /// condition still holds and worsens, that is a new alert.
+    pub fn resolve(&self, id: i64, by: &str, note: Option<&str>) -> Result<Recorded> {
+        dispatch!(self.resolve(id, by, note))
+    }
+
+    /// Rules configured by API: (id, spec JSON).
+    pub fn rules(&self) -> Result<Vec<(String, String)>> {
+        dispatch!(self.rules())
+    }
+
+    /// Creates or replaces a rule configured by API.
+    pub fn put_rule(&self, id: &str, spec: &str, by: &str) -> Result<()> {
+        dispatch!(self.put_rule(id, spec, by))
+    }
+
+    /// Deletes a rule configured by API.
+    pub fn delete_rule(&self, id: &str) -> Result<()> {
+        dispatch!(self.delete_rule(id))
+    }
+
+    /// Adds a webhook subscriber.
+    pub fn add_webhook(&self, w: &Webhook) -> Result<()> {
+        dispatch!(self.add_webhook(w))
+    }
+
+    /// Removes a webhook subscriber and its outbox.
+    pub fn delete_webhook(&self, id: &str) -> Result<()> {
+        dispatch!(self.delete_webhook(id))
+    }
+
+    /// Every webhook subscriber with its health.
+    pub fn webhooks(&self) -> Result<Vec<Webhook>> {
+        dispatch!(self.webhooks())
+    }
+
+    /// The oldest notifications waiting for `webhook`.
+    pub fn outgoing(&self, webhook: &str, limit: usize) -> Result<Vec<Outgoing>> {
+        dispatch!(self.outgoing(webhook, limit))
+    }
+
+    /// The receiver acknowledged `row`: deletes it and records the success.
+    pub fn delivered(&self, webhook: &str, row: i64, now: Timestamp) -> Result<()> {
+        dispatch!(self.delivered(webhook, row, now))
+    }
+
+    /// An attempt failed; returns the consecutive errors now.
+    pub fn failed(&self, webhook: &str, error: &str, now: Timestamp) -> Result<u32> {
+        dispatch!(self.failed(webhook, error, now))
+    }
+
+    /// Notifications waiting, over every subscriber.
+    pub fn outbox_depth(&self) -> Result<u64> {
+        dispatch!(self.outbox_depth())
+    }
+
+    /// Adds a silence; returns its id.
+    pub fn add_silence(&self, s: &Silence) -> Result<i64> {
+        dispatch!(self.add_silence(s))
+    }
+
+    /// Ends a silence early (kept for the audit trail).
+    pub fn cancel_silence(&self, id: i64, by: &str) -> Result<()> {
+        dispatch!(self.cancel_silence(id, by))
+    }
+
+    /// Silences in force at `now`.
+    pub fn silences(&self, now: Timestamp) -> Result<Vec<Silence>> {
+        dispatch!(self.silences(now))
+    }
+}
+
+impl SqliteAlerts {
+    fn open(data_dir: &Path) -> Result<Self> {
         let path = data_dir.join("state.db");
         let sql = |source| StoreError::Sqlite {
             path: path.clone(),
@@ -456,7 +667,7 @@ impl AlertStore {
     }
 
     /// The evaluator's position in the ingest log.
-    pub fn cursor(&self) -> Result<i64> {
+    pub(crate) fn cursor(&self) -> Result<i64> {
         self.meta("cursor")
     }
 
@@ -471,7 +682,7 @@ impl AlertStore {
     }
 
     /// Every tracker kept.
-    pub fn trackers(&self) -> Result<Vec<(Key, State)>> {
+    pub(crate) fn trackers(&self) -> Result<Vec<(Key, State)>> {
         let conn = self.conn();
         let mut stmt = conn
             .prepare("SELECT rule, sensor, state FROM alert_trackers")
@@ -503,7 +714,7 @@ impl AlertStore {
     /// webhook whose filter it passes), the `trackers` it touched, and the
     /// new log position `cursor` (if it moved). Returns what each change
     /// became, in order.
-    pub fn record(
+    pub(crate) fn record(
         &self,
         changes: &[ChangeRecord],
         trackers: &[((&str, &str), Option<&State>)],
@@ -567,7 +778,7 @@ impl AlertStore {
     }
 
     /// One alert.
-    pub fn alert(&self, id: i64) -> Result<Alert> {
+    pub(crate) fn alert(&self, id: i64) -> Result<Alert> {
         let conn = self.conn();
         alert_in(&conn, id)
             .map_err(|e| self.sql(e))?
@@ -575,7 +786,7 @@ impl AlertStore {
     }
 
     /// An alert's timeline, oldest first.
-    pub fn timeline(&self, id: i64) -> Result<Vec<AlertEvent>> {
+    pub(crate) fn timeline(&self, id: i64) -> Result<Vec<AlertEvent>> {
         let conn = self.conn();
         let mut stmt = conn
             .prepare_cached(
@@ -589,7 +800,7 @@ impl AlertStore {
     }
 
     /// Alerts matching `filter`, most recently changed first.
-    pub fn alerts(&self, f: &AlertFilter) -> Result<Vec<Alert>> {
+    pub(crate) fn alerts(&self, f: &AlertFilter) -> Result<Vec<Alert>> {
         let conn = self.conn();
         let states =
             serde_json::to_string(&f.states.iter().map(|s| s.as_str()).collect::<Vec<_>>())
@@ -632,7 +843,7 @@ impl AlertStore {
     }
 
     /// Acknowledges an open alert (again by someone else: the latest wins).
-    pub fn acknowledge(&self, id: i64, by: &str, note: Option<&str>) -> Result<Recorded> {
+    pub(crate) fn acknowledge(&self, id: i64, by: &str, note: Option<&str>) -> Result<Recorded> {
         self.act(id, by, |tx, alert, now| {
             if alert.state == AlertState::Resolved {
                 return Ok(Err(StoreError::Exists(format!(
@@ -648,7 +859,7 @@ impl AlertStore {
     }
 
     /// Sets (or clears, with `None`) the assignee.
-    pub fn assign(&self, id: i64, by: &str, assignee: Option<&str>) -> Result<Recorded> {
+    pub(crate) fn assign(&self, id: i64, by: &str, assignee: Option<&str>) -> Result<Recorded> {
         self.act(id, by, |tx, _, _| {
             tx.execute(
                 "UPDATE alerts SET assignee = ?2 WHERE id = ?1",
@@ -659,13 +870,13 @@ impl AlertStore {
     }
 
     /// Adds a note to the timeline.
-    pub fn note(&self, id: i64, by: &str, note: &str) -> Result<Recorded> {
+    pub(crate) fn note(&self, id: i64, by: &str, note: &str) -> Result<Recorded> {
         self.act(id, by, |_, _, _| Ok(Ok(("note", Some(note.to_owned())))))
     }
 
     /// Resolves an alert by hand. Its rule's tracker is left alone: if the
     /// condition still holds and worsens, that is a new alert.
-    pub fn resolve(&self, id: i64, by: &str, note: Option<&str>) -> Result<Recorded> {
+    pub(crate) fn resolve(&self, id: i64, by: &str, note: Option<&str>) -> Result<Recorded> {
         self.act(id, by, |tx, alert, now| {
             if alert.state == AlertState::Resolved {
                 return Ok(Err(StoreError::Exists(format!(
@@ -740,7 +951,7 @@ impl AlertStore {
     }
 
     /// Rules configured by API: (id, spec JSON).
-    pub fn rules(&self) -> Result<Vec<(String, String)>> {
+    pub(crate) fn rules(&self) -> Result<Vec<(String, String)>> {
         let conn = self.conn();
         let mut stmt = conn
             .prepare("SELECT id, spec FROM alert_rules ORDER BY id")
@@ -753,7 +964,7 @@ impl AlertStore {
     }
 
     /// Creates or replaces a rule configured by API.
-    pub fn put_rule(&self, id: &str, spec: &str, by: &str) -> Result<()> {
+    pub(crate) fn put_rule(&self, id: &str, spec: &str, by: &str) -> Result<()> {
         self.conn()
             .execute(
                 "INSERT INTO alert_rules (id, spec, updated_ms, updated_by) VALUES (?1, ?2, ?3, ?4)
@@ -766,7 +977,7 @@ impl AlertStore {
     }
 
     /// Deletes a rule configured by API.
-    pub fn delete_rule(&self, id: &str) -> Result<()> {
+    pub(crate) fn delete_rule(&self, id: &str) -> Result<()> {
         let n = self
             .conn()
             .execute("DELETE FROM alert_rules WHERE id = ?1", [id])
@@ -778,7 +989,7 @@ impl AlertStore {
     }
 
     /// Adds a webhook subscriber.
-    pub fn add_webhook(&self, w: &Webhook) -> Result<()> {
+    pub(crate) fn add_webhook(&self, w: &Webhook) -> Result<()> {
         let n = self
             .conn()
             .execute(
@@ -803,7 +1014,7 @@ impl AlertStore {
     }
 
     /// Removes a webhook subscriber and its outbox.
-    pub fn delete_webhook(&self, id: &str) -> Result<()> {
+    pub(crate) fn delete_webhook(&self, id: &str) -> Result<()> {
         let mut conn = self.conn();
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -821,13 +1032,13 @@ impl AlertStore {
     }
 
     /// Every webhook subscriber with its health.
-    pub fn webhooks(&self) -> Result<Vec<Webhook>> {
+    pub(crate) fn webhooks(&self) -> Result<Vec<Webhook>> {
         let conn = self.conn();
         webhooks_in(&conn).map_err(|e| self.sql(e))
     }
 
     /// The oldest notifications waiting for `webhook`.
-    pub fn outgoing(&self, webhook: &str, limit: usize) -> Result<Vec<Outgoing>> {
+    pub(crate) fn outgoing(&self, webhook: &str, limit: usize) -> Result<Vec<Outgoing>> {
         let conn = self.conn();
         let mut stmt = conn
             .prepare_cached(
@@ -849,7 +1060,7 @@ impl AlertStore {
     }
 
     /// The receiver acknowledged `row`: deletes it and records the success.
-    pub fn delivered(&self, webhook: &str, row: i64, now: Timestamp) -> Result<()> {
+    pub(crate) fn delivered(&self, webhook: &str, row: i64, now: Timestamp) -> Result<()> {
         let mut conn = self.conn();
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -867,7 +1078,7 @@ impl AlertStore {
     }
 
     /// An attempt failed; returns the consecutive errors now.
-    pub fn failed(&self, webhook: &str, error: &str, now: Timestamp) -> Result<u32> {
+    pub(crate) fn failed(&self, webhook: &str, error: &str, now: Timestamp) -> Result<u32> {
         let conn = self.conn();
         conn.query_row(
             "UPDATE webhooks SET last_failure_ms = ?2, last_error = ?3,
@@ -882,7 +1093,7 @@ impl AlertStore {
     }
 
     /// Notifications waiting, over every subscriber.
-    pub fn outbox_depth(&self) -> Result<u64> {
+    pub(crate) fn outbox_depth(&self) -> Result<u64> {
         self.conn()
             .query_row("SELECT count(*) FROM outbox", [], |r| r.get::<_, i64>(0))
             .map(|n| n as u64)
@@ -890,7 +1101,7 @@ impl AlertStore {
     }
 
     /// Adds a silence; returns its id.
-    pub fn add_silence(&self, s: &Silence) -> Result<i64> {
+    pub(crate) fn add_silence(&self, s: &Silence) -> Result<i64> {
         let conn = self.conn();
         let spec = serde_json::to_string(s)
             .map_err(|e| self.sql(rusqlite::Error::ToSqlConversionFailure(Box::new(e))))?;
@@ -903,7 +1114,7 @@ impl AlertStore {
     }
 
     /// Ends a silence early (kept for the audit trail).
-    pub fn cancel_silence(&self, id: i64, by: &str) -> Result<()> {
+    pub(crate) fn cancel_silence(&self, id: i64, by: &str) -> Result<()> {
         let n = self
             .conn()
             .execute(
@@ -919,7 +1130,7 @@ impl AlertStore {
     }
 
     /// Silences in force at `now`.
-    pub fn silences(&self, now: Timestamp) -> Result<Vec<Silence>> {
+    pub(crate) fn silences(&self, now: Timestamp) -> Result<Vec<Silence>> {
         let conn = self.conn();
         silences_in(&conn, now).map_err(|e| self.sql(e))
     }
@@ -982,7 +1193,7 @@ fn alert_in(conn: &Connection, id: i64) -> rusqlite::Result<Option<Alert>> {
         .optional()
 }
 
-fn change_name(c: &crate::Change) -> &'static str {
+pub(crate) fn change_name(c: &crate::Change) -> &'static str {
     match c {
         crate::Change::Raised { .. } => "raised",
         crate::Change::Reopened { .. } => "reopened",

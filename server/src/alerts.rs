@@ -91,6 +91,84 @@ pub fn start(
     Ok(Some(engine))
 }
 
+/// What alerting needs in an API replica of a scaled deployment.
+#[derive(Debug)]
+pub struct SharedAlertDeps<'a> {
+    /// The shared platform state (alert tables and the alert lease).
+    pub state: Arc<pantau_state::StateDb>,
+    /// The sensors.
+    pub registry: Arc<SharedRegistry>,
+    /// The replica's mirror of the ingest workers' commits.
+    pub log: Arc<IngestLog>,
+    /// This replica (the lease's holder name).
+    pub replica_id: &'a str,
+    /// The lease's time to live.
+    pub lease_ttl: std::time::Duration,
+}
+
+/// Starts alerting in an API replica: an engine over the mirrored
+/// commits that evaluates only while it holds the alert lease
+/// ([`pantau_alerts::duty`]), and the webhook dispatcher, which runs only
+/// then too (one notification per event across replicas). Every replica
+/// serves the alert routes from the shared store.
+pub fn start_shared(
+    deps: SharedAlertDeps<'_>,
+    metrics: &mut prometheus_client::registry::Registry,
+    sup: &Supervisor,
+    stage: StageId,
+) -> anyhow::Result<Arc<Engine>> {
+    let alert_metrics = AlertMetrics::default();
+    alert_metrics.register(metrics);
+    let store = Arc::new(AlertStore::shared(deps.state.clone())?);
+    let los = pantau_model::derive::LosBands::default();
+    let engine = Arc::new(
+        Engine::open(
+            store.clone(),
+            deps.registry,
+            AlertsFile::default().engine(&los),
+            alert_metrics.clone(),
+        )
+        .context("alert rules")?,
+    );
+    let duty = pantau_alerts::duty::Duty::new(deps.state, deps.replica_id, deps.lease_ttl);
+    let (on_duty, duty_watch) = tokio::sync::watch::channel(false);
+    let (log, e) = (deps.log, engine.clone());
+    sup.spawn_restarting(stage, "alert-duty", None, move |stop| {
+        let (e, log, duty, on_duty) = (e.clone(), log.clone(), duty.clone(), on_duty.clone());
+        async move {
+            pantau_alerts::duty::run(e, log, duty, on_duty, stop).await;
+            Ok::<(), std::convert::Infallible>(())
+        }
+    });
+    let dispatcher = Arc::new(pantau_alerts::webhook::Dispatcher::new(
+        store,
+        alert_metrics,
+        AlertsFile::default().webhook_timeout,
+    ));
+    let queued = engine.outbox_watch();
+    sup.spawn_restarting(stage, "webhooks", None, move |stop| {
+        let (d, q, mut duty) = (dispatcher.clone(), queued.clone(), duty_watch.clone());
+        async move {
+            loop {
+                if duty.wait_for(|on| *on).await.is_err() {
+                    return Ok(());
+                }
+                let shift = stop.child_token();
+                tokio::select! {
+                    _ = d.clone().run(q.clone(), shift.clone()) => {}
+                    _ = duty.wait_for(|on| !*on) => {}
+                    _ = stop.cancelled() => {}
+                }
+                shift.cancel();
+                if stop.is_cancelled() {
+                    return Ok::<(), std::convert::Infallible>(());
+                }
+            }
+        }
+    });
+    Ok(engine)
+}
+
 /// The alerts of each sensor that are not resolved, as the publisher
 /// last saw them.
 type States = BTreeMap<(SensorKind, String), BTreeMap<i64, Alert>>;

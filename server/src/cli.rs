@@ -218,6 +218,10 @@ struct ReplicaArgs {
     /// HTTP API address [default: 127.0.0.1:8080]; HTTPS off loopback.
     #[arg(long, env = "PANTAU_HTTP_LISTEN")]
     http_listen: Option<SocketAddr>,
+    /// Time to live of the alert lease: one replica evaluates alerts and
+    /// sends notifications; when it dies another takes over within this.
+    #[arg(long, env = "PANTAU_ALERT_LEASE_TTL", default_value = "10s", value_parser = humantime::parse_duration)]
+    alert_lease_ttl: std::time::Duration,
     #[command(flatten)]
     broker_login: BrokerLogin,
     #[command(flatten)]
@@ -331,6 +335,7 @@ pub fn main() -> ExitCode {
                 api: args.api,
                 broker_admin: args.broker_admin,
                 broker_login: args.broker_login,
+                alert_lease_ttl: args.alert_lease_ttl,
             };
             tokio::runtime::Runtime::new()
                 .map_err(anyhow::Error::from)

@@ -57,6 +57,8 @@ pub struct ReplicaConfig {
     pub broker_admin: crate::dynsec::BrokerAdminArgs,
     /// Pantau's own account on the broker.
     pub broker_login: crate::cli::BrokerLogin,
+    /// Time to live of the alert lease.
+    pub alert_lease_ttl: Duration,
 }
 
 /// Runs the replica until SIGINT/SIGTERM.
@@ -139,6 +141,18 @@ pub async fn run(cfg: ReplicaConfig) -> anyhow::Result<()> {
     sup.spawn_restarting(mirror_stage, "commit-pruner", None, move |stop| {
         prune(log.clone(), stop)
     });
+    let alerts = crate::alerts::start_shared(
+        crate::alerts::SharedAlertDeps {
+            state: state.clone(),
+            registry: registry.clone(),
+            log: storage.log.clone(),
+            replica_id: &cfg.replica_id,
+            lease_ttl: cfg.alert_lease_ttl,
+        },
+        &mut prometheus,
+        &sup,
+        mirror_stage,
+    )?;
     crate::registry::SharedSensors::follow(&sup, mirror_stage, file, &ingestor, &state);
     let app = cfg.api.app_state(crate::config::ApiDeps {
         ingestor: ingestor.clone(),
@@ -148,7 +162,7 @@ pub async fn run(cfg: ReplicaConfig) -> anyhow::Result<()> {
         presence: Arc::default(),
         los: pantau_model::derive::LosBands::default(),
         health: health.clone(),
-        alerts: None,
+        alerts: Some(alerts),
         gateway_hook: cfg
             .broker_admin
             .dynsec()?

@@ -315,6 +315,37 @@ impl StateDb {
     }
 }
 
+/// The shared database's connections, for the parts of the platform that
+/// keep tables of their own in it (the alert store, whose tables come
+/// with migration 3). `None` on `state.db`.
+impl StateDb {
+    /// Runs `f` on the connection for writes (reconnecting first when it
+    /// was found closed). Blocks: on a runtime's worker thread it runs in
+    /// `block_in_place`.
+    pub fn pg_write<T>(
+        &self,
+        f: impl FnOnce(&mut postgres::Client) -> std::result::Result<T, postgres::Error>,
+    ) -> Option<Result<T>> {
+        match &self.backend {
+            Backend::Sqlite(_) => None,
+            Backend::Postgres(p) => Some(p.shared_write(f)),
+        }
+    }
+
+    /// Runs `f` on the connection for reads.
+    pub fn pg_read<T>(
+        &self,
+        f: impl FnOnce(&mut postgres::Client) -> std::result::Result<T, postgres::Error>,
+    ) -> Option<Result<T>> {
+        match &self.backend {
+            Backend::Sqlite(_) => None,
+            Backend::Postgres(p) => Some(p.shared_read(f)),
+        }
+    }
+}
+
+pub use postgres;
+
 /// Whether `--state` names a PostgreSQL database.
 pub fn is_postgres(url: &str) -> bool {
     url.starts_with("postgres://") || url.starts_with("postgresql://")

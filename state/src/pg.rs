@@ -75,6 +75,95 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
              epoch BIGINT NOT NULL
          );",
     ),
+    (
+        3,
+        "alerts: alerts and their timelines, trackers, rules, webhooks and their outbox, silences",
+        "CREATE TABLE alerts (
+             id BIGSERIAL PRIMARY KEY,
+             rule TEXT NOT NULL,
+             rule_name TEXT NOT NULL,
+             sensor TEXT NOT NULL,
+             kind TEXT NOT NULL,
+             district TEXT NOT NULL,
+             public BOOLEAN NOT NULL,
+             state TEXT NOT NULL,
+             level BIGINT NOT NULL,
+             peak BIGINT NOT NULL,
+             level_label TEXT NOT NULL,
+             since_ms BIGINT NOT NULL,
+             changed_ms BIGINT NOT NULL,
+             resolved_ms BIGINT,
+             resolved_by TEXT,
+             ack_by TEXT,
+             ack_ms BIGINT,
+             assignee TEXT,
+             late BOOLEAN NOT NULL DEFAULT false
+         );
+         CREATE INDEX alerts_open ON alerts (state) WHERE state <> 'resolved';
+         CREATE INDEX alerts_sensor ON alerts (sensor);
+         CREATE INDEX alerts_changed ON alerts (changed_ms DESC, id DESC);
+         CREATE TABLE alert_current (
+             rule TEXT NOT NULL,
+             sensor TEXT NOT NULL,
+             alert BIGINT NOT NULL,
+             PRIMARY KEY (rule, sensor)
+         );
+         CREATE TABLE alert_events (
+             id BIGSERIAL PRIMARY KEY,
+             alert BIGINT NOT NULL,
+             change TEXT NOT NULL,
+             level BIGINT NOT NULL,
+             from_level BIGINT NOT NULL,
+             at_ms BIGINT NOT NULL,
+             recorded_ms BIGINT NOT NULL,
+             late BOOLEAN NOT NULL,
+             actor TEXT,
+             note TEXT
+         );
+         CREATE INDEX alert_events_alert ON alert_events (alert, id);
+         CREATE TABLE alert_trackers (
+             rule TEXT NOT NULL,
+             sensor TEXT NOT NULL,
+             state TEXT NOT NULL,
+             PRIMARY KEY (rule, sensor)
+         );
+         CREATE TABLE alert_rules (
+             id TEXT PRIMARY KEY,
+             spec TEXT NOT NULL,
+             updated_ms BIGINT NOT NULL,
+             updated_by TEXT NOT NULL
+         );
+         CREATE TABLE alert_webhooks (
+             id TEXT PRIMARY KEY,
+             url TEXT NOT NULL,
+             secret TEXT NOT NULL,
+             kinds TEXT NOT NULL,
+             districts TEXT NOT NULL,
+             min_level BIGINT NOT NULL,
+             created_by TEXT NOT NULL,
+             created_ms BIGINT NOT NULL,
+             last_success_ms BIGINT,
+             last_failure_ms BIGINT,
+             last_error TEXT,
+             consecutive_errors BIGINT NOT NULL DEFAULT 0,
+             delivered BIGINT NOT NULL DEFAULT 0
+         );
+         CREATE TABLE alert_outbox (
+             id BIGSERIAL PRIMARY KEY,
+             webhook TEXT NOT NULL,
+             msg_id TEXT NOT NULL,
+             body TEXT NOT NULL,
+             queued_ms BIGINT NOT NULL
+         );
+         CREATE INDEX alert_outbox_webhook ON alert_outbox (webhook, id);
+         CREATE TABLE alert_silences (
+             id BIGSERIAL PRIMARY KEY,
+             spec TEXT NOT NULL,
+             ends_ms BIGINT NOT NULL,
+             cancelled_by TEXT,
+             cancelled_ms BIGINT
+         );",
+    ),
 ];
 
 /// The PostgreSQL state store.
@@ -186,6 +275,20 @@ impl Postgres {
             *guard = None;
         }
         out
+    }
+
+    pub(crate) fn shared_write<T>(
+        &self,
+        f: impl FnOnce(&mut Client) -> std::result::Result<T, postgres::Error>,
+    ) -> Result<T> {
+        off_worker(|| self.write(|c| f(c).map_err(|e| self.err(e))))
+    }
+
+    pub(crate) fn shared_read<T>(
+        &self,
+        f: impl FnOnce(&mut Client) -> std::result::Result<T, postgres::Error>,
+    ) -> Result<T> {
+        off_worker(|| self.read(|c| f(c).map_err(|e| self.err(e))))
     }
 
     fn write<T>(&self, f: impl FnOnce(&mut Client) -> Result<T>) -> Result<T> {
@@ -564,6 +667,19 @@ fn migrate(client: &mut Client) -> Result<(), postgres::Error> {
         tracing::info!(version, name, "State database migrated.");
     }
     tx.commit()
+}
+
+/// Runs blocking `f` where the synchronous client may block: through
+/// `block_in_place` on a multi-threaded runtime's worker (the client
+/// drives a runtime of its own, which panics inside another's worker),
+/// directly elsewhere.
+fn off_worker<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
 }
 
 fn is_local(host: &Host) -> bool {

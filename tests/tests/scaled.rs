@@ -9,6 +9,12 @@
 //! history and latest answers agree across the replicas. Tokens are
 //! shared: created through replica 1, they work on replica 2; revoked
 //! through replica 2, both refuse them on the next request.
+//!
+//! Alerts: a gauge with Siaga thresholds rises, worsens and falls during
+//! the run while the replica holding the alert duty is killed; the other
+//! takes the duty over, and the run ends with exactly one alert, its three
+//! changes (raised, escalated, resolved) and one webhook notification for
+//! each.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -32,7 +38,32 @@ fn registry() -> String {
             ));
         }
     }
+    out.push_str(&format!(
+        "[[sensor]]\nid = \"{SIAGA}\"\nkind = \"flood_gauge\"\ngateway = \"gw-t0\"\nname = \"Topology Siaga\"\ndistrict = \"Dumai Kota\"\nlat = 1.6\nlon = 101.4\npublic = true\nthresholds = {{ siaga3 = 100, siaga2 = 200, siaga1 = 300 }}\n\n"
+    ));
     out
+}
+
+/// The gauge of the alert scenario (one reading per round, on gateway 0).
+const SIAGA: &str = "fl-siaga";
+
+/// Its water level in `round` of 100: calm, Siaga 3 from round 10, Siaga 2
+/// from 45 (after the duty holder's kill at 33), calm again from 70.
+fn siaga_level(round: i64) -> f64 {
+    match round {
+        r if r < 10 => 50.0,
+        r if r < 45 => 150.0,
+        r if r < 70 => 250.0,
+        _ => 50.0,
+    }
+}
+
+/// The replica holding the alert duty.
+fn duty_holder(pg: &Postgres) -> String {
+    pg.psql("SELECT holder FROM leases WHERE name = 'alerts'")
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
 }
 
 async fn call(
@@ -83,6 +114,9 @@ async fn collect(
             }
             if let Some(data) = frame.lines().find_map(|l| l.strip_prefix("data: ")) {
                 if let Ok(v) = serde_json::from_str::<Value>(data) {
+                    if v["sensor"] == SIAGA {
+                        continue;
+                    }
                     let key = (
                         v["sensor"].as_str().unwrap_or_default().to_owned(),
                         v["ts"].as_str().unwrap_or_default().to_owned(),
@@ -153,6 +187,8 @@ async fn scaled_topology_loses_nothing_when_a_worker_and_a_replica_die() -> anyh
     let w2 = IngestWorker::start(&d2, &broker, "w2", &common).await?;
     let mut replica_args = common.to_vec();
     replica_args.extend([
+        "--alert-lease-ttl",
+        "2s",
         "--live-max-per-s",
         "1000000",
         "--public-rate-per-s",
@@ -162,6 +198,13 @@ async fn scaled_topology_loses_nothing_when_a_worker_and_a_replica_die() -> anyh
     ]);
     let mut r1 =
         ApiReplica::start(&dir.path().join("r1"), &broker, "r1", None, &replica_args).await?;
+    // Replica 1, up first, takes the alert duty.
+    eventually(
+        Duration::from_secs(10),
+        "replica 1 on alert duty",
+        || async { (duty_holder(&pg) == "r1").then_some(()) },
+    )
+    .await?;
     let r2 = ApiReplica::start(&dir.path().join("r2"), &broker, "r2", None, &replica_args).await?;
     let lb = Haproxy::start(&dir.path().join("haproxy"), &[r1.http, r2.http]).await?;
 
@@ -197,6 +240,18 @@ async fn scaled_topology_loses_nothing_when_a_worker_and_a_replica_die() -> anyh
             r.http
         );
     }
+
+    // An agency's webhook, subscribed through the replica that is not on
+    // duty: the subscription is in the shared state.
+    let receiver = pantau_tests::webhook::Receiver::start().await?;
+    let (status, v) = call(
+        r2.url("/api/v1/admin/webhooks"),
+        reqwest::Method::POST,
+        &admin,
+        Some(json!({"id": "bpbd-ops", "url": receiver.url()})),
+    )
+    .await?;
+    assert_eq!(status, 201, "{v}");
 
     // An SSE client on the replica that survives.
     let seen = Arc::new(Mutex::new(HashSet::new()));
@@ -244,6 +299,12 @@ async fn scaled_topology_loses_nothing_when_a_worker_and_a_replica_die() -> anyh
                 metric(&m, "pantau_ingest_log_persisted_total").unwrap_or(0.0) > 0.0,
                 "worker 1 took no share before its kill"
             );
+            // The raise is recorded and notified by replica 1 before it dies.
+            eventually(Duration::from_secs(30), "the raise notified", || async {
+                (!receiver.deliveries().is_empty()).then_some(())
+            })
+            .await?;
+            assert_eq!(duty_holder(&pg), "r1");
             w1.kill();
             r1.kill();
             // The load balancer keeps answering through the survivor.
@@ -256,6 +317,14 @@ async fn scaled_topology_loses_nothing_when_a_worker_and_a_replica_die() -> anyh
                     "haproxy did not route around the dead replica"
                 );
             }
+            // Its lease runs out and replica 2 takes the duty over (replica
+            // 1 comes back only then, to stand by).
+            eventually(
+                Duration::from_secs(15),
+                "replica 2 on alert duty",
+                || async { (duty_holder(&pg) == "r2").then_some(()) },
+            )
+            .await?;
             w1 = IngestWorker::start(&d1, &broker, "w1", &common).await?;
             r1.restart().await?;
         }
@@ -270,6 +339,14 @@ async fn scaled_topology_loses_nothing_when_a_worker_and_a_replica_die() -> anyh
                         (i % 1000) as f64,
                     ));
                 }
+            }
+            if a == 0 {
+                lines.push_str(&agent_line(
+                    SIAGA,
+                    base + ((round + 1) * per_round - 1) * 1000,
+                    "water_level_cm",
+                    siaga_level(round),
+                ));
             }
             agent.send(&lines)?;
         }
@@ -295,6 +372,7 @@ async fn scaled_topology_loses_nothing_when_a_worker_and_a_replica_die() -> anyh
                 (0..SENSORS_PER_AGENT).map(move |s| (format!("fl-t{a}-{s}"), steps as u64))
             })
             .collect();
+        v.push((SIAGA.to_owned(), rounds as u64));
         v.sort();
         v
     };
@@ -359,5 +437,63 @@ async fn scaled_topology_loses_nothing_when_a_worker_and_a_replica_die() -> anyh
         .filter_map(|p| p["value"].as_f64())
         .sum();
     assert_eq!(total as i64, steps, "history count: {h1}");
+
+    // One alert for the gauge, with its three changes, the same through
+    // both replicas, though its evaluator was killed between the raise
+    // and the escalation.
+    let alerts_path = format!("/api/v1/alerts?sensor={SIAGA}&state=all");
+    eventually(Duration::from_secs(30), "the alert resolved", || async {
+        let (_, v) = call(r2.url(&alerts_path), reqwest::Method::GET, &admin, None)
+            .await
+            .ok()?;
+        (v["alerts"][0]["state"] == "resolved").then_some(())
+    })
+    .await?;
+    let (s1, a1) = call(r1.url(&alerts_path), reqwest::Method::GET, &admin, None).await?;
+    let (s2, a2) = call(r2.url(&alerts_path), reqwest::Method::GET, &admin, None).await?;
+    assert_eq!((s1, s2), (200, 200), "{a1}");
+    assert_eq!(a1, a2, "alert answers differ between replicas");
+    let list = a1["alerts"].as_array().cloned().unwrap_or_default();
+    assert_eq!(list.len(), 1, "alerts for {SIAGA}: {a1}");
+    assert_eq!(list[0]["peak"], 2, "{a1}");
+    let id = list[0]["id"].as_i64().unwrap();
+    let (_, detail) = call(
+        r1.url(&format!("/api/v1/alerts/{id}")),
+        reqwest::Method::GET,
+        &admin,
+        None,
+    )
+    .await?;
+    let changes: Vec<&str> = detail["timeline"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["change"].as_str())
+        .collect();
+    assert_eq!(changes, ["raised", "escalated", "resolved"], "{detail}");
+    eventually(
+        Duration::from_secs(30),
+        "a notification per change",
+        || async { (receiver.deliveries().len() >= 3).then_some(()) },
+    )
+    .await?;
+    let got: Vec<(String, String)> = receiver
+        .deliveries()
+        .iter()
+        .map(|d| {
+            (
+                d.id.clone(),
+                d.json()["type"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    let types: Vec<&str> = got.iter().map(|(_, t)| t.as_str()).collect();
+    assert_eq!(
+        types,
+        ["alert.raised", "alert.escalated", "alert.resolved"],
+        "notifications: {got:?}"
+    );
+    let ids: HashSet<&str> = got.iter().map(|(i, _)| i.as_str()).collect();
+    assert_eq!(ids.len(), 3, "a notification sent twice: {got:?}");
     Ok(())
 }
