@@ -556,6 +556,18 @@ impl IngestLog {
         wait.await.map_err(|_| Error::WriterGone)?
     }
 
+    /// Fills the `latest` read model with readings stored elsewhere (an
+    /// API replica's start, from InfluxDB), adding no log entry; a sensor
+    /// that has a newer reading keeps it.
+    pub async fn seed_latest(&self, readings: Vec<LoggedReading>) -> Result<()> {
+        if readings.is_empty() {
+            return Ok(());
+        }
+        let (done, wait) = oneshot::channel();
+        self.writer.send(Cmd::SeedLatest { readings, done }).await?;
+        wait.await.map_err(|_| Error::WriterGone)?
+    }
+
     /// Every dead-lettered line, oldest first. Blocking.
     pub fn dead_letters(&self) -> Result<Vec<DeadLetter>> {
         let conn = self.reader();

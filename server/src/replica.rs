@@ -141,6 +141,10 @@ pub async fn run(cfg: ReplicaConfig) -> anyhow::Result<()> {
     sup.spawn_restarting(mirror_stage, "commit-pruner", None, move |stop| {
         prune(log.clone(), stop)
     });
+    if let pantau_ingest::Sink::Influx(influx) = &storage.sink {
+        let (influx, log, stop) = (influx.clone(), storage.log.clone(), sup.token(mirror_stage));
+        tokio::spawn(seed_latest(influx, log, stop));
+    }
     let alerts = crate::alerts::start_shared(
         crate::alerts::SharedAlertDeps {
             state: state.clone(),
@@ -174,6 +178,46 @@ pub async fn run(cfg: ReplicaConfig) -> anyhow::Result<()> {
     tracing::info!(replica = %cfg.replica_id, broker = %cfg.broker, filter = COMMITTED_FILTER, "API replica started.");
     sup.run(GRACE).await?;
     Ok(())
+}
+
+/// Fills the latest values from InfluxDB at start, so a new replica (a new
+/// name, no broker session yet) answers them at once, not only as readings
+/// arrive; retried with backoff while InfluxDB does not answer. A sensor
+/// whose mirrored reading is newer keeps it.
+async fn seed_latest(
+    influx: Arc<pantau_ingest::influx::InfluxSink>,
+    log: Arc<pantau_ingest::log::IngestLog>,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let mut backoff =
+        pantau_model::backoff::Backoff::new(Duration::from_millis(500), Duration::from_secs(30))
+            .expect("valid backoff bounds");
+    loop {
+        let result = match influx.latest(&pantau_model::SensorKind::ALL).await {
+            Ok(readings) => {
+                let n = readings.len();
+                log.seed_latest(readings)
+                    .await
+                    .map(|()| n)
+                    .map_err(|e| e.to_string())
+            }
+            Err(e) => Err(e.to_string()),
+        };
+        match result {
+            Ok(n) => {
+                tracing::info!(sensors = n, "Latest values seeded from InfluxDB.");
+                return;
+            }
+            Err(e) => {
+                let delay = backoff.next_delay();
+                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "Cannot seed the latest values from InfluxDB.");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = stop.cancelled() => return,
+                }
+            }
+        }
+    }
 }
 
 /// Deletes mirrored commits once they are kept (their latest values stay

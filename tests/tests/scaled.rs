@@ -438,6 +438,22 @@ async fn scaled_topology_loses_nothing_when_a_worker_and_a_replica_die() -> anyh
         .sum();
     assert_eq!(total as i64, steps, "history count: {h1}");
 
+    // A new replica (a new name: no broker session, nothing mirrored, and
+    // nothing more is sent) answers the latest values at once, from
+    // InfluxDB.
+    let r3 = ApiReplica::start(&dir.path().join("r3"), &broker, "r3", None, &replica_args).await?;
+    eventually(
+        Duration::from_secs(30),
+        "the new replica's latest values",
+        || async {
+            let (_, l) = call(r3.url("/api/v1/latest"), reqwest::Method::GET, &admin, None)
+                .await
+                .ok()?;
+            (l == l2).then_some(())
+        },
+    )
+    .await?;
+
     // One alert for the gauge, with its three changes, the same through
     // both replicas, though its evaluator was killed between the raise
     // and the escalation.

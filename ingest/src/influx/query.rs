@@ -103,6 +103,76 @@ impl InfluxSink {
     }
 }
 
+impl InfluxSink {
+    /// The newest stored reading of every sensor of `kinds` (one InfluxQL
+    /// statement per kind: its series grouped by sensor, newest first,
+    /// one row each), as logged readings — for an API replica that starts
+    /// with an empty cache to answer latest values at once.
+    pub async fn latest(
+        &self,
+        kinds: &[pantau_model::SensorKind],
+    ) -> Result<Vec<crate::log::LoggedReading>, HistoryError> {
+        let mut out = Vec::new();
+        for kind in kinds {
+            let statement = format!(
+                "SELECT * FROM \"{}\" GROUP BY \"sensor\" ORDER BY time DESC LIMIT 1",
+                kind.as_str()
+            );
+            let (status, body) = self
+                .influxql(&statement, Some(&self.query_db()))
+                .await
+                .map_err(|e| HistoryError::Backend(e.to_string()))?;
+            let result = &body["results"][0];
+            if status != 200 || result.get("error").is_some() {
+                return Err(HistoryError::Backend(format!(
+                    "InfluxQL HTTP {status}: {body}"
+                )));
+            }
+            for s in result["series"].as_array().into_iter().flatten() {
+                let Some(sensor) = s["tags"]["sensor"].as_str() else {
+                    continue;
+                };
+                let columns: Vec<&str> = s["columns"]
+                    .as_array()
+                    .map(|c| c.iter().filter_map(|x| x.as_str()).collect())
+                    .unwrap_or_default();
+                let Some(row) = s["values"][0].as_array() else {
+                    continue;
+                };
+                let Some(ts) = row.first().and_then(|t| t.as_i64()) else {
+                    continue;
+                };
+                let mut gateway = String::new();
+                let mut values = pantau_model::Values::new();
+                for (col, v) in columns.iter().zip(row).skip(1) {
+                    match (*col, v) {
+                        ("gateway", serde_json::Value::String(g)) => gateway = g.clone(),
+                        ("district" | "kind", _) | (_, serde_json::Value::Null) => {}
+                        (field, serde_json::Value::Bool(b)) => {
+                            values.insert(field.to_owned(), pantau_model::Value::Bool(*b));
+                        }
+                        (field, other) => {
+                            if let Some(n) = other.as_f64() {
+                                values.insert(field.to_owned(), pantau_model::Value::Num(n));
+                            }
+                        }
+                    }
+                }
+                if !values.is_empty() {
+                    out.push(crate::log::LoggedReading {
+                        sensor: sensor.to_owned(),
+                        gateway,
+                        kind: *kind,
+                        ts: Timestamp(ts),
+                        values,
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

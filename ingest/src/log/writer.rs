@@ -40,6 +40,11 @@ pub(super) enum Cmd {
         records: Vec<DeadLetter>,
         done: oneshot::Sender<Result<()>>,
     },
+    /// Readings for the `latest` read model only (no entry).
+    SeedLatest {
+        readings: Vec<LoggedReading>,
+        done: oneshot::Sender<Result<()>>,
+    },
 }
 
 impl std::fmt::Debug for Cmd {
@@ -48,6 +53,7 @@ impl std::fmt::Debug for Cmd {
             Cmd::Append { readings, .. } => write!(f, "Append({})", readings.len()),
             Cmd::Ack { ids, .. } => write!(f, "Ack({})", ids.len()),
             Cmd::DeadLetter { records, .. } => write!(f, "DeadLetter({})", records.len()),
+            Cmd::SeedLatest { readings, .. } => write!(f, "SeedLatest({})", readings.len()),
         }
     }
 }
@@ -57,11 +63,12 @@ impl std::fmt::Debug for Cmd {
 enum Other {
     Ack(Vec<i64>, oneshot::Sender<Result<()>>),
     DeadLetter(Vec<DeadLetter>, oneshot::Sender<Result<()>>),
+    SeedLatest(Vec<LoggedReading>, oneshot::Sender<Result<()>>),
 }
 
 impl Other {
     fn answer(self, result: Result<()>) {
-        let (Other::Ack(_, done) | Other::DeadLetter(_, done)) = self;
+        let (Other::Ack(_, done) | Other::DeadLetter(_, done) | Other::SeedLatest(_, done)) = self;
         // The caller may have gone away; the commit stands either way.
         let _ = done.send(result);
     }
@@ -124,6 +131,9 @@ impl GroupCommit for WriterThread {
                 }
                 Cmd::Ack { ids, done } => others.push(Other::Ack(ids, done)),
                 Cmd::DeadLetter { records, done } => others.push(Other::DeadLetter(records, done)),
+                Cmd::SeedLatest { readings, done } => {
+                    others.push(Other::SeedLatest(readings, done))
+                }
             }
         }
         let started = std::time::Instant::now();
@@ -265,6 +275,8 @@ fn commit(
                         dead.execute(params![now, d.sink, d.line, d.status, d.message])?;
                     }
                 }
+                // Never moves a sensor back in time.
+                Other::SeedLatest(readings, _) => latest::update(&tx, readings)?,
                 Other::Ack(ids, _) => {
                     for id in ids {
                         let n: Option<i64> = count
