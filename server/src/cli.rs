@@ -488,10 +488,10 @@ fn gateway_revoke(
     broker: &crate::dynsec::BrokerAdminArgs,
 ) -> anyhow::Result<()> {
     let id = gateway_id(id)?;
-    let dynsec = broker.dynsec()?;
+    let hook = broker.hook()?;
     state.open(&data_dir)?.revoke_gateway(&id)?;
-    if let Some(d) = dynsec {
-        on_broker(d.revoke_gateway(id.as_str())).map_err(|e| {
+    if let Some(d) = hook {
+        on_broker(d.revoked(id.as_str())).map_err(|e| {
             anyhow::anyhow!("gateway {id} is revoked in Pantau, but the broker did not remove it (run the revocation again): {e:#}")
         })?;
     }
@@ -509,10 +509,10 @@ fn gateway_rotate(
     broker: &crate::dynsec::BrokerAdminArgs,
 ) -> anyhow::Result<()> {
     let id = gateway_id(id)?;
-    let dynsec = broker.dynsec()?;
+    let hook = broker.hook()?;
     let token = state.open(&data_dir)?.rotate_gateway(&id)?;
-    if let Some(d) = dynsec {
-        on_broker(d.rotate_gateway(id.as_str(), &token)).map_err(|e| {
+    if let Some(d) = hook {
+        on_broker(d.rotated(id.as_str(), &token)).map_err(|e| {
             anyhow::anyhow!(
                 "gateway {id}: the broker did not take the new token (rotate again): {e:#}"
             )
@@ -533,15 +533,15 @@ fn gateway_add(
     broker: &crate::dynsec::BrokerAdminArgs,
 ) -> anyhow::Result<()> {
     let id = gateway_id(id)?;
-    let dynsec = broker.dynsec()?;
+    let hook = broker.hook()?;
     std::fs::create_dir_all(&data_dir)
         .map_err(|e| anyhow::anyhow!("cannot create data dir {}: {e}", data_dir.display()))?;
     let files = TlsFiles::in_data_dir(&data_dir);
     ensure_ca(&files)?;
     let state = state.open(&data_dir)?;
     let token = state.add_gateway(&id)?;
-    if let Some(d) = dynsec {
-        if let Err(e) = on_broker(d.add_gateway(id.as_str(), &token)) {
+    if let Some(d) = hook {
+        if let Err(e) = on_broker(d.added(id.as_str(), &token)) {
             // Not in the broker: not registered either.
             let _ = state.revoke_gateway(&id);
             anyhow::bail!("gateway {id} not registered: the broker refused it: {e:#}");

@@ -44,9 +44,46 @@ pub struct BrokerAdminArgs {
     /// Its password (prefer the environment variable).
     #[arg(long, env = "PANTAU_BROKER_ADMIN_PASSWORD", hide_env_values = true)]
     pub broker_admin_password: Option<String>,
+    /// EMQX's or VerneMQ's management API, where revoked gateways' live
+    /// sessions are closed: emqx+https://HOST:18083 or
+    /// vernemq+https://HOST:8888 (+http:// on loopback).
+    #[arg(long, env = "PANTAU_BROKER_API", conflicts_with = "broker_admin")]
+    pub broker_api: Option<String>,
+    /// Its API key.
+    #[arg(long, env = "PANTAU_BROKER_API_KEY")]
+    pub broker_api_key: Option<String>,
+    /// The API key's secret (EMQX; prefer the environment variable).
+    #[arg(long, env = "PANTAU_BROKER_API_SECRET", hide_env_values = true)]
+    pub broker_api_secret: Option<String>,
+    /// CA certificate (PEM) of an https:// management API.
+    #[arg(long, env = "PANTAU_BROKER_API_CA")]
+    pub broker_api_ca: Option<PathBuf>,
 }
 
 impl BrokerAdminArgs {
+    /// What gateway registrations and revocations tell the external
+    /// broker: Mosquitto's dynamic security (`--broker-admin`), EMQX's or
+    /// VerneMQ's management API (`--broker-api`), or nothing.
+    pub fn hook(&self) -> anyhow::Result<Option<Arc<dyn pantau_api::GatewayHook>>> {
+        if let Some(d) = self.dynsec()? {
+            return Ok(Some(d));
+        }
+        let Some(url) = &self.broker_api else {
+            return Ok(None);
+        };
+        let key = self
+            .broker_api_key
+            .as_deref()
+            .context("--broker-api needs --broker-api-key (PANTAU_BROKER_API_KEY)")?;
+        let api = crate::broker_api::BrokerApi::new(
+            url,
+            key,
+            self.broker_api_secret.as_deref().unwrap_or_default(),
+            self.broker_api_ca.as_deref(),
+        )?;
+        Ok(Some(Arc::new(api)))
+    }
+
     /// The provisioner, when a broker is named.
     pub fn dynsec(&self) -> anyhow::Result<Option<Arc<Dynsec>>> {
         let Some(url) = &self.broker_admin else {

@@ -140,10 +140,7 @@ pub async fn run(cfg: IngestConfig) -> anyhow::Result<()> {
             los: pantau_model::derive::LosBands::default(),
             health: health.clone(),
             alerts: None,
-            gateway_hook: cfg
-                .broker_admin
-                .dynsec()?
-                .map(|d| d as Arc<dyn pantau_api::GatewayHook>),
+            gateway_hook: cfg.broker_admin.hook()?,
         })?;
         sup.spawn_critical(api_stage, "api", Some(Part::Api), |stop| {
             pantau_api::run(app, listener, stop)

@@ -5,6 +5,7 @@
 
 pub mod alerts;
 pub mod backup;
+pub mod broker_api;
 pub mod cli;
 pub mod config;
 pub mod demo;

@@ -167,10 +167,7 @@ pub async fn run(cfg: ReplicaConfig) -> anyhow::Result<()> {
         los: pantau_model::derive::LosBands::default(),
         health: health.clone(),
         alerts: Some(alerts),
-        gateway_hook: cfg
-            .broker_admin
-            .dynsec()?
-            .map(|d| d as std::sync::Arc<dyn pantau_api::GatewayHook>),
+        gateway_hook: cfg.broker_admin.hook()?,
     })?;
     sup.spawn_critical(api_stage, "api", Some(Part::Api), |stop| {
         pantau_api::run(app, listener, stop)

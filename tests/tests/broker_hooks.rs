@@ -192,3 +192,160 @@ async fn emqx_and_vernemq_hooks_hold_gateways_to_their_identity_and_topics() -> 
     assert!(metric(&m, "pantau_ingest_broker_hook_decisions_total{broker=\"emqx\",hook=\"authn\",verdict=\"deny\"}").unwrap_or(0.0) >= 1.0, "{m}");
     Ok(())
 }
+
+/// What the stand-in management API was asked: (method, path and query,
+/// Authorization header).
+type Asked = std::sync::Arc<std::sync::Mutex<Vec<(String, String, String)>>>;
+
+/// A stand-in for EMQX's and VerneMQ's management APIs on loopback (no
+/// EMQX or VerneMQ in Debian): records each request as the documented
+/// API would receive it and answers as it does, or 500 when `fail` is set.
+async fn management_api(
+    fail: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> anyhow::Result<(std::net::SocketAddr, Asked)> {
+    use axum::extract::{Request, State};
+    let asked: Asked = Default::default();
+    let app = axum::Router::new()
+        .fallback(
+            |State((asked, fail)): State<(
+                Asked,
+                std::sync::Arc<std::sync::atomic::AtomicBool>,
+            )>,
+             req: Request| async move {
+                let auth = req
+                    .headers()
+                    .get("authorization")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_owned();
+                let path = req
+                    .uri()
+                    .path_and_query()
+                    .map(|p| p.to_string())
+                    .unwrap_or_default();
+                let method = req.method().to_string();
+                asked.lock().unwrap().push((method.clone(), path, auth));
+                if fail.load(std::sync::atomic::Ordering::Relaxed) {
+                    return (axum::http::StatusCode::INTERNAL_SERVER_ERROR, String::new());
+                }
+                if method == "DELETE" {
+                    (axum::http::StatusCode::NO_CONTENT, String::new())
+                } else {
+                    (
+                        axum::http::StatusCode::OK,
+                        json!({"type": "text", "text": "Done"}).to_string(),
+                    )
+                }
+            },
+        )
+        .with_state((asked.clone(), fail));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok((addr, asked))
+}
+
+fn revoke(dir: &std::path::Path, id: &str, api: &str, key: &str) -> std::process::Output {
+    std::process::Command::new(binary("pantau"))
+        .args(["gateway", "revoke", id, "--data-dir"])
+        .arg(dir)
+        .args(["--broker-api", api, "--broker-api-key", key])
+        .env("PANTAU_BROKER_API_SECRET", "api-secret")
+        .output()
+        .expect("pantau runs")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoking_a_gateway_closes_its_live_session_on_emqx_and_vernemq() -> anyhow::Result<()> {
+    use base64::Engine as _;
+    let dir = tempfile::tempdir()?;
+    let fail = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (addr, asked) = management_api(fail.clone()).await?;
+    let basic = |user: &str, pw: &str| {
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pw}"))
+        )
+    };
+
+    // EMQX: DELETE /api/v5/clients/{clientid} with the key and secret.
+    gateway_add(dir.path(), "gw-emqx")?;
+    let out = revoke(
+        dir.path(),
+        "gw-emqx",
+        &format!("emqx+http://{addr}"),
+        "api-key",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        asked.lock().unwrap().last().cloned(),
+        Some((
+            "DELETE".into(),
+            "/api/v5/clients/gw-emqx".into(),
+            basic("api-key", "api-secret")
+        ))
+    );
+
+    // VerneMQ: vmq-admin session disconnect client-id=ID over HTTP, the
+    // API key as the user name.
+    gateway_add(dir.path(), "gw-verne")?;
+    let out = revoke(
+        dir.path(),
+        "gw-verne",
+        &format!("vernemq+http://{addr}"),
+        "vmq-key",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        asked.lock().unwrap().last().cloned(),
+        Some((
+            "GET".into(),
+            "/api/v1/session/disconnect?client-id=gw-verne".into(),
+            basic("vmq-key", "")
+        ))
+    );
+
+    // A broker that fails: revoked in Pantau all the same, and said so.
+    gateway_add(dir.path(), "gw-fail")?;
+    fail.store(true, std::sync::atomic::Ordering::Relaxed);
+    let out = revoke(
+        dir.path(),
+        "gw-fail",
+        &format!("emqx+http://{addr}"),
+        "api-key",
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("revoked in Pantau") && stderr.contains("HTTP 500"),
+        "{stderr}"
+    );
+    let state = pantau_state::StateDb::open(dir.path())?;
+    for id in ["gw-emqx", "gw-verne", "gw-fail"] {
+        assert!(state.was_revoked(id)?, "{id} is not revoked");
+    }
+
+    // The API secret never goes out in clear off loopback.
+    let n = asked.lock().unwrap().len();
+    let out = revoke(
+        dir.path(),
+        "gw-emqx",
+        "emqx+http://192.0.2.1:18083",
+        "api-key",
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("plain http off loopback"), "{stderr}");
+    assert_eq!(asked.lock().unwrap().len(), n);
+    Ok(())
+}
