@@ -201,6 +201,9 @@ pub struct Engine {
     metrics: AlertMetrics,
     upstream: Vec<Link>,
     presence: Option<Arc<Presence>>,
+    /// The live feed follows the shared store (every replica's changes)
+    /// instead of what this process records.
+    shared_feed: bool,
 }
 
 fn check_rules(specs: &[RuleSpec]) -> Result<Vec<Rule>, EngineError> {
@@ -269,6 +272,7 @@ impl Engine {
             metrics,
             upstream,
             presence: None,
+            shared_feed: false,
         })
     }
 
@@ -281,6 +285,66 @@ impl Engine {
     /// The alert store.
     pub fn store(&self) -> &Arc<AlertStore> {
         &self.store
+    }
+
+    /// Feeds [`Engine::subscribe`] from the shared store instead of from
+    /// this process: run [`Engine::follow_feed`] too.
+    pub fn with_shared_feed(mut self) -> Self {
+        self.shared_feed = true;
+        self
+    }
+
+    /// Until `stop`: every half second, publishes to the live feed each
+    /// alert event any process recorded in the shared store since the
+    /// last look (events are looked for over the last 30 s, by their
+    /// recording time, so one whose transaction committed after a later
+    /// one's is not skipped; each is sent once), and bumps the outbox
+    /// watch when there were some (an acknowledgement made through another
+    /// replica queues notifications this one may send).
+    pub async fn follow_feed(self: Arc<Self>, stop: CancellationToken) {
+        const LOOKBACK_MS: i64 = 30_000;
+        let mut sent: BTreeMap<i64, Timestamp> = BTreeMap::new();
+        // Events before the start are history, not news.
+        let started = Timestamp::now();
+        loop {
+            let me = self.clone();
+            let since = Timestamp::now().add_millis(-LOOKBACK_MS).max(started);
+            let found = tokio::task::spawn_blocking(move || {
+                let events = me.store.events_since(since)?;
+                let mut out = Vec::new();
+                for event in events {
+                    let alert = me.store.alert(event.alert)?;
+                    out.push(Recorded { alert, event });
+                }
+                Ok::<_, StoreError>(out)
+            })
+            .await;
+            match found {
+                Ok(Ok(recs)) => {
+                    let mut any = false;
+                    for rec in recs {
+                        if sent.contains_key(&rec.event.id) {
+                            continue;
+                        }
+                        sent.insert(rec.event.id, rec.event.recorded);
+                        any = true;
+                        let _ = self.live.send(Arc::new(rec));
+                    }
+                    if any {
+                        self.outbox.send_modify(|n| *n += 1);
+                    }
+                    sent.retain(|_, at| at.0 >= since.0);
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "Cannot read the alert events for the live feed.")
+                }
+                Err(_) => return,
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                _ = stop.cancelled() => return,
+            }
+        }
     }
 
     /// Alert changes and people's actions as they are recorded.
@@ -299,7 +363,9 @@ impl Engine {
         if rec.event.change == "resolved" {
             self.metrics.resolved(&rec.alert.rule);
         }
-        let _ = self.live.send(Arc::new(rec.clone()));
+        if !self.shared_feed {
+            let _ = self.live.send(Arc::new(rec.clone()));
+        }
         self.outbox.send_modify(|n| *n += 1);
         rec
     }
@@ -737,7 +803,9 @@ impl Engine {
                 _ => {}
             }
             queued |= !rec.alert.muted;
-            let _ = self.live.send(Arc::new(rec.clone()));
+            if !self.shared_feed {
+                let _ = self.live.send(Arc::new(rec.clone()));
+            }
         }
         if queued {
             self.outbox.send_modify(|n| *n += 1);

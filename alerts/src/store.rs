@@ -340,6 +340,7 @@ const SCHEMA: &str = "
         note TEXT
     );
     CREATE INDEX IF NOT EXISTS alert_events_alert ON alert_events (alert, id);
+    CREATE INDEX IF NOT EXISTS alert_events_recorded ON alert_events (recorded_ms);
     CREATE TABLE IF NOT EXISTS alert_trackers (
         rule TEXT NOT NULL,
         sensor TEXT NOT NULL,
@@ -548,6 +549,11 @@ impl AlertStore {
     /// Alerts matching `filter`, most recently changed first.
     pub fn alerts(&self, f: &AlertFilter) -> Result<Vec<Alert>> {
         dispatch!(self.alerts(f))
+    }
+
+    /// Every alert event recorded at or after `since`, oldest first.
+    pub fn events_since(&self, since: Timestamp) -> Result<Vec<AlertEvent>> {
+        dispatch!(self.events_since(since))
     }
 
     /// Acknowledges an open alert (again by someone else: the latest wins).
@@ -795,6 +801,21 @@ impl SqliteAlerts {
             )
             .map_err(|e| self.sql(e))?;
         let rows = stmt.query_map([id], event_row).map_err(|e| self.sql(e))?;
+        rows.collect::<rusqlite::Result<_>>()
+            .map_err(|e| self.sql(e))
+    }
+
+    pub(crate) fn events_since(&self, since: Timestamp) -> Result<Vec<AlertEvent>> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT id, alert, change, level, from_level, at_ms, recorded_ms, late, by, note
+                 FROM alert_events WHERE recorded_ms >= ?1 ORDER BY id",
+            )
+            .map_err(|e| self.sql(e))?;
+        let rows = stmt
+            .query_map([since.0], event_row)
+            .map_err(|e| self.sql(e))?;
         rows.collect::<rusqlite::Result<_>>()
             .map_err(|e| self.sql(e))
     }

@@ -169,6 +169,17 @@ impl PgAlerts {
         })
     }
 
+    pub(crate) fn events_since(&self, since: Timestamp) -> Result<Vec<AlertEvent>> {
+        self.read(|c| {
+            let rows = c.query(
+                "SELECT id, alert, change, level, from_level, at_ms, recorded_ms, late, actor, note
+                 FROM alert_events WHERE recorded_ms >= $1 ORDER BY id",
+                &[&since.0],
+            )?;
+            Ok(Ok(rows.iter().map(event_row).collect()))
+        })
+    }
+
     pub(crate) fn alerts(&self, f: &AlertFilter) -> Result<Vec<Alert>> {
         let states: Vec<String> = f.states.iter().map(|s| s.as_str().to_owned()).collect();
         let kinds: Vec<String> = f.kinds.iter().map(|k| k.as_str().to_owned()).collect();

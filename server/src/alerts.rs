@@ -128,8 +128,17 @@ pub fn start_shared(
             AlertsFile::default().engine(&los),
             alert_metrics.clone(),
         )
-        .context("alert rules")?,
+        .context("alert rules")?
+        .with_shared_feed(),
     );
+    let e = engine.clone();
+    sup.spawn_restarting(stage, "alert-feed", None, move |stop| {
+        let e = e.clone();
+        async move {
+            e.follow_feed(stop).await;
+            Ok::<(), std::convert::Infallible>(())
+        }
+    });
     let duty = pantau_alerts::duty::Duty::new(deps.state, deps.replica_id, deps.lease_ttl);
     let (on_duty, duty_watch) = tokio::sync::watch::channel(false);
     let (log, e) = (deps.log, engine.clone());

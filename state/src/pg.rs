@@ -121,6 +121,7 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
              note TEXT
          );
          CREATE INDEX alert_events_alert ON alert_events (alert, id);
+         CREATE INDEX alert_events_recorded ON alert_events (recorded_ms);
          CREATE TABLE alert_trackers (
              rule TEXT NOT NULL,
              sensor TEXT NOT NULL,

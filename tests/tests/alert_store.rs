@@ -261,7 +261,13 @@ fn scenario(store: Arc<AlertStore>, now: Timestamp) -> Result<serde_json::Value>
         .map(|(k, st)| format!("{k:?} {}", serde_json::to_string(&st).unwrap_or_default()))
         .collect();
     trackers.sort();
+    let events: Vec<(i64, String)> = s
+        .events_since(min(0))?
+        .into_iter()
+        .map(|e| (e.alert, e.change))
+        .collect();
     Ok(json!({
+        "events_since": events,
         "lists": lists,
         "timeline": timeline,
         "outboxes": outboxes,
@@ -310,6 +316,7 @@ fn the_shared_alert_store_answers_as_the_embedded_one() -> Result<()> {
         ]
     );
     assert_eq!(embedded["lists"][0].as_array().map(Vec::len), Some(2));
+    assert_eq!(embedded["events_since"].as_array().map(Vec::len), Some(11));
     assert_eq!(embedded["failures"], 2);
     assert!(embedded["outboxes"][0]
         .as_array()

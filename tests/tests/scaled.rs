@@ -128,6 +128,37 @@ async fn collect(
     }
 }
 
+/// Reads an alert feed into `changes` as (sensor, change) until it ends.
+async fn collect_alerts(url: String, token: String, changes: Arc<Mutex<Vec<(String, String)>>>) {
+    let Ok(resp) = reqwest::Client::new()
+        .get(&url)
+        .bearer_auth(&token)
+        .send()
+        .await
+    else {
+        return;
+    };
+    let mut body = resp.bytes_stream();
+    let mut buf = String::new();
+    while let Some(Ok(chunk)) = body.next().await {
+        buf.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(i) = buf.find("\n\n") {
+            let frame: String = buf.drain(..i + 2).collect();
+            if !frame.lines().any(|l| l == "event: alert") {
+                continue;
+            }
+            if let Some(data) = frame.lines().find_map(|l| l.strip_prefix("data: ")) {
+                if let Ok(v) = serde_json::from_str::<Value>(data) {
+                    changes.lock().unwrap().push((
+                        v["alert"]["sensor"].as_str().unwrap_or_default().to_owned(),
+                        v["event"]["change"].as_str().unwrap_or_default().to_owned(),
+                    ));
+                }
+            }
+        }
+    }
+}
+
 /// Readings per sensor in InfluxDB.
 async fn influx_counts(influx: &Influx) -> anyhow::Result<Vec<(String, u64)>> {
     let v = influx
@@ -274,6 +305,8 @@ async fn scaled_topology_loses_nothing_when_a_worker_and_a_replica_die() -> anyh
 
     let mut agents = Vec::new();
     let mut w1 = w1;
+    let feed_changes: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+    let mut alert_feed = None;
     for a in 0..AGENTS {
         let cfg = format!(
             "gateway = \"gw-t{a}\"\n[broker]\nurl = \"{broker}\"\nusername = \"gw-t{a}\"\npassword = \"unused\"\n[batch]\nmax_readings = 100\nmax_delay = \"20ms\"\n[[source]]\ntype = \"stdin\"\n"
@@ -327,6 +360,13 @@ async fn scaled_topology_loses_nothing_when_a_worker_and_a_replica_die() -> anyh
             .await?;
             w1 = IngestWorker::start(&d1, &broker, "w1", &common).await?;
             r1.restart().await?;
+            // An agency watching alerts live on the replica now standing
+            // by sees the changes the one on duty records.
+            alert_feed = Some(tokio::spawn(collect_alerts(
+                r1.url("/api/v1/alerts/live"),
+                admin.clone(),
+                feed_changes.clone(),
+            )));
         }
         for (a, agent) in agents.iter_mut().enumerate() {
             let mut lines = String::new();
@@ -511,5 +551,23 @@ async fn scaled_topology_loses_nothing_when_a_worker_and_a_replica_die() -> anyh
     );
     let ids: HashSet<&str> = got.iter().map(|(i, _)| i.as_str()).collect();
     assert_eq!(ids.len(), 3, "a notification sent twice: {got:?}");
+    eventually(
+        Duration::from_secs(10),
+        "the standby replica's alert feed",
+        || async { (feed_changes.lock().unwrap().len() >= 2).then_some(()) },
+    )
+    .await?;
+    let feed: Vec<(String, String)> = feed_changes.lock().unwrap().clone();
+    assert_eq!(
+        feed,
+        [
+            (SIAGA.to_owned(), "escalated".to_owned()),
+            (SIAGA.to_owned(), "resolved".to_owned())
+        ],
+        "the alert feed of replica 1"
+    );
+    if let Some(f) = alert_feed {
+        f.abort();
+    }
     Ok(())
 }
