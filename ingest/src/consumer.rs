@@ -38,6 +38,12 @@ pub const COMMITTED_PREFIX: &str = "pantau/v1/committed/";
 /// What every API replica subscribes to (no shared group: each gets all).
 pub const COMMITTED_FILTER: &str = "pantau/v1/committed/+";
 
+/// Longest a worker takes to leave the shared subscription at shutdown.
+const LEAVE_DEADLINE: Duration = Duration::from_secs(6);
+
+/// After leaving, how long no message must come before the worker stops.
+const LEAVE_QUIET: Duration = Duration::from_millis(500);
+
 /// How to reach the external broker.
 #[derive(Clone)]
 pub struct ConsumerConfig {
@@ -53,6 +59,12 @@ pub struct ConsumerConfig {
     pub username: Option<String>,
     /// Password.
     pub password: Option<String>,
+    /// At shutdown, leave the shared subscription first (unsubscribe, and
+    /// take what the broker still hands over until it confirms), so a
+    /// worker removed for good holds no share of the telemetry in its
+    /// persistent session. Off by default: for the last worker of a group
+    /// the broker would then keep nothing for it while it restarts.
+    pub leave_on_stop: bool,
 }
 
 impl std::fmt::Debug for ConsumerConfig {
@@ -140,6 +152,10 @@ async fn session(
     // Commits in flight, in arrival order; acks leave in that order.
     let mut pending = FuturesOrdered::new();
     let mut outbox = std::collections::VecDeque::new();
+    // Set once leaving the shared subscription: until when to wait for the
+    // broker's confirmation.
+    let mut leaving: Option<tokio::time::Instant> = None;
+    let (mut left, mut quiet_since) = (false, tokio::time::Instant::now());
     loop {
         flush(&client, &committed_topic, &mut outbox);
         tokio::select! {
@@ -151,6 +167,13 @@ async fn session(
                         return SessionEnd::Connection(e.to_string());
                     }
                 }
+                Ok(Event::Incoming(Packet::UnsubAck(_))) if leaving.is_some() => {
+                    // What the broker had queued for this session before
+                    // may still come: taken until it has been quiet a while.
+                    tracing::info!(worker = %cfg.worker_id, "Left the shared subscription; taking what is still queued.");
+                    left = true;
+                    quiet_since = tokio::time::Instant::now();
+                }
                 Ok(Event::Incoming(Packet::SubAck(ack))) => {
                     if ack.return_codes.iter().any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure)) {
                         return SessionEnd::Refused(format!("subscription to {SHARE_FILTER} refused"));
@@ -159,6 +182,7 @@ async fn session(
                     tracing::info!(worker = %cfg.worker_id, filter = SHARE_FILTER, "Subscribed.");
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
+                    quiet_since = tokio::time::Instant::now();
                     let ingestor = ingestor.clone();
                     pending.push_back(async move {
                         let gateway = GatewayTopic::parse(&p.topic)
@@ -196,31 +220,44 @@ async fn session(
                 // after the reconnect.
                 Err(e) => return SessionEnd::Commit(e.to_string()),
             },
-            _ = shutdown.cancelled() => {
-                // Let commits in flight finish and acknowledge them.
-                while let Some((publish, result)) = pending.next().await {
-                    let Ok(committed) = result else { break };
-                    if let Some(c) = committed.filter(|c| !c.readings().is_empty()) {
-                        outbox.push_back(Out::Publish(serde_json::to_vec(c.readings()).unwrap_or_default()));
-                    }
-                    outbox.push_back(Out::Ack(publish));
+            _ = shutdown.cancelled(), if leaving.is_none() => {
+                if cfg.leave_on_stop && client.try_unsubscribe(SHARE_FILTER).is_ok() {
+                    tracing::info!(worker = %cfg.worker_id, filter = SHARE_FILTER, "Leaving the shared subscription before stopping.");
+                    leaving = Some(tokio::time::Instant::now() + LEAVE_DEADLINE);
+                    continue;
                 }
-                let _ = tokio::time::timeout(Duration::from_secs(2), async {
-                    flush(&client, &committed_topic, &mut outbox);
-                    while !outbox.is_empty() && eventloop.poll().await.is_ok() {
-                        flush(&client, &committed_topic, &mut outbox);
-                    }
-                })
-                .await;
-                let _ = client.try_disconnect();
-                let _ = tokio::time::timeout(Duration::from_secs(2), async {
-                    while eventloop.poll().await.is_ok() {}
-                })
-                .await;
-                return SessionEnd::Shutdown;
+                break;
+            }
+            _ = tokio::time::sleep_until(quiet_since + LEAVE_QUIET), if left && pending.is_empty() => break,
+            _ = tokio::time::sleep_until(leaving.unwrap_or_else(tokio::time::Instant::now)), if leaving.is_some() => {
+                tracing::warn!(worker = %cfg.worker_id, "Leaving the shared subscription took too long; stopping.");
+                break;
             }
         }
     }
+    // Let commits in flight finish and acknowledge them.
+    while let Some((publish, result)) = pending.next().await {
+        let Ok(committed) = result else { break };
+        if let Some(c) = committed.filter(|c| !c.readings().is_empty()) {
+            outbox.push_back(Out::Publish(
+                serde_json::to_vec(c.readings()).unwrap_or_default(),
+            ));
+        }
+        outbox.push_back(Out::Ack(publish));
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        flush(&client, &committed_topic, &mut outbox);
+        while !outbox.is_empty() && eventloop.poll().await.is_ok() {
+            flush(&client, &committed_topic, &mut outbox);
+        }
+    })
+    .await;
+    let _ = client.try_disconnect();
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while eventloop.poll().await.is_ok() {}
+    })
+    .await;
+    SessionEnd::Shutdown
 }
 
 /// What a worker still has to hand its MQTT client, in order.

@@ -173,6 +173,11 @@ struct IngestArgs {
     /// Stable worker name (its MQTT client id is pantau-ingest-NAME).
     #[arg(long, env = "PANTAU_WORKER_ID")]
     worker_id: String,
+    /// At shutdown, leave the shared subscription first and take what the
+    /// broker still has queued for this worker: for a worker removed for
+    /// good (scaling down). Not for the last worker, nor for restarts.
+    #[arg(long, env = "PANTAU_LEAVE_ON_STOP")]
+    leave_on_stop: bool,
     /// CA certificate of the broker (PEM), for mqtts://.
     #[arg(long, env = "PANTAU_BROKER_CA")]
     broker_ca: Option<PathBuf>,
@@ -315,6 +320,7 @@ pub fn main() -> ExitCode {
                 api: args.api,
                 broker_admin: args.broker_admin,
                 broker_login: args.broker_login,
+                leave_on_stop: args.leave_on_stop,
             };
             tokio::runtime::Runtime::new()
                 .map_err(anyhow::Error::from)

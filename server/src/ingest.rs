@@ -46,6 +46,8 @@ pub struct IngestConfig {
     pub broker_admin: crate::dynsec::BrokerAdminArgs,
     /// Pantau's own account on the broker.
     pub broker_login: crate::cli::BrokerLogin,
+    /// Leave the shared subscription at shutdown (a worker removed for good).
+    pub leave_on_stop: bool,
 }
 
 /// Runs the worker until SIGINT/SIGTERM.
@@ -110,6 +112,7 @@ pub async fn run(cfg: IngestConfig) -> anyhow::Result<()> {
         worker_id: cfg.worker_id.clone(),
         username: cfg.broker_login.broker_username.clone(),
         password: cfg.broker_login.broker_password.clone(),
+        leave_on_stop: cfg.leave_on_stop,
     };
     let (consumer_ingestor, consumer_health) = (ingestor.clone(), health.clone());
     sup.spawn_restarting(

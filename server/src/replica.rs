@@ -124,6 +124,7 @@ pub async fn run(cfg: ReplicaConfig) -> anyhow::Result<()> {
         worker_id: cfg.replica_id.clone(),
         username: cfg.broker_login.broker_username.clone(),
         password: cfg.broker_login.broker_password.clone(),
+        leave_on_stop: false,
     };
     let (mirror_ingestor, mirror_health) = (ingestor.clone(), health.clone());
     sup.spawn_restarting(mirror_stage, "commits", Some(Part::Consumer), move |stop| {

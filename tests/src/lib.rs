@@ -798,6 +798,18 @@ impl IngestWorker {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+
+    /// SIGTERM, and waits (bounded) for the exit.
+    pub async fn terminate(&mut self) -> Result<()> {
+        Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()?;
+        let child = &mut self.child;
+        eventually(Duration::from_secs(20), "pantau ingest to exit", || {
+            std::future::ready(child.try_wait().ok().flatten().map(drop))
+        })
+        .await
+    }
 }
 
 impl Drop for IngestWorker {

@@ -571,3 +571,100 @@ async fn scaled_topology_loses_nothing_when_a_worker_and_a_replica_die() -> anyh
     }
     Ok(())
 }
+
+/// Scaling down on Mosquitto: a worker stopped with `--leave-on-stop`
+/// leaves the shared subscription first and takes what was already queued
+/// for it, so what the gateways send afterwards all reaches InfluxDB
+/// through the worker that stays. (Without it the stopped worker's
+/// persistent session keeps getting its share, stored nowhere until it
+/// comes back.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_leaving_for_good_holds_back_no_readings() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (influx_dir, mosq_dir) = (dir.path().join("influx"), dir.path().join("mosquitto"));
+    let (pg, influx, mosq) = tokio::join!(
+        Postgres::start(),
+        Influx::start(&influx_dir, false),
+        Mosquitto::start(&mosq_dir),
+    );
+    let (pg, influx, mosq) = (pg?, influx?, mosq?);
+    let (state, influx_url) = (pg.url(), influx.url());
+    let broker = format!("mqtt://{}", mosq.addr);
+    let reg = dir.path().join("registry.toml");
+    std::fs::write(&reg, registry())?;
+    let reg = reg.to_str().unwrap().to_owned();
+    let common = [
+        "--registry",
+        reg.as_str(),
+        "--state",
+        state.as_str(),
+        "--storage",
+        "influxdb",
+        "--influx-api",
+        "v1",
+        "--influx-url",
+        influx_url.as_str(),
+        "--influx-db",
+        "pantau",
+    ];
+    let mut leaving = common.to_vec();
+    leaving.push("--leave-on-stop");
+    let mut w1 = IngestWorker::start(&dir.path().join("w1"), &broker, "w1", &leaving).await?;
+    let _w2 = IngestWorker::start(&dir.path().join("w2"), &broker, "w2", &common).await?;
+    let cfg = format!(
+        "gateway = \"gw-t0\"\n[broker]\nurl = \"{broker}\"\nusername = \"gw-t0\"\npassword = \"unused\"\n[batch]\nmax_readings = 50\nmax_delay = \"20ms\"\n[[source]]\ntype = \"stdin\"\n"
+    );
+    let mut agent = Agent::start(dir.path(), "agent", &cfg)?;
+    let base = Timestamp::now().millis() - 86_400_000;
+    let per_batch: i64 = 2_000;
+    let batch = |b: i64| {
+        let mut lines = String::new();
+        for i in b * per_batch..(b + 1) * per_batch {
+            for s in 0..SENSORS_PER_AGENT {
+                lines.push_str(&agent_line(
+                    &format!("fl-t0-{s}"),
+                    base + i * 1000,
+                    "water_level_cm",
+                    (i % 500) as f64,
+                ));
+            }
+        }
+        lines
+    };
+    let want = |batches: i64| -> Vec<(String, u64)> {
+        (0..SENSORS_PER_AGENT)
+            .map(|s| (format!("fl-t0-{s}"), (batches * per_batch) as u64))
+            .collect()
+    };
+    agent.send(&batch(0))?;
+    eventually(Duration::from_secs(60), "batch 0 stored", || async {
+        (influx_counts(&influx).await.ok()? == want(1)).then_some(())
+    })
+    .await?;
+    let m = w1.metrics().await?;
+    assert!(
+        metric(&m, "pantau_ingest_log_persisted_total").unwrap_or(0.0) > 0.0,
+        "worker 1 took no share before it left"
+    );
+    // Readings in flight while worker 1 stops, and more once it is gone.
+    agent.send(&batch(1))?;
+    w1.terminate().await?;
+    agent.send(&batch(2))?;
+    eventually(
+        Duration::from_secs(60),
+        "every reading stored with one worker left",
+        || async { (influx_counts(&influx).await.ok()? == want(3)).then_some(()) },
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}: {:?}", influx_counts_now(&influx)))?;
+    let log = std::fs::read_to_string(&w1.log)?;
+    assert!(log.contains("Left the shared subscription"), "{log}");
+    Ok(())
+}
+
+fn influx_counts_now(influx: &Influx) -> Vec<(String, u64)> {
+    tokio::task::block_in_place(|| {
+        tokio::runtime::Handle::current().block_on(influx_counts(influx))
+    })
+    .unwrap_or_default()
+}
