@@ -159,6 +159,41 @@ async fn collect_alerts(url: String, token: String, changes: Arc<Mutex<Vec<(Stri
     }
 }
 
+/// Mosquitto, PostgreSQL 15 and InfluxDB started together in `dir` (with
+/// the topology's registry): the services, the broker's address and the
+/// arguments every worker and replica takes.
+async fn services(
+    dir: &std::path::Path,
+) -> anyhow::Result<(Postgres, Influx, Mosquitto, String, Vec<String>)> {
+    let (influx_dir, mosq_dir) = (dir.join("influx"), dir.join("mosquitto"));
+    let (pg, influx, mosq) = tokio::join!(
+        Postgres::start(),
+        Influx::start(&influx_dir, false),
+        Mosquitto::start(&mosq_dir),
+    );
+    let (pg, influx, mosq) = (pg?, influx?, mosq?);
+    let broker = format!("mqtt://{}", mosq.addr);
+    let reg = dir.join("registry.toml");
+    std::fs::write(&reg, registry())?;
+    let args = [
+        "--registry",
+        reg.to_str().unwrap_or_default(),
+        "--state",
+        &pg.url(),
+        "--storage",
+        "influxdb",
+        "--influx-api",
+        "v1",
+        "--influx-url",
+        &influx.url(),
+        "--influx-db",
+        "pantau",
+    ]
+    .map(String::from)
+    .to_vec();
+    Ok((pg, influx, mosq, broker, args))
+}
+
 /// Readings per sensor in InfluxDB.
 async fn influx_counts(influx: &Influx) -> anyhow::Result<Vec<(String, u64)>> {
     let v = influx
@@ -187,32 +222,9 @@ async fn scaled_topology_loses_nothing_when_a_worker_and_a_replica_die() -> anyh
     let steps = (readings / (AGENTS * SENSORS_PER_AGENT)) as i64;
 
     let dir = tempfile::tempdir()?;
-    let (influx_dir, mosq_dir) = (dir.path().join("influx"), dir.path().join("mosquitto"));
-    let (pg, influx, mosq) = tokio::join!(
-        Postgres::start(),
-        Influx::start(&influx_dir, false),
-        Mosquitto::start(&mosq_dir),
-    );
-    let (pg, influx, mosq) = (pg?, influx?, mosq?);
-    let (state, influx_url) = (pg.url(), influx.url());
-    let broker = format!("mqtt://{}", mosq.addr);
-    let reg = dir.path().join("registry.toml");
-    std::fs::write(&reg, registry())?;
-    let reg = reg.to_str().unwrap().to_owned();
-    let common = [
-        "--registry",
-        reg.as_str(),
-        "--state",
-        state.as_str(),
-        "--storage",
-        "influxdb",
-        "--influx-api",
-        "v1",
-        "--influx-url",
-        influx_url.as_str(),
-        "--influx-db",
-        "pantau",
-    ];
+    let (pg, influx, _mosq, broker, args) = services(dir.path()).await?;
+    let state = pg.url();
+    let common: Vec<&str> = args.iter().map(String::as_str).collect();
     let (d1, d2) = (dir.path().join("w1"), dir.path().join("w2"));
     let w1 = IngestWorker::start(&d1, &broker, "w1", &common).await?;
     let w2 = IngestWorker::start(&d2, &broker, "w2", &common).await?;
@@ -581,32 +593,8 @@ async fn scaled_topology_loses_nothing_when_a_worker_and_a_replica_die() -> anyh
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_leaving_for_good_holds_back_no_readings() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let (influx_dir, mosq_dir) = (dir.path().join("influx"), dir.path().join("mosquitto"));
-    let (pg, influx, mosq) = tokio::join!(
-        Postgres::start(),
-        Influx::start(&influx_dir, false),
-        Mosquitto::start(&mosq_dir),
-    );
-    let (pg, influx, mosq) = (pg?, influx?, mosq?);
-    let (state, influx_url) = (pg.url(), influx.url());
-    let broker = format!("mqtt://{}", mosq.addr);
-    let reg = dir.path().join("registry.toml");
-    std::fs::write(&reg, registry())?;
-    let reg = reg.to_str().unwrap().to_owned();
-    let common = [
-        "--registry",
-        reg.as_str(),
-        "--state",
-        state.as_str(),
-        "--storage",
-        "influxdb",
-        "--influx-api",
-        "v1",
-        "--influx-url",
-        influx_url.as_str(),
-        "--influx-db",
-        "pantau",
-    ];
+    let (_pg, influx, _mosq, broker, args) = services(dir.path()).await?;
+    let common: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut leaving = common.to_vec();
     leaving.push("--leave-on-stop");
     let mut w1 = IngestWorker::start(&dir.path().join("w1"), &broker, "w1", &leaving).await?;

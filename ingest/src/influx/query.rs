@@ -58,17 +58,7 @@ impl InfluxSink {
                 return Err(HistoryError::Invalid(format!("invalid field name {f:?}")));
             }
         }
-        let statement = InfluxQuery::statement(q);
-        let (status, body) = self
-            .influxql(&statement, Some(&self.query_db()))
-            .await
-            .map_err(|e| HistoryError::Backend(e.to_string()))?;
-        let result = &body["results"][0];
-        if status != 200 || result.get("error").is_some() {
-            return Err(HistoryError::Backend(format!(
-                "InfluxQL HTTP {status}: {body}"
-            )));
-        }
+        let result = self.select(&InfluxQuery::statement(q)).await?;
         let mut out: Vec<Series> = q
             .fields
             .iter()
@@ -104,6 +94,22 @@ impl InfluxSink {
 }
 
 impl InfluxSink {
+    /// Runs one InfluxQL statement on the query database; its result.
+    async fn select(&self, statement: &str) -> Result<serde_json::Value, HistoryError> {
+        let (status, mut body) = self
+            .influxql(statement, Some(&self.query_db()))
+            .await
+            .map_err(|e| HistoryError::Backend(e.to_string()))?;
+        let result = body["results"][0].take();
+        if status != 200 || result.get("error").is_some() {
+            body["results"][0] = result;
+            return Err(HistoryError::Backend(format!(
+                "InfluxQL HTTP {status}: {body}"
+            )));
+        }
+        Ok(result)
+    }
+
     /// The newest stored reading of every sensor of `kinds` (one InfluxQL
     /// statement per kind: its series grouped by sensor, newest first,
     /// one row each), as logged readings — for an API replica that starts
@@ -118,16 +124,7 @@ impl InfluxSink {
                 "SELECT * FROM \"{}\" GROUP BY \"sensor\" ORDER BY time DESC LIMIT 1",
                 kind.as_str()
             );
-            let (status, body) = self
-                .influxql(&statement, Some(&self.query_db()))
-                .await
-                .map_err(|e| HistoryError::Backend(e.to_string()))?;
-            let result = &body["results"][0];
-            if status != 200 || result.get("error").is_some() {
-                return Err(HistoryError::Backend(format!(
-                    "InfluxQL HTTP {status}: {body}"
-                )));
-            }
+            let result = self.select(&statement).await?;
             for s in result["series"].as_array().into_iter().flatten() {
                 let Some(sensor) = s["tags"]["sensor"].as_str() else {
                     continue;
