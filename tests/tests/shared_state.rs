@@ -53,7 +53,7 @@ async fn tokens_and_sensors_are_shared_by_every_worker_through_postgres() -> any
     let (w1, w2) = (w1?, w2?);
     assert_eq!(
         pg.psql("SELECT string_agg(version::text, ',' ORDER BY version) FROM pantau_migrations")?,
-        "1,2",
+        "1,2,3",
         "each migration recorded once"
     );
 
