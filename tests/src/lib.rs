@@ -10,6 +10,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
 pub mod browser;
+pub mod faults;
 pub mod mqtt;
 pub mod services;
 pub mod webhook;
