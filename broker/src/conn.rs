@@ -38,6 +38,11 @@ const SUBACK_TIMEOUT: Duration = Duration::from_secs(5);
 /// Most time the commits in flight at a DISCONNECT may take.
 const FINISH_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// After a failed commit, how long connections are refused (then one may
+/// try again): a gateway whose window cannot be stored backs off instead
+/// of reconnecting and resending it at once, over and over.
+const STORAGE_PROBE: Duration = Duration::from_secs(1);
+
 /// `Ok`: go on; `Err`: the connection ends, and why.
 type Step = Result<(), End>;
 
@@ -48,6 +53,23 @@ pub(crate) async fn session<S: AsyncRead + AsyncWrite + Unpin>(
     shared: Arc<Shared>,
     acc: Accepted,
 ) {
+    if shared
+        .ingestor
+        .log()
+        .commit_failing()
+        .is_some_and(|ago| ago < STORAGE_PROBE)
+    {
+        let mut wire = wire;
+        refuse(
+            &mut wire,
+            &shared,
+            peer,
+            ConnectReturnCode::ServiceUnavailable,
+            Refused::StorageFailing,
+        )
+        .await;
+        return;
+    }
     // A newer connection of the same gateway takes over: the older one is
     // told to end (rumqttd would do the same for its own sessions).
     let (session_id, live) = shared.sessions.begin(acc.gateway.as_str());

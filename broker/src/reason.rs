@@ -48,6 +48,9 @@ pub(crate) enum Refused {
     WillAcl,
     /// The router refused the link of a persistent session.
     NoRouterLink,
+    /// Commits are failing (a full or failing disk): nothing could be
+    /// acknowledged.
+    StorageFailing,
     /// `accept()` failed (out of file descriptors and the like).
     AcceptFailed,
 }
@@ -77,6 +80,7 @@ impl Refused {
             Refused::ClientIdMismatch => "client_id_mismatch",
             Refused::WillAcl => "will_acl",
             Refused::NoRouterLink => "router_refused",
+            Refused::StorageFailing => "storage_failing",
             Refused::AcceptFailed => "accept_failed",
         }
     }

@@ -267,6 +267,9 @@ struct Shared {
     notify: Notify,
     /// Rejected readings kept now.
     kept: AtomicU64,
+    /// When the last commit failed (ms since the epoch), 0 once one
+    /// succeeded since.
+    failed_at_ms: std::sync::atomic::AtomicI64,
 }
 
 const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS entries (
@@ -342,6 +345,7 @@ impl IngestLog {
             last_id: std::sync::atomic::AtomicI64::new(0),
             notify: Notify::new(),
             kept: AtomicU64::new(kept as u64),
+            failed_at_ms: Default::default(),
         });
         metrics.log_pending.set(pending_now);
         metrics.rejected_kept.set(kept);
@@ -590,6 +594,17 @@ impl IngestLog {
     /// Readings appended so far (including those found at start).
     pub fn appended(&self) -> u64 {
         self.shared.appended.load(Ordering::Acquire)
+    }
+
+    /// How long ago the last commit failed, while none has succeeded
+    /// since (a full or failing disk); `None` when commits go through.
+    pub fn commit_failing(&self) -> Option<Duration> {
+        match self.shared.failed_at_ms.load(Ordering::Acquire) {
+            0 => None,
+            at => Some(Duration::from_millis(
+                (Timestamp::now().millis() - at).max(0) as u64,
+            )),
+        }
     }
 
     /// Readings in the log now.

@@ -147,6 +147,11 @@ impl GroupCommit for WriterThread {
             Err(e) => {
                 let message = e.to_string();
                 tracing::error!(path = %self.path.display(), error = %message, "Ingest log commit failed.");
+                shared
+                    .failed_at_ms
+                    .store(Timestamp::now().millis().max(1), Ordering::Release);
+                // Refused, not acknowledged: the senders send them again.
+                metrics.drop_readings("commit_failed", readings.len() as u64);
                 let err = || Error::CommitFailed(message.clone());
                 for (done, _) in answers {
                     let _ = done.send(Err(err()));
@@ -157,6 +162,7 @@ impl GroupCommit for WriterThread {
                 return;
             }
         };
+        shared.failed_at_ms.store(0, Ordering::Release);
         let added = readings.len() as u64;
         let entry = Arc::new(readings);
         if let Some(id) = id {
