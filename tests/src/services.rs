@@ -133,6 +133,31 @@ bind-address = "{rpc}"
         .await
     }
 
+    /// Points per sensor of `field` in `measurement` of database `pantau`
+    /// (InfluxDB keeps one point per series and time, so a count equal to
+    /// what was sent means none lost and none extra).
+    pub async fn counts_by_sensor(
+        &self,
+        measurement: &str,
+        field: &str,
+    ) -> Result<std::collections::BTreeMap<String, u64>> {
+        let v = self
+            .query(
+                Some("pantau"),
+                &format!("SELECT count({field}) FROM {measurement} GROUP BY sensor"),
+                None,
+            )
+            .await?;
+        let mut out = std::collections::BTreeMap::new();
+        for s in v["results"][0]["series"].as_array().into_iter().flatten() {
+            out.insert(
+                s["tags"]["sensor"].as_str().unwrap_or_default().to_owned(),
+                s["values"][0][1].as_u64().unwrap_or(0),
+            );
+        }
+        Ok(out)
+    }
+
     /// Runs InfluxQL (POST /query) and returns the JSON.
     pub async fn query(
         &self,

@@ -79,7 +79,7 @@ impl Rig {
         for g in 0..GATEWAYS {
             creds.push(gateway_add(&data, &format!("gw-f{g}"))?);
         }
-        Ok(Self {
+        Self {
             _dir: dir,
             root,
             data,
@@ -90,7 +90,7 @@ impl Rig {
             base: Timestamp::now().millis() - 86_400_000,
             steps: 0,
         }
-        .with_agents(None, agent_extra)?)
+        .with_agents(None, agent_extra)
     }
 
     fn with_agents(mut self, port: Option<u16>, extra: &str) -> Result<Self> {
@@ -527,18 +527,11 @@ async fn influxdb_slow_and_failing_delays_nothing_and_loses_nothing() -> Result<
         Duration::from_secs(120),
         "every reading in InfluxDB",
         || async {
-            let v = influx
-                .query(
-                    Some("pantau"),
-                    "SELECT count(water_level_cm) FROM flood_gauge GROUP BY sensor",
-                    None,
-                )
+            let counts: Vec<u64> = influx
+                .counts_by_sensor("flood_gauge", "water_level_cm")
                 .await
-                .ok()?;
-            let counts: Vec<u64> = v["results"][0]["series"]
-                .as_array()?
-                .iter()
-                .map(|s| s["values"][0][1].as_u64().unwrap_or(0))
+                .ok()?
+                .into_values()
                 .collect();
             (counts.len() == GATEWAYS * SENSORS && counts.iter().all(|n| *n >= want))
                 .then_some(counts)
@@ -701,25 +694,6 @@ async fn a_full_data_disk_refuses_acknowledgements_and_recovers() -> Result<()> 
     Ok(())
 }
 
-/// Readings per sensor in InfluxDB's `flood_gauge`.
-async fn influx_counts(influx: &Influx) -> Result<BTreeMap<String, u64>> {
-    let v = influx
-        .query(
-            Some("pantau"),
-            "SELECT count(water_level_cm) FROM flood_gauge GROUP BY sensor",
-            None,
-        )
-        .await?;
-    let mut out = BTreeMap::new();
-    for s in v["results"][0]["series"].as_array().into_iter().flatten() {
-        out.insert(
-            s["tags"]["sensor"].as_str().unwrap_or_default().to_owned(),
-            s["values"][0][1].as_u64().unwrap_or(0),
-        );
-    }
-    Ok(out)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_of_ingest_workers_on_mosquitto_loses_nothing() -> Result<()> {
     use pantau_tests::services::{Mosquitto, Postgres};
@@ -795,7 +769,10 @@ async fn kill_9_of_ingest_workers_on_mosquitto_loses_nothing() -> Result<()> {
         Duration::from_secs(120),
         "every reading in InfluxDB",
         || async {
-            let c = influx_counts(&influx).await.ok()?;
+            let c = influx
+                .counts_by_sensor("flood_gauge", "water_level_cm")
+                .await
+                .ok()?;
             (c == want).then_some(c)
         },
     )

@@ -196,21 +196,11 @@ async fn services(
 
 /// Readings per sensor in InfluxDB.
 async fn influx_counts(influx: &Influx) -> anyhow::Result<Vec<(String, u64)>> {
-    let v = influx
-        .query(
-            Some("pantau"),
-            "SELECT count(water_level_cm) FROM flood_gauge GROUP BY sensor",
-            None,
-        )
-        .await?;
-    let mut out = Vec::new();
-    for s in v["results"][0]["series"].as_array().into_iter().flatten() {
-        let sensor = s["tags"]["sensor"].as_str().unwrap_or_default().to_owned();
-        let n = s["values"][0][1].as_u64().unwrap_or(0);
-        out.push((sensor, n));
-    }
-    out.sort();
-    Ok(out)
+    Ok(influx
+        .counts_by_sensor("flood_gauge", "water_level_cm")
+        .await?
+        .into_iter()
+        .collect())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
