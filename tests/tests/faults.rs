@@ -511,6 +511,12 @@ async fn influxdb_slow_and_failing_delays_nothing_and_loses_nothing() -> Result<
     let m = rig.p.metrics().await?;
     let backlog = metric(&m, "pantau_ingest_log_pending").unwrap_or(0.0);
     tokio::time::sleep(hold).await;
+    // Half-open: InfluxDB's connections stay up and nothing comes back; the
+    // sink's request timeout ends each write, and it retries.
+    proxy.set(Fault::Blackhole);
+    rig.send(1_000)?;
+    tokio::time::sleep(hold).await;
+    proxy.set(Fault::Pass);
     // Failing: connections cut every half second, with readings coming.
     rig.send(2_000)?;
     for _ in 0..(hold.as_millis() / 500) {
@@ -543,9 +549,10 @@ async fn influxdb_slow_and_failing_delays_nothing_and_loses_nothing() -> Result<
     let retries = metric_sum(&m, "pantau_ingest_sink_retries_total");
     Row {
         order: 40,
-        fault: "InfluxDB slow, then failing".into(),
+        fault: "InfluxDB slow, unanswering, then failing".into(),
         injection: format!(
-            "TCP fault proxy before InfluxDB: 2 s per chunk for {} s, then connections cut every 0.5 s for {} s",
+            "TCP fault proxy before InfluxDB: 2 s per chunk for {} s, half-open (nothing answered) for {} s, then connections cut every 0.5 s for {} s",
+            hold.as_secs(),
             hold.as_secs(),
             hold.as_secs()
         ),
