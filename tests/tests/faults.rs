@@ -145,18 +145,7 @@ impl Rig {
     /// reading sent exactly once at its time with its value, and that the
     /// counters add up. Returns (lost, duplicated).
     async fn settle(&self, deadline: Duration) -> Result<(u64, u64)> {
-        let spools: Vec<PathBuf> = self
-            .agents
-            .iter()
-            .map(|a| a.dir.join("spool").join("spool.db"))
-            .collect();
-        eventually(deadline, "every agent's spool empty", || async {
-            spools
-                .iter()
-                .all(|db| spool_len(db).is_some_and(|n| n == 0))
-                .then_some(())
-        })
-        .await?;
+        spools_empty(&self.agents, deadline, "every agent's spool empty").await?;
         eventually(deadline, "the ingest log drained", || async {
             let m = self.p.metrics().await.ok()?;
             (metric(&m, "pantau_ingest_log_pending")? == 0.0).then_some(())
@@ -222,6 +211,22 @@ impl Rig {
         let dup = seen.values().map(|n| n - 1).sum();
         Ok((lost, dup))
     }
+}
+
+/// Waits until every agent's spool is empty: the platform acknowledged
+/// everything they took.
+async fn spools_empty(agents: &[Agent], deadline: Duration, what: &str) -> Result<()> {
+    let spools: Vec<PathBuf> = agents
+        .iter()
+        .map(|a| a.dir.join("spool").join("spool.db"))
+        .collect();
+    eventually(deadline, what, || async {
+        spools
+            .iter()
+            .all(|db| spool_len(db).is_some_and(|n| n == 0))
+            .then_some(())
+    })
+    .await
 }
 
 fn spool_len(db: &Path) -> Option<i64> {
@@ -491,20 +496,10 @@ async fn influxdb_slow_and_failing_delays_nothing_and_loses_nothing() -> Result<
     rig.send(2_000)?;
     // The gateways are acknowledged meanwhile (their spools empty) while
     // the backlog waits in the ingest log.
-    let spools: Vec<PathBuf> = rig
-        .agents
-        .iter()
-        .map(|a| a.dir.join("spool").join("spool.db"))
-        .collect();
-    eventually(
+    spools_empty(
+        &rig.agents,
         Duration::from_secs(30),
         "spools empty with InfluxDB slow",
-        || async {
-            spools
-                .iter()
-                .all(|db| spool_len(db).is_some_and(|n| n == 0))
-                .then_some(())
-        },
     )
     .await?;
     let acked_in = sent_slow.elapsed();
@@ -785,19 +780,10 @@ async fn kill_9_of_ingest_workers_on_mosquitto_loses_nothing() -> Result<()> {
     )
     .await
     .with_context(|| format!("seed {seed}: {:?}", want))?;
-    let spools: Vec<PathBuf> = agents
-        .iter()
-        .map(|a| a.dir.join("spool").join("spool.db"))
-        .collect();
-    eventually(
+    spools_empty(
+        &agents,
         Duration::from_secs(30),
         "every agent's spool empty",
-        || async {
-            spools
-                .iter()
-                .all(|db| spool_len(db).is_some_and(|n| n == 0))
-                .then_some(())
-        },
     )
     .await?;
     let lost: u64 = want

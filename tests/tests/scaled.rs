@@ -84,79 +84,68 @@ async fn call(
     Ok((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
 }
 
-/// Reads an SSE feed into `seen` as (sensor, ts) until the stream ends.
+/// Reads an SSE feed until the stream ends, handing `on` each event's name
+/// and data.
+async fn sse(url: String, token: String, mut on: impl FnMut(&str, Option<Value>)) {
+    let Ok(resp) = reqwest::Client::new()
+        .get(&url)
+        .bearer_auth(&token)
+        .send()
+        .await
+    else {
+        return;
+    };
+    let mut body = resp.bytes_stream();
+    let mut buf = String::new();
+    while let Some(Ok(chunk)) = body.next().await {
+        buf.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(i) = buf.find("\n\n") {
+            let frame: String = buf.drain(..i + 2).collect();
+            let Some(event) = frame.lines().find_map(|l| l.strip_prefix("event: ")) else {
+                continue;
+            };
+            let data = frame
+                .lines()
+                .find_map(|l| l.strip_prefix("data: "))
+                .and_then(|d| serde_json::from_str::<Value>(d).ok());
+            on(event, data);
+        }
+    }
+}
+
+/// Reads a readings feed into `seen` as (sensor, ts), counting `lagged`.
 async fn collect(
     url: String,
     token: String,
     seen: Arc<Mutex<HashSet<(String, String)>>>,
     lagged: Arc<std::sync::atomic::AtomicU64>,
 ) {
-    let Ok(resp) = reqwest::Client::new()
-        .get(&url)
-        .bearer_auth(&token)
-        .send()
-        .await
-    else {
-        return;
-    };
-    let mut body = resp.bytes_stream();
-    let mut buf = String::new();
-    while let Some(Ok(chunk)) = body.next().await {
-        buf.push_str(&String::from_utf8_lossy(&chunk));
-        while let Some(i) = buf.find("\n\n") {
-            let frame: String = buf.drain(..i + 2).collect();
-            if frame.lines().any(|l| l == "event: lagged") {
-                lagged.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                continue;
-            }
-            if !frame.lines().any(|l| l == "event: reading") {
-                continue;
-            }
-            if let Some(data) = frame.lines().find_map(|l| l.strip_prefix("data: ")) {
-                if let Ok(v) = serde_json::from_str::<Value>(data) {
-                    if v["sensor"] == SIAGA {
-                        continue;
-                    }
-                    let key = (
-                        v["sensor"].as_str().unwrap_or_default().to_owned(),
-                        v["ts"].as_str().unwrap_or_default().to_owned(),
-                    );
-                    seen.lock().unwrap().insert(key);
-                }
-            }
+    sse(url, token, |event, data| match (event, data) {
+        ("lagged", _) => {
+            lagged.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
-    }
+        ("reading", Some(v)) if v["sensor"] != SIAGA => {
+            seen.lock().unwrap().insert((
+                v["sensor"].as_str().unwrap_or_default().to_owned(),
+                v["ts"].as_str().unwrap_or_default().to_owned(),
+            ));
+        }
+        _ => {}
+    })
+    .await
 }
 
-/// Reads an alert feed into `changes` as (sensor, change) until it ends.
+/// Reads an alert feed into `changes` as (sensor, change).
 async fn collect_alerts(url: String, token: String, changes: Arc<Mutex<Vec<(String, String)>>>) {
-    let Ok(resp) = reqwest::Client::new()
-        .get(&url)
-        .bearer_auth(&token)
-        .send()
-        .await
-    else {
-        return;
-    };
-    let mut body = resp.bytes_stream();
-    let mut buf = String::new();
-    while let Some(Ok(chunk)) = body.next().await {
-        buf.push_str(&String::from_utf8_lossy(&chunk));
-        while let Some(i) = buf.find("\n\n") {
-            let frame: String = buf.drain(..i + 2).collect();
-            if !frame.lines().any(|l| l == "event: alert") {
-                continue;
-            }
-            if let Some(data) = frame.lines().find_map(|l| l.strip_prefix("data: ")) {
-                if let Ok(v) = serde_json::from_str::<Value>(data) {
-                    changes.lock().unwrap().push((
-                        v["alert"]["sensor"].as_str().unwrap_or_default().to_owned(),
-                        v["event"]["change"].as_str().unwrap_or_default().to_owned(),
-                    ));
-                }
-            }
+    sse(url, token, |event, data| {
+        if let ("alert", Some(v)) = (event, data) {
+            changes.lock().unwrap().push((
+                v["alert"]["sensor"].as_str().unwrap_or_default().to_owned(),
+                v["event"]["change"].as_str().unwrap_or_default().to_owned(),
+            ));
         }
-    }
+    })
+    .await
 }
 
 /// Mosquitto, PostgreSQL 15 and InfluxDB started together in `dir` (with
