@@ -22,6 +22,12 @@ mod sessions;
 pub mod tls;
 mod wire;
 
+/// Entry points for the fuzz targets in `tests/fuzz` (not an API).
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::wire::frames;
+}
+
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -67,6 +67,37 @@ mod tests {
     }
 }
 
+/// What the gatekeeper's reader makes of `input` arriving in `pieces`
+/// (each the length of one read; the rest comes in one last read): each
+/// packet as read, up to and including the error that would end the
+/// connection. For the fuzz targets: the outcome may not depend on how
+/// the bytes were split, and no input may stall or crash the reader.
+pub fn frames(input: &[u8], pieces: &[usize], max_packet: usize) -> Vec<String> {
+    let (io, _peer) = tokio::io::duplex(1);
+    let mut wire = Wire::new(io, max_packet, std::time::Duration::from_secs(1));
+    let mut out = Vec::new();
+    let mut rest = input;
+    let reads = pieces.iter().copied().chain(std::iter::once(usize::MAX));
+    for n in reads {
+        if rest.is_empty() {
+            break;
+        }
+        let (now, later) = rest.split_at(n.min(rest.len()));
+        rest = later;
+        wire.rbuf.extend_from_slice(now);
+        while let Some(frame) = wire.read_buffered() {
+            match frame {
+                Ok(f) => out.push(format!("{:?} qos={} pkid={}", f.packet, f.qos, f.pkid)),
+                Err(e) => {
+                    out.push(format!("end: {e}"));
+                    return out;
+                }
+            }
+        }
+    }
+    out
+}
+
 /// A client connection with read and write buffers.
 #[derive(Debug)]
 pub(crate) struct Wire<S> {
