@@ -193,9 +193,14 @@ pub(crate) fn drop_before(
     let names: Vec<String> = stmt
         .query_map(params![raw_cut, rollup_cut], |r| r.get(0))?
         .collect::<rusqlite::Result<_>>()?;
+    // Each partition leaves the catalog in the transaction that drops its
+    // table: killed in between, the catalog would name a missing table
+    // (queries of that span failing) until the next retention pass.
     for name in &names {
-        conn.execute_batch(&format!("DROP TABLE IF EXISTS {name}"))?;
-        conn.execute("DELETE FROM partitions WHERE name = ?1", [name])?;
+        let tx = conn.unchecked_transaction()?;
+        tx.execute_batch(&format!("DROP TABLE IF EXISTS {name}"))?;
+        tx.execute("DELETE FROM partitions WHERE name = ?1", [name])?;
+        tx.commit()?;
     }
     Ok(names)
 }
