@@ -234,7 +234,12 @@ impl Agent {
         }
         drop(tx);
         let appended = Arc::new(Notify::new());
-        let writer = tokio::spawn(spool_writer(spool.clone(), rx, appended.clone()));
+        let writer = tokio::spawn(spool_writer(
+            spool.clone(),
+            rx,
+            appended.clone(),
+            stats.clone(),
+        ));
         let uplink_stop = CancellationToken::new();
         let uplink = tokio::spawn(
             Uplink::new(self.uplink, spool, appended, stats, intervals).run(uplink_stop.clone()),
@@ -253,8 +258,14 @@ impl Agent {
 
 /// Commits readings from the sources to the spool, a batch per
 /// transaction, and wakes the uplink. A failed commit is retried with
-/// backoff while the batch is held (the sources wait: nothing is lost).
-async fn spool_writer(spool: Arc<Spool>, mut rx: mpsc::Receiver<Reading>, appended: Arc<Notify>) {
+/// backoff while the batch is held (the sources wait: nothing is lost),
+/// and counted in the status (`spool_append_failures`, `last_spool_error`).
+async fn spool_writer(
+    spool: Arc<Spool>,
+    mut rx: mpsc::Receiver<Reading>,
+    appended: Arc<Notify>,
+    stats: Arc<crate::status::Stats>,
+) {
     let mut last_full_warning: Option<tokio::time::Instant> = None;
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
@@ -292,6 +303,7 @@ async fn spool_writer(spool: Arc<Spool>, mut rx: mpsc::Receiver<Reading>, append
                     break;
                 }
                 Err(e) => {
+                    stats.spool_error(e.to_string());
                     let delay = backoff.next_delay();
                     tracing::error!(error = %e, readings = batch.len(), retry_in_ms = delay.as_millis() as u64, "Spool append failed, retrying.");
                     tokio::time::sleep(delay).await;

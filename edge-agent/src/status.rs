@@ -55,6 +55,11 @@ pub struct Stats {
     pub clock_offset_ms: AtomicI64,
     /// Whether a `time` command has arrived.
     pub clock_known: AtomicBool,
+    /// Spool appends that failed (a full or failing disk); each is retried
+    /// while the sources wait, so no reading is lost.
+    pub spool_append_failures: AtomicU64,
+    /// Why the latest spool append failed.
+    pub last_spool_error: Mutex<Option<String>>,
 }
 
 impl Stats {
@@ -72,6 +77,15 @@ impl Stats {
                 .collect(),
             ..Self::default()
         }
+    }
+
+    /// Counts a failed spool append and remembers why.
+    pub fn spool_error(&self, message: String) {
+        self.spool_append_failures.fetch_add(1, Ordering::Relaxed);
+        *self
+            .last_spool_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(message);
     }
 
     /// Counts a failed command and remembers why.
@@ -95,6 +109,11 @@ pub struct Status {
     pub ts: String,
     /// Spool depth, bound and dropped count.
     pub spool: Depth,
+    /// Spool appends that failed and were retried (disk full or failing).
+    pub spool_append_failures: u64,
+    /// Why the latest spool append failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_spool_error: Option<String>,
     /// Per-source counters.
     pub sources: Vec<SourceStatus>,
     /// Readings acknowledged by the broker since start.
@@ -136,6 +155,12 @@ impl Status {
             state,
             ts: Timestamp::now().to_rfc3339(),
             spool,
+            spool_append_failures: get(&stats.spool_append_failures),
+            last_spool_error: stats
+                .last_spool_error
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
             sources: stats
                 .sources
                 .iter()
