@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs the fault suite and regenerates the README's reliability table from
-# the rows it records (target/faults/*.json).
+# Runs the fault suite and the fuzz targets (tests/fuzz.sh) and regenerates
+# the README's reliability table from the rows they record
+# (target/faults/*.json).
 #   tests/faults.sh          quick mode (what CI runs)
 #   tests/faults.sh long     long mode (a soak: more kills, longer faults)
 set -euo pipefail
@@ -8,6 +9,8 @@ cd "$(dirname "$0")/.."
 mode="${1:-quick}"
 rm -rf target/faults
 PANTAU_FAULTS="$mode" cargo test -p pantau-tests --test faults --locked -- --test-threads 1
+# The fuzz targets' rows: 20 s each in quick mode, 5 min in long mode.
+./tests/fuzz.sh "$([ "$mode" = long ] && echo 300 || echo quick)"
 python3 - "$mode" <<'PY'
 import json, pathlib, re, sys
 rows = [json.loads(p.read_text()) for p in pathlib.Path("target/faults").glob("*.json")]

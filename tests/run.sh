@@ -4,7 +4,7 @@
 # mosquitto, mosquitto-clients, influxdb, victoria-metrics, postgresql,
 # haproxy, chromium and chromium-driver for the web pages; socat for a
 # serial line of pseudo-terminals; util-linux's prlimit for a small
-# open-file limit) and the API
+# open-file limit; faketime for a gateway whose clock is wrong) and the API
 # checkers (PyPI: schemathesis, openapi-spec-validator) and a container-file
 # linter (npm: dockerfilelint) when missing,
 # builds the binaries, then runs every test in the workspace. The tests start
@@ -20,6 +20,8 @@ command -v influxd >/dev/null 2>&1 || need+=(influxdb)
 command -v victoria-metrics >/dev/null 2>&1 || need+=(victoria-metrics)
 command -v socat >/dev/null 2>&1 || need+=(socat)
 command -v prlimit >/dev/null 2>&1 || need+=(util-linux)
+# The fault suite (tests/tests/faults.rs): a gateway clock an hour off.
+command -v faketime >/dev/null 2>&1 || need+=(faketime)
 # The browser tests (tests/tests/web.rs): headless Chromium and ChromeDriver.
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
@@ -80,7 +82,13 @@ trap 'rm -f "$log"' EXIT
 set +e
 cargo test --workspace --locked --no-fail-fast "$@" 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
+# Short coverage-guided fuzzing runs of the parsers (20 s per target, the
+# committed corpora replayed first; tests/fuzz.sh, cargo-fuzz from
+# crates.io into target/tools).
+./tests/fuzz.sh quick
+fuzz_status=$?
 set -e
 # One closing line with the totals of every test binary.
 awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
-exit "$status"
+echo "fuzz: $([ "$fuzz_status" -eq 0 ] && echo "4 targets, no failure" || echo FAILED)"
+[ "$status" -eq 0 ] && [ "$fuzz_status" -eq 0 ]

@@ -129,6 +129,30 @@ impl Pantau {
         extra: &[&str],
         nofile: Option<u64>,
     ) -> Result<Self> {
+        let mut p = Self::spawn_with(data_dir, http, mqtt, extra, nofile)?;
+        p.wait_healthy().await?;
+        Ok(p)
+    }
+
+    /// Starts `pantau up` like [`Pantau::start_on`] without waiting for
+    /// it (a test that acts during its start-up, then calls
+    /// [`Pantau::wait_healthy`]).
+    pub fn spawn_on(
+        data_dir: &Path,
+        http: SocketAddr,
+        mqtt: SocketAddr,
+        extra: &[&str],
+    ) -> Result<Self> {
+        Self::spawn_with(data_dir, http, mqtt, extra, None)
+    }
+
+    fn spawn_with(
+        data_dir: &Path,
+        http: SocketAddr,
+        mqtt: SocketAddr,
+        extra: &[&str],
+        nofile: Option<u64>,
+    ) -> Result<Self> {
         let log = data_dir.with_extension(format!("{}.log", mqtt.port()));
         let mut cmd = match nofile {
             Some(n) => {
@@ -155,14 +179,19 @@ impl Pantau {
             .stderr(std::fs::File::create(&log)?)
             .spawn()
             .context("spawn pantau")?;
-        let mut p = Self {
+        Ok(Self {
             child,
             data_dir: data_dir.to_owned(),
             http,
             mqtt,
             log,
             https: extra.contains(&"--http-tls") || !http.ip().is_loopback(),
-        };
+        })
+    }
+
+    /// Waits (30 s at most) for `/healthz`.
+    pub async fn wait_healthy(&mut self) -> Result<()> {
+        let p = self;
         let url = p.url("/healthz");
         let ready = eventually(Duration::from_secs(30), "pantau /healthz", || {
             // Over HTTPS the client needs the CA, which the server writes
@@ -183,7 +212,7 @@ impl Pantau {
             let status = p.child.try_wait()?;
             bail!("{e}; process status {status:?}; log:\n{}", p.log_text());
         }
-        Ok(p)
+        Ok(())
     }
 
     /// `METHOD path` with a bearer token and an optional JSON body: the
@@ -567,23 +596,39 @@ pub struct Agent {
     config: PathBuf,
     /// Where its log goes (appended across restarts).
     pub log: PathBuf,
+    /// Its clock's offset from the machine's (libfaketime), if any.
+    clock: Option<String>,
 }
 
 impl Agent {
     /// Writes `config` to `dir/NAME.toml` and starts the agent with it.
     pub fn start(dir: &Path, name: &str, config: &str) -> Result<Self> {
+        Self::start_with_clock(dir, name, config, None)
+    }
+
+    /// Like [`Agent::start`], with the agent's wall clock off by `offset`
+    /// (`"+1h"`, `"-1h"`: Debian's `faketime`, monotonic time left alone)
+    /// — a gateway whose clock is wrong.
+    pub fn start_with_clock(
+        dir: &Path,
+        name: &str,
+        config: &str,
+        offset: Option<&str>,
+    ) -> Result<Self> {
         let cfg = dir.join(format!("{name}.toml"));
         std::fs::write(&cfg, config)?;
         let work = dir.join(name);
         std::fs::create_dir_all(&work)?;
         let log = dir.join(format!("{name}.log"));
-        let (child, stdin) = Self::spawn(&work, &cfg, &log)?;
+        let clock = offset.map(str::to_owned);
+        let (child, stdin) = Self::spawn(&work, &cfg, &log, clock.as_deref())?;
         Ok(Self {
             child,
             stdin,
             dir: work,
             config: cfg,
             log,
+            clock,
         })
     }
 
@@ -591,8 +636,19 @@ impl Agent {
         work: &Path,
         cfg: &Path,
         log: &Path,
+        clock: Option<&str>,
     ) -> Result<(Child, Option<std::process::ChildStdin>)> {
-        let mut child = Command::new(binary("pantau-agent"))
+        let mut cmd = match clock {
+            Some(offset) => {
+                let mut c = Command::new("faketime");
+                c.args(["-f", offset])
+                    .arg(binary("pantau-agent"))
+                    .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+                c
+            }
+            None => Command::new(binary("pantau-agent")),
+        };
+        let mut child = cmd
             .arg("--config")
             .arg(cfg)
             .current_dir(work)
@@ -638,7 +694,8 @@ impl Agent {
     /// Starts the agent again with the same configuration and directory.
     pub fn restart(&mut self) -> Result<()> {
         self.kill();
-        let (child, stdin) = Self::spawn(&self.dir, &self.config, &self.log)?;
+        let (child, stdin) =
+            Self::spawn(&self.dir, &self.config, &self.log, self.clock.as_deref())?;
         self.child = child;
         self.stdin = stdin;
         Ok(())

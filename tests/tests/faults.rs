@@ -467,6 +467,92 @@ async fn clocks_an_hour_off_are_judged_by_the_documented_tolerance() -> Result<(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_whose_own_clock_is_an_hour_off_is_reported_and_judged() -> Result<()> {
+    let mut rig = Rig::start(&[], "").await?;
+    let hour = 3_600_000i64;
+    // Gateways 0 and 1 get agents whose wall clock is an hour ahead and
+    // behind (libfaketime); their simulated sensors stamp readings with it.
+    for (g, offset) in [(0usize, "+1h"), (1, "-1h")] {
+        let c = &rig.creds[g];
+        let cfg = format!(
+            "gateway = \"gw-f{g}\"\n[broker]\nurl = \"mqtts://127.0.0.1:{}\"\nca_file = \"{}\"\nusername = \"gw-f{g}\"\npassword = \"{}\"\nstatus_interval = \"1s\"\n[spool]\npath = \"spool\"\n[batch]\nmax_readings = 10\nmax_delay = \"100ms\"\n[[source]]\ntype = \"simulated\"\ninterval = \"1s\"\nsensors = [{{ id = \"{}\", model = \"river\" }}]\n",
+            rig.p.mqtt.port(),
+            c.ca_file.display(),
+            c.password,
+            sensor(g, 0)
+        );
+        rig.agents[g] =
+            Agent::start_with_clock(&rig.root, &format!("clock-{g}"), &cfg, Some(offset))?;
+    }
+    let token = token_create(&rig.data, "clock-check", "read:flood")?["token"]
+        .as_str()
+        .context("token")?
+        .to_owned();
+    // The platform sends each gateway its time; the agent reports the
+    // offset in its status, and the agency API shows it.
+    let offsets = eventually(Duration::from_secs(30), "the offsets reported", || async {
+        let (status, v) = rig
+            .p
+            .call(reqwest::Method::GET, "/api/v1/gateways", &token, None)
+            .await
+            .ok()?;
+        let of =
+            |id: &str| v.as_array()?.iter().find(|g| g["id"] == id)?["clock_offset_ms"].as_i64();
+        (status == 200).then_some(())?;
+        Some((of("gw-f0")?, of("gw-f1")?))
+    })
+    .await?;
+    ensure!(
+        (offsets.0 - hour).abs() < 10_000 && (offsets.1 + hour).abs() < 10_000,
+        "reported offsets {offsets:?}, expected about +1 h and -1 h"
+    );
+    let m = eventually(Duration::from_secs(30), "readings judged", || async {
+        let m = rig.p.metrics().await.ok()?;
+        let future = metric(
+            &m,
+            "pantau_ingest_readings_rejected_total{reason=\"future_timestamp\"}",
+        )?;
+        (future >= 3.0).then_some(m)
+    })
+    .await?;
+    let behind = stored_eventually(&rig.data, &sensor(1, 0), 3).await?;
+    let now = Timestamp::now().millis();
+    ensure!(
+        behind
+            .iter()
+            .all(|(_, ts, _)| (now - hour - 120_000..=now - hour + 5_000).contains(ts)),
+        "readings of the gateway an hour behind stored at {:?}",
+        behind.iter().map(|r| r.1).collect::<Vec<_>>()
+    );
+    let ahead = stored(&rig.data, &sensor(0, 0))?.len();
+    ensure!(
+        ahead == 0,
+        "{ahead} readings from the gateway an hour ahead stored"
+    );
+    let future = metric(
+        &m,
+        "pantau_ingest_readings_rejected_total{reason=\"future_timestamp\"}",
+    )
+    .unwrap_or(0.0);
+    Row {
+        order: 51,
+        fault: "a gateway's own clock an hour ahead and behind".into(),
+        injection: "two `pantau-agent`s under libfaketime (`faketime -f +1h`, `-1h`; monotonic time untouched), simulated sensors stamping readings with that clock".into(),
+        load: "2 gateways, 1 reading/s each".into(),
+        outcome: format!(
+            "offsets reported by the agents and shown in `/api/v1/gateways`: {:+.1} h and {:+.1} h; ahead: refused as `future_timestamp` ({future:.0} so far), none stored; behind: stored at the gateway's time",
+            offsets.0 as f64 / hour as f64,
+            offsets.1 as f64 / hour as f64
+        ),
+        lost: 0,
+        duplicated: 0,
+        mode: mode().into(),
+    }
+    .record("clock_gateway")?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn influxdb_slow_and_failing_delays_nothing_and_loses_nothing() -> Result<()> {
     let hold = Duration::from_secs(if long() { 30 } else { 4 });
     let dir = tempfile::tempdir()?;
@@ -615,6 +701,85 @@ impl Drop for SmallDisk {
             .arg(&self.0)
             .status();
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_spool_disk_holds_the_readings_back_and_recovers() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let root = dir.path().to_owned();
+    let mut rig = Rig::start_in(dir, &[], "status_interval = \"1s\"").await?;
+    // Gateway 0's agent gets a spool on a disk of its own (8 MiB).
+    let disk = SmallDisk::mount(&root.join("agent-disk").join("spool"), 8)?;
+    let c = &rig.creds[0];
+    let cfg = format!(
+        "gateway = \"gw-f0\"\n[broker]\nurl = \"mqtts://127.0.0.1:{}\"\nca_file = \"{}\"\nusername = \"gw-f0\"\npassword = \"{}\"\nstatus_interval = \"1s\"\n[spool]\npath = \"spool\"\n[batch]\nmax_readings = 100\nmax_delay = \"20ms\"\n[[source]]\ntype = \"stdin\"\n",
+        rig.p.mqtt.port(),
+        c.ca_file.display(),
+        c.password
+    );
+    rig.agents[0] = Agent::start(&root, "agent-disk", &cfg)?;
+    rig.send(500)?;
+    spools_empty(
+        &rig.agents,
+        Duration::from_secs(60),
+        "the first readings acknowledged",
+    )
+    .await?;
+    // The platform goes away, so the spool must grow; its disk is full.
+    rig.p.kill();
+    let filler = disk.fill()?;
+    // (Small: the agent stops reading its input while it cannot append.)
+    rig.send(200)?;
+    eventually(Duration::from_secs(30), "the spool append refused", || {
+        std::future::ready(
+            rig.agents[0]
+                .log_text()
+                .contains("Spool append failed")
+                .then_some(()),
+        )
+    })
+    .await?;
+    // Space returns; then the platform.
+    std::fs::remove_file(&filler)?;
+    rig.restart().await?;
+    let (lost, dup) = rig.settle(Duration::from_secs(60)).await?;
+    let token = token_create(&rig.data, "spool-check", "read:flood")?["token"]
+        .as_str()
+        .context("token")?
+        .to_owned();
+    let (failures, why) = eventually(
+        Duration::from_secs(30),
+        "the failures in the status",
+        || async {
+            let (_, v) = rig
+                .p
+                .call(reqwest::Method::GET, "/api/v1/gateways", &token, None)
+                .await
+                .ok()?;
+            let st = v.as_array()?.iter().find(|g| g["id"] == "gw-f0")?["status"].clone();
+            let n = st["spool_append_failures"].as_u64().filter(|n| *n > 0)?;
+            Some((n, st["last_spool_error"].as_str()?.to_owned()))
+        },
+    )
+    .await?;
+    let conn = rusqlite::Connection::open(rig.agents[0].dir.join("spool").join("spool.db"))?;
+    let integrity: String = conn.query_row("PRAGMA integrity_check", [], |r| r.get(0))?;
+    ensure!(integrity == "ok", "spool integrity: {integrity}");
+    Row {
+        order: 46,
+        fault: "agent's spool disk full".into(),
+        injection: "the spool of one `pantau-agent` on an 8 MiB tmpfs, filled with a file while the platform was down, then freed".into(),
+        load: format!("{GATEWAYS} gateways, {} readings", rig.expected()),
+        outcome: format!(
+            "appends refused and retried, the input held back meanwhile; counted in the gateway's status ({failures} failed appends, \"{why}\"); spool intact; everything delivered once space and the platform returned"
+        ),
+        lost,
+        duplicated: dup,
+        mode: mode().into(),
+    }
+    .record("disk_full_spool")?;
+    ensure!(lost == 0 && dup == 0, "{lost} lost, {dup} duplicated");
+    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -808,5 +973,266 @@ async fn kill_9_of_ingest_workers_on_mosquitto_loses_nothing() -> Result<()> {
         mode: mode().into(),
     }
     .record("kill9_workers")?;
+    Ok(())
+}
+
+/// Polls `check` every 5 ms (finer than [`eventually`]: a kill at a chosen
+/// moment of a process that moves fast) until it returns `Some`.
+async fn at_moment<T, F, Fut>(deadline: Duration, what: &str, mut check: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let end = Instant::now() + deadline;
+    let mut tick = tokio::time::interval(Duration::from_millis(5));
+    loop {
+        tick.tick().await;
+        if let Some(v) = check().await {
+            return Ok(v);
+        }
+        ensure!(
+            Instant::now() < end,
+            "timed out after {deadline:?} waiting for {what}"
+        );
+    }
+}
+
+async fn pending(p: &Pantau) -> Option<f64> {
+    metric(&p.metrics().await.ok()?, "pantau_ingest_log_pending")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_a_drain_replay_loses_nothing() -> Result<()> {
+    let kills = if long() { 10 } else { 3 };
+    let burst = if long() { 10_000 } else { 3_000 };
+    let dir = tempfile::tempdir()?;
+    let influx = Influx::start(&dir.path().join("influx"), false).await?;
+    let proxy = FaultProxy::start(influx.addr).await?;
+    let url = format!("http://{}", proxy.addr);
+    let flags = [
+        "--storage",
+        "influxdb",
+        "--influx-api",
+        "v1",
+        "--influx-url",
+        url.as_str(),
+        "--influx-db",
+        "pantau",
+    ];
+    let mut rig = Rig::start(&flags, "").await?;
+    let (seed, mut next) = rng();
+    let mut at_kills = Vec::new();
+    for k in 0..kills {
+        // A backlog: acknowledged into the ingest log, InfluxDB unanswering.
+        proxy.set(Fault::Blackhole);
+        rig.send(burst)?;
+        spools_empty(
+            &rig.agents,
+            Duration::from_secs(60),
+            "the burst acknowledged",
+        )
+        .await?;
+        // Restarted with it, the process replays it into a slow InfluxDB
+        // (100 ms a chunk, so the drain takes seconds) ...
+        proxy.set(Fault::Delay(Duration::from_millis(100)));
+        rig.restart().await?;
+        let backlog = at_moment(Duration::from_secs(30), "the backlog counted", || async {
+            pending(&rig.p).await.filter(|n| *n > 0.0)
+        })
+        .await?;
+        // ... and is killed again once a random share of it went out.
+        let share = 20 + next(60);
+        let target = backlog * share as f64 / 100.0;
+        let left = at_moment(Duration::from_secs(60), "the drain under way", || async {
+            pending(&rig.p).await.filter(|n| *n <= target)
+        })
+        .await?;
+        eprintln!("kill {k}: {left} of {backlog} still pending (target {share} %, seed {seed})");
+        ensure!(
+            left > 0.0,
+            "the drain finished before the kill (seed {seed})"
+        );
+        at_kills.push(format!("{left:.0}/{backlog:.0}"));
+        rig.restart().await?;
+    }
+    proxy.set(Fault::Pass);
+    eventually(
+        Duration::from_secs(120),
+        "the ingest log drained",
+        || async { (pending(&rig.p).await? == 0.0).then_some(()) },
+    )
+    .await?;
+    let dup = influx_exact(&influx, rig.steps as u64).await?;
+    let m = rig.p.metrics().await?;
+    let replayed = metric_sum(&m, "pantau_ingest_log_replayed_total");
+    let dropped = metric_sum(&m, "pantau_ingest_log_dropped_total");
+    healthy(&rig.p).await?;
+    Row {
+        order: 15,
+        fault: "`pantau up` killed (SIGKILL) during an ingest-log drain".into(),
+        injection: format!(
+            "backlog built with InfluxDB half-open, restarted into a slow InfluxDB (100 ms a chunk), killed when 20–80 % of the replay was left ({kills} kills; pending/backlog at each: {})",
+            at_kills.join(", ")
+        ),
+        load: format!("{GATEWAYS} gateways, {} readings", rig.expected()),
+        outcome: format!(
+            "the last start replayed {replayed:.0} readings; every reading in InfluxDB exactly once; nothing dropped; healthy"
+        ),
+        lost: 0,
+        duplicated: dup,
+        mode: mode().into(),
+    }
+    .record("kill9_drain")?;
+    ensure!(dup == 0, "{dup} points too many");
+    ensure!(
+        replayed > 0.0,
+        "the last start replayed nothing (seed {seed})"
+    );
+    ensure!(dropped == 0.0, "{dropped} readings dropped");
+    Ok(())
+}
+
+/// Waits until InfluxDB holds `want` points of every sensor; the points
+/// beyond that (there should be none).
+async fn influx_exact(influx: &Influx, want: u64) -> Result<u64> {
+    let counts = eventually(
+        Duration::from_secs(120),
+        "every reading in InfluxDB",
+        || async {
+            let counts: Vec<u64> = influx
+                .counts_by_sensor("flood_gauge", "water_level_cm")
+                .await
+                .ok()?
+                .into_values()
+                .collect();
+            (counts.len() == GATEWAYS * SENSORS && counts.iter().all(|n| *n >= want))
+                .then_some(counts)
+        },
+    )
+    .await?;
+    Ok(counts.iter().map(|n| n - want).sum())
+}
+
+/// Partitions in the store's catalog, tables that exist, and SQLite's
+/// integrity check — read with the process dead, before anything repairs.
+fn store_shape(db: &Path) -> Result<(Vec<String>, Vec<String>, String)> {
+    let conn = rusqlite::Connection::open(db)?;
+    let names = |sql: &str| -> Result<Vec<String>> {
+        let mut stmt = conn.prepare(sql)?;
+        let rows = stmt.query_map([], |r| r.get(0))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    };
+    let catalog = names("SELECT name FROM partitions")?;
+    let tables = names("SELECT name FROM sqlite_master WHERE type = 'table'")?;
+    let integrity: String = conn.query_row("PRAGMA integrity_check", [], |r| r.get(0))?;
+    Ok((catalog, tables, integrity))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_a_retention_drop_leaves_the_store_whole() -> Result<()> {
+    const OLD_DAYS: i64 = 300;
+    let kills = if long() { 10 } else { 3 };
+    let mut rig = Rig::start(&["--retention", "30d"], "").await?;
+    let (seed, mut next) = rng();
+    let db = rig.data.join("readings.db");
+    let day = 86_400_000;
+    let mut at_kills = Vec::new();
+    for k in 0..kills {
+        rig.p.kill();
+        // 300 days past retention, one day partition (raw and 1-minute)
+        // each, written while the platform is down, by a sensor the agents
+        // do not have.
+        let old_from = Timestamp::now().millis() - (40 + OLD_DAYS) * day;
+        let store = pantau_ingest::Store::open_with(
+            &rig.data,
+            pantau_ingest::store::Retention {
+                raw: Duration::from_secs(3650 * 86_400),
+                rollup: Duration::from_secs(3650 * 86_400),
+            },
+        )?;
+        let old: Vec<pantau_model::Reading> = (0..OLD_DAYS)
+            .map(|d| pantau_model::Reading {
+                sensor: "fl-old".into(),
+                ts: Timestamp(old_from + d * day),
+                values: [("water_level_cm".to_string(), pantau_model::Value::Num(1.0))].into(),
+            })
+            .collect();
+        store.write(old).await?;
+        drop(store);
+        let before = store_shape(&db)?.0.len();
+        rig.send(1_000)?;
+        let argv: Vec<&str> = rig.args.iter().map(String::as_str).collect();
+        rig.p = Pantau::spawn_on(&rig.data, rig.p.http, rig.p.mqtt, &argv)?;
+        // Killed once a random share of the old partitions is gone.
+        let gone = (2 * OLD_DAYS as u64) * (10 + next(80)) / 100;
+        let conn = rusqlite::Connection::open(&db)?;
+        let count = || -> Option<u64> {
+            conn.query_row("SELECT count(*) FROM partitions", [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .ok()
+            .map(|n| n as u64)
+        };
+        at_moment(
+            Duration::from_secs(60),
+            "the retention drop under way",
+            || std::future::ready(count().filter(|n| *n + gone <= before as u64)),
+        )
+        .await?;
+        rig.p.kill();
+        drop(conn);
+        let (catalog, tables, integrity) = store_shape(&db)?;
+        eprintln!(
+            "kill {k}: {} of {before} partitions left (aimed at {gone} dropped, seed {seed})",
+            catalog.len()
+        );
+        ensure!(integrity == "ok", "integrity check: {integrity}");
+        let missing: Vec<&String> = catalog.iter().filter(|n| !tables.contains(n)).collect();
+        ensure!(
+            missing.is_empty(),
+            "the catalog names partitions whose tables are gone: {missing:?} (seed {seed})"
+        );
+        ensure!(
+            catalog.len() < before && catalog.len() + 2 * OLD_DAYS as usize > before,
+            "the kill came outside the drop: {} of {before} left (seed {seed})",
+            catalog.len()
+        );
+        at_kills.push(format!("{}/{before}", catalog.len()));
+        rig.p = Pantau::start_on(&rig.data, rig.p.http, rig.p.mqtt, &argv).await?;
+    }
+    let (lost, dup) = rig.settle(Duration::from_secs(120)).await?;
+    // The drop finished after the last restart: nothing past retention.
+    let cut = Timestamp::now().millis() - 30 * day;
+    eventually(Duration::from_secs(60), "retention finished", || async {
+        let conn = rusqlite::Connection::open(&db).ok()?;
+        let old: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM partitions WHERE level IN ('raw', '1m') AND end_ms <= ?1",
+                [cut],
+                |r| r.get(0),
+            )
+            .ok()?;
+        (old == 0).then_some(())
+    })
+    .await?;
+    Row {
+        order: 16,
+        fault: "`pantau up` killed (SIGKILL) during a retention drop".into(),
+        injection: format!(
+            "{OLD_DAYS} days past a 30 d retention written before each start; killed when 10–90 % of the {} partitions were dropped ({kills} kills; partitions left/before: {})",
+            2 * OLD_DAYS,
+            at_kills.join(", ")
+        ),
+        load: format!("{GATEWAYS} gateways, {} readings", rig.expected()),
+        outcome: "after each kill: SQLite integrity ok, every catalogued partition present; the drop finished after the restart; store exact; counters add up; healthy".into(),
+        lost,
+        duplicated: dup,
+        mode: mode().into(),
+    }
+    .record("kill9_retention")?;
+    ensure!(
+        lost == 0 && dup == 0,
+        "{lost} lost, {dup} duplicated (seed {seed})"
+    );
     Ok(())
 }
