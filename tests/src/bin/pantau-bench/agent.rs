@@ -145,7 +145,7 @@ pub(crate) async fn bench_agent_replay(n: usize) -> Result<()> {
     let (p, tokens, ca) = start_platform(dir.path(), &load, &[]).await?;
     let base = Timestamp::now().millis() - 2 * 86_400_000;
     let direct = n as f64
-        / publish_all(&p, &load, base, &tokens, &ca)
+        / publish_all(p.mqtt, &load, base, &tokens, &ca)
             .await?
             .as_secs_f64();
     println!("agent replay: {n} readings spooled during an outage, then the broker comes back");

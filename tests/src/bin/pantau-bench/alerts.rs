@@ -79,7 +79,7 @@ async fn one_round(load: &Load, alerts: bool, storm: bool, round: usize) -> Resu
         - 60_000
         - round as i64;
     let t = Instant::now();
-    publish_all(&p, load, base, &tokens, &ca).await?;
+    publish_all(p.mqtt, load, base, &tokens, &ca).await?;
     eventually(
         Duration::from_secs(900),
         "every reading stored and evaluated",
@@ -197,7 +197,7 @@ pub(crate) async fn bench_alerts_webhook() -> Result<()> {
     // Every credential first: `pantau gateway add` is a process of its own.
     let (tokens, _) = crate::add_gateways(&data, load.gateways)?;
     for (g, token) in tokens.into_iter().enumerate() {
-        let (client, mut eventloop) = crate::bench_gateway(&p, g, &token, &tls);
+        let (client, mut eventloop) = crate::bench_gateway(p.mqtt, g, &token, &tls);
         let sent = sent.clone();
         tasks.push(tokio::spawn(async move {
             let topic = format!("pantau/v1/gw/gw-b{g}/telemetry");

@@ -19,6 +19,9 @@
 //! - `alerts-ingest`, `alerts-webhook`: see `alerts.rs`.
 //! - `scale-ingest`, `scale-api`: 1 against 2 ingest workers and API
 //!   replicas (`scale.rs`).
+//! - `recovery`: PUBACK p99 with InfluxDB 2 s slow against healthy, and
+//!   the time back to ready and to a drained backlog after kill -9 with
+//!   1 M readings in the ingest log (`recovery.rs`).
 //! - `web-load`, `web-live` (`web` runs both): the public page in headless
 //!   Chromium — first-load bytes and time to a full map against `/healthz`;
 //!   200 sites at 50 readings/s: JS heap and publish→paint lag, early vs.
@@ -30,6 +33,7 @@
 mod agent;
 mod alerts;
 mod api;
+mod recovery;
 mod scale;
 mod web;
 
@@ -89,7 +93,7 @@ fn gateway_readings(load: &Load, g: usize, base: i64) -> Vec<Reading> {
 /// Publishes every gateway's readings over TLS at QoS 1 (100 in flight per
 /// connection); returns when every PUBACK arrived.
 async fn publish_all(
-    p: &Pantau,
+    mqtt: std::net::SocketAddr,
     load: &Load,
     base: i64,
     tokens: &[String],
@@ -105,7 +109,7 @@ async fn publish_all(
             .enumerate()
             .map(|(i, c)| encode(&format!("gw-b{g}"), i as u64, Timestamp::now(), c))
             .collect();
-        let (client, mut eventloop) = bench_gateway(p, g, token, &tls);
+        let (client, mut eventloop) = bench_gateway(mqtt, g, token, &tls);
         let expected = envelopes.len();
         tasks.push(tokio::spawn(async move {
             let topic = format!("pantau/v1/gw/gw-b{g}/telemetry");
@@ -141,12 +145,12 @@ async fn publish_all(
 
 /// Bench gateway `gw-b{g}`'s MQTT client over TLS (100 in flight).
 fn bench_gateway(
-    p: &Pantau,
+    mqtt: std::net::SocketAddr,
     g: usize,
     token: &str,
     tls: &Arc<rustls::ClientConfig>,
 ) -> (AsyncClient, rumqttc::EventLoop) {
-    let mut opts = MqttOptions::new(format!("gw-b{g}"), "127.0.0.1", p.mqtt.port());
+    let mut opts = MqttOptions::new(format!("gw-b{g}"), "127.0.0.1", mqtt.port());
     opts.set_credentials(format!("gw-b{g}"), token.to_owned());
     opts.set_keep_alive(Duration::from_secs(30));
     opts.set_inflight(100);
@@ -203,7 +207,7 @@ async fn bench_embedded(load: Load) -> Result<()> {
 
     let (p, tokens, ca) = start_platform(dir.path(), &load, &[]).await?;
     let t = Instant::now();
-    let acked_after = publish_all(&p, &load, base, &tokens, &ca).await?;
+    let acked_after = publish_all(p.mqtt, &load, base, &tokens, &ca).await?;
     // Poll the platform's own delivered counter (cheap); counting rows in
     // the store every few milliseconds would steal the CPU being measured.
     eventually(
@@ -306,7 +310,7 @@ async fn bench_influx(load: Load) -> Result<()> {
     ];
     let (p, tokens, ca) = start_platform(dir.path(), &load, &flags).await?;
     let t = Instant::now();
-    publish_all(&p, &load, base, &tokens, &ca).await?;
+    publish_all(p.mqtt, &load, base, &tokens, &ca).await?;
     eventually(
         Duration::from_secs(600),
         "every reading in InfluxDB",
@@ -901,6 +905,7 @@ async fn main() -> Result<()> {
             .await
         }
         "scale-api" => scale::bench_scale_api().await,
+        "recovery" => recovery::bench_recovery(readings).await,
         "fanin" => bench_fanin().await,
         "fanin-loaded" => bench_fanin_loaded().await,
         "connections" => bench_connections(10_000).await,
@@ -948,7 +953,7 @@ async fn main() -> Result<()> {
             bench_connections(10_000).await
         }
         other => bail!(
-            "unknown benchmark {other:?}: history, influx, embedded, fanin, fanin-loaded, agent, api, alerts-ingest, alerts-webhook, scale-ingest, scale-api, web, web-load, web-live, connections or all"
+            "unknown benchmark {other:?}: history, influx, embedded, fanin, fanin-loaded, agent, api, alerts-ingest, alerts-webhook, scale-ingest, scale-api, recovery, web, web-load, web-live, connections or all"
         ),
     }
     .context(what)
