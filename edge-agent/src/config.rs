@@ -228,6 +228,22 @@ pub enum SourceSection {
     },
 }
 
+/// Plain `mqtt://` would send the gateway's password and readings in the
+/// clear: only to a broker on this machine (a local bridge, tests).
+fn plain_only_on_loopback(tls: bool, host: &str) -> Result<(), String> {
+    let loopback = host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if tls || loopback {
+        Ok(())
+    } else {
+        Err(format!(
+            "plain mqtt:// to {host} would send the password in the clear; use mqtts:// (plain MQTT is allowed to a loopback broker only)"
+        ))
+    }
+}
+
 fn default_interval() -> Duration {
     Duration::from_secs(5)
 }
@@ -310,8 +326,9 @@ impl AgentConfig {
 
     fn check(&self) -> Result<(), String> {
         pantau_model::id::check_id(&self.gateway).map_err(|e| format!("gateway: {e}"))?;
-        let (tls, _, _) =
+        let (tls, host, _) =
             crate::uplink::parse_url(&self.broker.url).map_err(|e| format!("broker.url: {e}"))?;
+        plain_only_on_loopback(tls, &host).map_err(|e| format!("broker.url: {e}"))?;
         if tls && self.broker.ca_file.is_none() {
             return Err("broker.ca_file: required for mqtts://".into());
         }
@@ -335,8 +352,9 @@ impl AgentConfig {
             }
         }
         for url in &self.broker.failover {
-            let (tls, _, _) =
+            let (tls, host, _) =
                 crate::uplink::parse_url(url).map_err(|e| format!("broker.failover: {e}"))?;
+            plain_only_on_loopback(tls, &host).map_err(|e| format!("broker.failover: {e}"))?;
             if tls && self.broker.ca_file.is_none() {
                 return Err("broker.ca_file: required for mqtts://".into());
             }
@@ -459,6 +477,26 @@ type = "stdin"        # JSON lines: {"sensor":..,"ts":..,"values":{..}}
         ))
         .unwrap_err()
         .contains("broker.failover"));
+        // Plain MQTT off this machine would carry the token in the clear.
+        let plain =
+            parse(&MINIMAL.replace("mqtts://127.0.0.1:8883", "mqtt://10.0.0.1:1883")).unwrap_err();
+        assert!(
+            plain.contains("broker.url") && plain.contains("mqtts://"),
+            "{plain}"
+        );
+        assert!(parse(&MINIMAL.replace(
+            "password = \"TOKEN\"",
+            "password = \"TOKEN\"\nfailover = [\"mqtt://gw.example:1883\"]"
+        ))
+        .unwrap_err()
+        .contains("broker.failover"));
+        for local in [
+            "mqtt://127.0.0.1:1883",
+            "mqtt://localhost:1883",
+            "mqtt://[::1]:1883",
+        ] {
+            parse(&MINIMAL.replace("mqtts://127.0.0.1:8883", local)).unwrap();
+        }
         let tcp = parse(&MINIMAL.replace(
             "type = \"stdin\"",
             "type = \"json-tcp\"\nlisten = \"127.0.0.1:7001\"",
