@@ -23,8 +23,14 @@ fn sensor(g: usize, s: usize) -> String {
     format!("fl-f{g}-{s}")
 }
 
+/// The hostile gateway of the bad-input scenario, and its one sensor.
+const HOSTILE: &str = "gw-x";
+const HOSTILE_SENSOR: &str = "fl-x";
+
 fn registry() -> String {
-    let mut out = String::new();
+    let mut out = format!(
+        "[[sensor]]\nid = \"{HOSTILE_SENSOR}\"\nkind = \"flood_gauge\"\ngateway = \"{HOSTILE}\"\nname = \"Hostile\"\nlat = 1.67\nlon = 101.44\npublic = true\n\n"
+    );
     for g in 0..GATEWAYS {
         for s in 0..SENSORS {
             out.push_str(&format!(
@@ -1235,4 +1241,750 @@ async fn kill_9_during_a_retention_drop_leaves_the_store_whole() -> Result<()> {
         "{lost} lost, {dup} duplicated (seed {seed})"
     );
     Ok(())
+}
+
+// ---- Bad input at every entrance -----------------------------------------
+
+/// An MQTT string.
+fn mqtt_str(s: &[u8]) -> Vec<u8> {
+    let mut out = (s.len() as u16).to_be_bytes().to_vec();
+    out.extend_from_slice(s);
+    out
+}
+
+/// A frame: first byte, remaining length, body.
+fn frame(byte1: u8, body: &[u8]) -> Vec<u8> {
+    let mut out = vec![byte1];
+    let mut n = body.len();
+    loop {
+        let mut b = (n % 128) as u8;
+        n /= 128;
+        if n > 0 {
+            b |= 0x80;
+        }
+        out.push(b);
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(body);
+    out
+}
+
+fn connect_frame(gateway: &str, password: &str) -> Vec<u8> {
+    let mut body = mqtt_str(b"MQTT");
+    body.extend_from_slice(&[4, 0xc2, 0, 60]);
+    body.extend(mqtt_str(gateway.as_bytes()));
+    body.extend(mqtt_str(gateway.as_bytes()));
+    body.extend(mqtt_str(password.as_bytes()));
+    frame(0x10, &body)
+}
+
+fn publish_frame(topic: &[u8], pkid: u16, payload: &[u8]) -> Vec<u8> {
+    let mut body = mqtt_str(topic);
+    body.extend_from_slice(&pkid.to_be_bytes());
+    body.extend_from_slice(payload);
+    frame(0x32, &body)
+}
+
+/// A raw MQTT connection over TLS: bytes exactly as the test writes them.
+struct Raw(tokio_rustls::client::TlsStream<tokio::net::TcpStream>);
+
+impl Raw {
+    async fn open(p: &Pantau, ca: &Path) -> Result<Self> {
+        let tls = pantau_edge_agent::uplink::client_tls(ca)?;
+        let tcp = tokio::net::TcpStream::connect(p.mqtt).await?;
+        let name = rustls_pki_types::ServerName::try_from("localhost")?;
+        let s = tokio_rustls::TlsConnector::from(tls)
+            .connect(name, tcp)
+            .await?;
+        Ok(Self(s))
+    }
+
+    /// Opened, CONNECTed and CONNACKed as `creds`.
+    async fn session(p: &Pantau, creds: &GatewayCreds) -> Result<Self> {
+        let mut r = Self::open(p, &creds.ca_file).await?;
+        r.send(&connect_frame(&creds.gateway, &creds.password))
+            .await?;
+        let got = r.read_some(Duration::from_secs(5)).await?;
+        ensure!(
+            got.first() == Some(&0x20) && got.get(3) == Some(&0),
+            "no CONNACK 0: {got:?}"
+        );
+        Ok(r)
+    }
+
+    async fn send(&mut self, bytes: &[u8]) -> Result<()> {
+        use tokio::io::AsyncWriteExt;
+        self.0.write_all(bytes).await?;
+        self.0.flush().await?;
+        Ok(())
+    }
+
+    /// What arrives within `wait` (empty when the server closed).
+    async fn read_some(&mut self, wait: Duration) -> Result<Vec<u8>> {
+        use tokio::io::AsyncReadExt;
+        let mut buf = vec![0u8; 4096];
+        let n = tokio::time::timeout(wait, self.0.read(&mut buf))
+            .await
+            .context("nothing within the wait")??;
+        buf.truncate(n);
+        Ok(buf)
+    }
+
+    /// Reads until the server closes; false if it has not within `wait`.
+    async fn closed_within(&mut self, wait: Duration) -> bool {
+        use tokio::io::AsyncReadExt;
+        let mut buf = vec![0u8; 4096];
+        let end = Instant::now() + wait;
+        loop {
+            let left = end.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, self.0.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return true,
+                Ok(Ok(_)) => continue,
+                Err(_) => return false,
+            }
+        }
+    }
+}
+
+/// The broker's and the validator's counters of refusals, by series.
+fn refusals(m: &str) -> BTreeMap<String, f64> {
+    m.lines()
+        .filter(|l| {
+            [
+                "pantau_broker_refused_total{",
+                "pantau_broker_closed_total{",
+                "pantau_broker_acl_violations_total{",
+                "pantau_ingest_envelopes_rejected_total{",
+                "pantau_ingest_readings_rejected_total{",
+            ]
+            .iter()
+            .any(|p| l.starts_with(p))
+        })
+        .filter_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            Some((k.to_owned(), v.parse().ok()?))
+        })
+        .collect()
+}
+
+/// The series that grew from `before` to `after`, as `name{labels} +n`.
+fn grew(before: &BTreeMap<String, f64>, after: &BTreeMap<String, f64>) -> Vec<String> {
+    after
+        .iter()
+        .filter_map(|(k, v)| {
+            let d = v - before.get(k).copied().unwrap_or(0.0);
+            let label = k
+                .split_once("reason=\"")
+                .and_then(|(_, r)| r.split('"').next())
+                .or_else(|| k.split_once("op=\"").and_then(|(_, r)| r.split('"').next()))
+                .map(|l| {
+                    if k.starts_with("pantau_broker_acl_violations_total") {
+                        format!("acl_violation({l})")
+                    } else {
+                        l.to_owned()
+                    }
+                });
+            let label = label.as_deref().unwrap_or(k);
+            (d > 0.0).then(|| format!("{label} +{d}"))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_at_every_entrance_is_refused_counted_and_spoils_nothing() -> Result<()> {
+    let mut rig = Rig::start(
+        &["--tls-handshake-timeout", "2s", "--connect-timeout", "2s"],
+        "",
+    )
+    .await?;
+    let hostile = gateway_add(&rig.data, HOSTILE)?;
+    let mut rows = Vec::new();
+    let mut names = Vec::new();
+    rig.send(300)?;
+
+    // 1. Malformed MQTT packets, each on a connection of its own; a good
+    //    load runs meanwhile.
+    let cases: Vec<(&str, Vec<u8>, bool)> = vec![
+        (
+            "malformed remaining length",
+            vec![0x10, 0xff, 0xff, 0xff, 0xff, 0x01],
+            false,
+        ),
+        (
+            "not MQTT (HTTP)",
+            b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+            false,
+        ),
+        (
+            "oversized CONNECT (16 MiB announced)",
+            vec![0x10, 0x80, 0x80, 0x80, 0x08],
+            false,
+        ),
+        (
+            "PUBLISH before CONNECT",
+            publish_frame(b"pantau/v1/gw/gw-x/telemetry", 1, b"{}"),
+            false,
+        ),
+        (
+            "invalid UTF-8 topic",
+            publish_frame(&[0xff, 0xfe, b'a'], 1, b"{}"),
+            true,
+        ),
+        (
+            "QoS 3",
+            vec![0x36, 0x05, 0x00, 0x01, b'a', 0x00, 0x01],
+            true,
+        ),
+        (
+            "reserved flags (SUBSCRIBE 0x80)",
+            frame(0x80, &[0, 1, 0, 1, b'#', 0]),
+            true,
+        ),
+        ("reserved packet type 15", vec![0xf0, 0x00], true),
+        (
+            "oversized PUBLISH (16 MiB announced)",
+            vec![0x32, 0x80, 0x80, 0x80, 0x08, 0, 1, b'a'],
+            true,
+        ),
+        (
+            "a second CONNECT",
+            connect_frame(HOSTILE, &hostile.password),
+            true,
+        ),
+        (
+            "PUBLISH to another gateway's topic",
+            publish_frame(b"pantau/v1/gw/gw-f0/telemetry", 1, b"{}"),
+            true,
+        ),
+        (
+            "SUBSCRIBE outside its ACL",
+            frame(0x82, &[&[0u8, 1][..], &mqtt_str(b"#"), &[1]].concat()),
+            true,
+        ),
+    ];
+    let mut outcomes = Vec::new();
+    for (name, bytes, after_connect) in &cases {
+        let before = refusal_counts(&rig.p).await?;
+        let mut c = if *after_connect {
+            Raw::session(&rig.p, &hostile).await?
+        } else {
+            Raw::open(&rig.p, &hostile.ca_file).await?
+        };
+        c.send(bytes).await?;
+        ensure!(
+            c.closed_within(Duration::from_secs(5)).await,
+            "{name}: the connection was left open"
+        );
+        let counted = eventually(Duration::from_secs(5), "the refusal counted", || async {
+            let after = refusal_counts(&rig.p).await.ok()?;
+            let g = grew(&before, &after);
+            (!g.is_empty()).then_some(g)
+        })
+        .await
+        .with_context(|| format!("{name}: closed but counted nowhere"))?;
+        outcomes.push(format!("{name}: closed, counted {}", counted.join(", ")));
+    }
+    rig.send(300)?;
+    rows.push(Row {
+        order: 60,
+        fault: "malformed and hostile MQTT packets".into(),
+        injection: format!(
+            "raw bytes over TLS, one connection each: {}",
+            cases.iter().map(|c| c.0).collect::<Vec<_>>().join("; ")
+        ),
+        load: format!("{GATEWAYS} good gateways publishing throughout"),
+        outcome: outcomes.join("; "),
+        lost: 0,
+        duplicated: 0,
+        mode: mode().into(),
+    });
+    names.push("input_mqtt");
+
+    // 2. Floods: 5 000 SUBSCRIBEs on one session (never reading), 300
+    //    CONNECTs with a wrong password at once.
+    let before = refusal_counts(&rig.p).await?;
+    let mut flood = Raw::session(&rig.p, &hostile).await?;
+    let own_cmd = format!("pantau/v1/gw/{HOSTILE}/cmd");
+    let mut subs = Vec::new();
+    for i in 1..=5_000u16 {
+        subs.extend(frame(
+            0x82,
+            &[&i.to_be_bytes()[..], &mqtt_str(own_cmd.as_bytes()), &[1]].concat(),
+        ));
+    }
+    flood.send(&subs).await?;
+    let mut answered = 0usize;
+    let until = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < until {
+        match flood.read_some(Duration::from_millis(200)).await {
+            Ok(b) if b.is_empty() => break,
+            Ok(b) => answered += b.windows(2).filter(|w| w == &[0x90, 0x03]).count(),
+            Err(_) => {}
+        }
+    }
+    drop(flood);
+    let mut tasks = Vec::new();
+    for _ in 0..300 {
+        let (p, ca) = (rig.p.mqtt, hostile.ca_file.clone());
+        tasks.push(tokio::spawn(async move {
+            let tls = pantau_edge_agent::uplink::client_tls(&ca)?;
+            let tcp = tokio::net::TcpStream::connect(p).await?;
+            let name = rustls_pki_types::ServerName::try_from("localhost")?;
+            // Over the per-address cap of sockets pending a CONNECT, the
+            // handshake itself is refused.
+            let Ok(s) = tokio_rustls::TlsConnector::from(tls)
+                .connect(name, tcp)
+                .await
+            else {
+                return anyhow::Ok(None);
+            };
+            let mut r = Raw(s);
+            if r.send(&connect_frame(HOSTILE, "not-the-password"))
+                .await
+                .is_err()
+            {
+                return Ok(None);
+            }
+            let got = r
+                .read_some(Duration::from_secs(10))
+                .await
+                .unwrap_or_default();
+            Ok((got.first() == Some(&0x20)).then(|| got.get(3).copied().unwrap_or(0)))
+        }));
+    }
+    let (mut rc5, mut cut) = (0, 0);
+    for t in tasks {
+        match t.await?? {
+            Some(0) => anyhow::bail!("a CONNECT with a wrong password was accepted"),
+            Some(_) => rc5 += 1,
+            None => cut += 1,
+        }
+    }
+    let after = eventually(Duration::from_secs(5), "the refusals counted", || async {
+        let after = refusal_counts(&rig.p).await.ok()?;
+        let refused: f64 = after
+            .iter()
+            .filter(|(k, _)| k.starts_with("pantau_broker_refused_total"))
+            .map(|(k, v)| v - before.get(k).copied().unwrap_or(0.0))
+            .sum();
+        (refused >= 300.0).then_some(after)
+    })
+    .await?;
+    rig.send(300)?;
+    ensure!(
+        answered < 5_000,
+        "5 000 subscriptions all answered within 2 s: no rate limit"
+    );
+    rows.push(Row {
+        order: 61,
+        fault: "subscription and CONNECT floods".into(),
+        injection: "5 000 SUBSCRIBEs written at once on one session that never reads; 300 concurrent CONNECTs with a wrong password".into(),
+        load: format!("{GATEWAYS} good gateways publishing throughout"),
+        outcome: format!(
+            "subscriptions held to the gateway rate ({answered} answered in 2 s); every bad CONNECT refused: {rc5} with CONNACK 5, {cut} at the per-address cap of pending sockets; counted {}",
+            grew(&before, &after).join(", ")
+        ),
+        lost: 0,
+        duplicated: 0,
+        mode: mode().into(),
+    });
+    names.push("input_floods");
+
+    // 3. Slow-loris: sockets that never start TLS, TLS sessions that never
+    //    finish their CONNECT.
+    let before = refusal_counts(&rig.p).await?;
+    let mut silent = Vec::new();
+    let mut half = Vec::new();
+    for _ in 0..20 {
+        silent.push(tokio::net::TcpStream::connect(rig.p.mqtt).await?);
+        let mut r = Raw::open(&rig.p, &hostile.ca_file).await?;
+        r.send(&connect_frame(HOSTILE, &hostile.password)[..6])
+            .await?;
+        half.push(r);
+    }
+    let slow_ok = Instant::now();
+    let mut closed = 0;
+    for r in &mut half {
+        if r.closed_within(Duration::from_secs(6)).await {
+            closed += 1;
+        }
+    }
+    let after = eventually(
+        Duration::from_secs(10),
+        "the slow sockets counted",
+        || async {
+            let after = refusal_counts(&rig.p).await.ok()?;
+            let key = "pantau_broker_refused_total{reason=\"tls_handshake_timeout\"}";
+            (after.get(key).copied().unwrap_or(0.0) - before.get(key).copied().unwrap_or(0.0)
+                >= 20.0)
+                .then_some(after)
+        },
+    )
+    .await?;
+    ensure!(closed == 20, "{closed} of 20 half-sent CONNECTs closed");
+    drop(silent);
+    rig.send(300)?;
+    rows.push(Row {
+        order: 62,
+        fault: "slow-loris at the TLS and MQTT level".into(),
+        injection: "20 TCP sockets that never start TLS, 20 TLS sessions that send 6 bytes of a CONNECT and stop (2 s deadlines)".into(),
+        load: format!("{GATEWAYS} good gateways publishing throughout"),
+        outcome: format!(
+            "all closed at the deadlines ({:.1} s), counted {}",
+            slow_ok.elapsed().as_secs_f64(),
+            grew(&before, &after).join(", ")
+        ),
+        lost: 0,
+        duplicated: 0,
+        mode: mode().into(),
+    });
+    names.push("input_slow_loris");
+
+    // 4. Envelopes: every validator rule and hostile JSON, from a gateway
+    //    whose one good reading in the mixed envelope must be kept.
+    let before = refusal_counts(&rig.p).await?;
+    let now = Timestamp::now().millis();
+    let ts = |off: i64| Timestamp(now + off).to_rfc3339();
+    let good_ts = now - 5_000;
+    let mixed = format!(
+        r#"{{"v":1,"gw":"{HOSTILE}","seq":1,"sent":"{}","readings":[
+        {{"sensor":"{HOSTILE_SENSOR}","ts":"{}","values":{{"water_level_cm":123.25}}}},
+        {{"sensor":"fl-nowhere","ts":"{}","values":{{"water_level_cm":1}}}},
+        {{"sensor":"fl-f0-0","ts":"{}","values":{{"water_level_cm":1}}}},
+        {{"sensor":"FL X","ts":"{}","values":{{"water_level_cm":1}}}},
+        {{"sensor":"{HOSTILE_SENSOR}","ts":"yesterday","values":{{"water_level_cm":1}}}},
+        {{"sensor":"{HOSTILE_SENSOR}","ts":"{}","values":{{"water_level_cm":1}}}},
+        {{"sensor":"{HOSTILE_SENSOR}","ts":"{}","values":{{"water_level_cm":1}}}},
+        {{"sensor":"{HOSTILE_SENSOR}","ts":"{}","values":{{}}}},
+        {{"sensor":"{HOSTILE_SENSOR}","ts":"{}","values":{{"speed_of_light":1}}}},
+        {{"sensor":"{HOSTILE_SENSOR}","ts":"{}","values":{{"water_level_cm":"high"}}}},
+        {{"sensor":"{HOSTILE_SENSOR}","ts":"{}","values":{{"water_level_cm":1e9}}}},
+        {{"sensor":"{HOSTILE_SENSOR}","ts":"{}","values":{{"water_level_cm":1e400}}}},
+        {{"sensor":"{HOSTILE_SENSOR}","ts":"{}","values":{{"water_level_cm":1,"water_level_cm":2}}}},
+        42]}}"#,
+        ts(0),
+        Timestamp(good_ts).to_rfc3339(),
+        ts(-1_000),
+        ts(-1_000),
+        ts(-1_000),
+        ts(3_600_000),
+        ts(-100 * 86_400_000),
+        ts(-1_000),
+        ts(-1_000),
+        ts(-1_000),
+        ts(-1_000),
+        ts(-2_000),
+        ts(-3_000),
+    );
+    let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    let envelopes: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "every reading rule, one good reading among them",
+            mixed.into_bytes(),
+        ),
+        ("not JSON", b"{{{{".to_vec()),
+        ("not UTF-8", vec![0xff, 0xfe, 0xfd]),
+        ("100 000 levels of nesting", deep.into_bytes()),
+        (
+            "unsupported version",
+            format!(
+                r#"{{"v":99,"gw":"{HOSTILE}","seq":2,"sent":"{}","readings":[]}}"#,
+                ts(0)
+            )
+            .into_bytes(),
+        ),
+        (
+            "another gateway's name",
+            format!(
+                r#"{{"v":1,"gw":"gw-f0","seq":3,"sent":"{}","readings":[]}}"#,
+                ts(0)
+            )
+            .into_bytes(),
+        ),
+        (
+            "readings not a list",
+            format!(
+                r#"{{"v":1,"gw":"{HOSTILE}","seq":4,"sent":"{}","readings":{{}}}}"#,
+                ts(0)
+            )
+            .into_bytes(),
+        ),
+    ];
+    let mut env_session = Raw::session(&rig.p, &hostile).await?;
+    let topic = format!("pantau/v1/gw/{HOSTILE}/telemetry");
+    let mut acked = Vec::new();
+    for (i, (name, payload)) in envelopes.iter().enumerate() {
+        let pkid = i as u16 + 1;
+        env_session
+            .send(&publish_frame(topic.as_bytes(), pkid, payload))
+            .await?;
+        let got = env_session.read_some(Duration::from_secs(10)).await?;
+        ensure!(
+            got.starts_with(&[0x40, 0x02]) && got[2..4] == pkid.to_be_bytes(),
+            "{name}: no PUBACK {pkid}, got {got:?}"
+        );
+        acked.push(*name);
+    }
+    let kept = stored_eventually(&rig.data, HOSTILE_SENSOR, 1).await?;
+    ensure!(
+        kept.iter().map(|r| (r.1, r.2)).collect::<Vec<_>>() == vec![(good_ts, 123.25)],
+        "the hostile gateway's store: {kept:?}"
+    );
+    let after = refusal_counts(&rig.p).await?;
+    let counted = grew(&before, &after);
+    for reason in [
+        "unknown_sensor",
+        "sensor_of_other_gateway",
+        "bad_sensor_id",
+        "bad_timestamp",
+        "future_timestamp",
+        "stale_timestamp",
+        "no_values",
+        "unknown_field",
+        "wrong_type",
+        "out_of_range",
+        "malformed_reading",
+        "malformed_envelope",
+        "not_utf8",
+        "unsupported_version",
+        "wrong_gateway",
+    ] {
+        ensure!(
+            counted.iter().any(|c| c.starts_with(&format!("{reason} "))),
+            "{reason} not counted: {counted:?}"
+        );
+    }
+    drop(env_session);
+    rig.send(300)?;
+    rows.push(Row {
+        order: 63,
+        fault: "hostile envelopes".into(),
+        injection: format!("QoS 1 publishes from a registered gateway: {}", acked.join("; ")),
+        load: format!("{GATEWAYS} good gateways publishing throughout"),
+        outcome: format!(
+            "each acknowledged (resending cannot fix it) and counted: {}; the one good reading stored with its time and value",
+            counted.join(", ")
+        ),
+        lost: 0,
+        duplicated: 0,
+        mode: mode().into(),
+    });
+    names.push("input_envelopes");
+
+    // 5. Registry and agent configuration files: refused at start, with
+    //    the place of the error.
+    let files: Vec<(&str, &str, &str, &str)> = vec![
+        ("registry: not TOML", "up", "[[sensor]\nid = ", "registry"),
+        ("registry: unknown kind", "up", "[[sensor]]\nid = \"a\"\nkind = \"volcano\"\ngateway = \"gw-a\"\nname = \"A\"\nlat = 1.0\nlon = 101.0\n", "kind"),
+        ("registry: latitude 200", "up", "[[sensor]]\nid = \"a\"\nkind = \"flood_gauge\"\ngateway = \"gw-a\"\nname = \"A\"\nlat = 200.0\nlon = 101.0\n", "lat"),
+        ("registry: a control character in a district", "up", "[[sensor]]\nid = \"a\"\nkind = \"flood_gauge\"\ngateway = \"gw-a\"\nname = \"A\"\ndistrict = \"Dumai\\u0007\"\nlat = 1.0\nlon = 101.0\n", "district"),
+        ("registry: duplicate id", "up", "[[sensor]]\nid = \"a\"\nkind = \"berth\"\ngateway = \"gw-a\"\nname = \"A\"\nlat = 1.0\nlon = 101.0\n[[sensor]]\nid = \"a\"\nkind = \"berth\"\ngateway = \"gw-a\"\nname = \"B\"\nlat = 1.0\nlon = 101.0\n", "duplicate"),
+        ("agent config: unknown key", "agent", "gateway = \"gw-a\"\nfavourite_colour = \"red\"\n", "favourite_colour"),
+        ("agent config: broker URL without TLS off loopback", "agent", "gateway = \"gw-a\"\n[broker]\nurl = \"mqtt://10.0.0.1:1883\"\nusername = \"gw-a\"\npassword = \"x\"\n[spool]\npath = \"spool\"\n[[source]]\ntype = \"stdin\"\n", "mqtts"),
+    ];
+    let mut file_outcomes = Vec::new();
+    for (name, prog, text, mention) in &files {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("file.toml");
+        std::fs::write(&path, text)?;
+        let shown = path.display().to_string();
+        let mut cmd = if *prog == "up" {
+            let mut c = std::process::Command::new(binary("pantau"));
+            c.args(["up", "--data-dir"]).arg(dir.path().join("data"));
+            c.arg("--registry").arg(&path);
+            c.args([
+                "--http-listen",
+                &free_addr().to_string(),
+                "--mqtt-listen",
+                &free_addr().to_string(),
+            ]);
+            c
+        } else {
+            let mut c = std::process::Command::new(binary("pantau-agent"));
+            c.arg("--config").arg(&path).current_dir(dir.path());
+            c
+        };
+        let out = tokio::task::spawn_blocking(move || cmd.output()).await??;
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        ensure!(!out.status.success(), "{name}: started anyway");
+        ensure!(
+            err.to_lowercase().contains(&mention.to_lowercase()),
+            "{name}: the error does not say where ({mention}): {err}"
+        );
+        let line = err
+            .lines()
+            .rev()
+            .find(|l| l.to_lowercase().contains(&mention.to_lowercase()))
+            .unwrap_or_default()
+            .trim()
+            .replace(&shown, "FILE");
+        file_outcomes.push(format!(
+            "{name}: refused, \"{}\"",
+            line.chars().take(120).collect::<String>()
+        ));
+    }
+    rows.push(Row {
+        order: 64,
+        fault: "hostile registry and configuration files".into(),
+        injection: "`pantau up --registry FILE`, `pantau-agent --config FILE`".into(),
+        load: "-".into(),
+        outcome: file_outcomes.join("; "),
+        lost: 0,
+        duplicated: 0,
+        mode: mode().into(),
+    });
+    names.push("input_files");
+
+    // 6. The API: hostile query strings, bodies, headers, slow clients.
+    let admin = token_create(&rig.data, "hostile-admin", "admin")?["token"]
+        .as_str()
+        .context("token")?
+        .to_owned();
+    let stalled = stalled_client(rig.p.http, "/api/v1/public/live").await?;
+    let half_sent = {
+        use tokio::io::AsyncWriteExt;
+        let mut s = tokio::net::TcpStream::connect(rig.p.http).await?;
+        s.write_all(b"GET /api/v1/public/sensors HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            .await?;
+        s
+    };
+    let client = rig.p.client()?;
+    let long_query = format!("/api/v1/public/sensors?district={}", "a".repeat(16_000));
+    let hist = format!("/api/v1/public/sensors/{HOSTILE_SENSOR}/history");
+    // (name, request); all but the long query are errors of the client.
+    let requests: Vec<(&str, reqwest::RequestBuilder)> = vec![
+        (
+            "history: from not a time",
+            client.get(rig.p.url(&format!("{hist}?from=yesterday"))),
+        ),
+        (
+            "history: to before from",
+            client.get(rig.p.url(&format!(
+                "{hist}?from=2026-06-01T00:00:00Z&to=2026-01-01T00:00:00Z"
+            ))),
+        ),
+        (
+            "history: every=0s",
+            client.get(rig.p.url(&format!("{hist}?every=0s"))),
+        ),
+        (
+            "history: a NUL in the id",
+            client.get(rig.p.url("/api/v1/public/sensors/fl%00x/history")),
+        ),
+        (
+            "a 16 000-byte query string",
+            client.get(rig.p.url(&long_query)),
+        ),
+        (
+            "a garbage bearer token",
+            client
+                .get(rig.p.url("/api/v1/sensors"))
+                .bearer_auth("x".repeat(8_000)),
+        ),
+        (
+            "a 200 KiB header",
+            client
+                .get(rig.p.url("/api/v1/public/sensors"))
+                .header("x-big", "y".repeat(200 * 1024)),
+        ),
+        (
+            "admin POST: not JSON",
+            client
+                .post(rig.p.url("/api/v1/admin/gateways"))
+                .bearer_auth(&admin)
+                .header("content-type", "application/json")
+                .body("{{{"),
+        ),
+        (
+            "admin POST: 10 MiB body",
+            client
+                .post(rig.p.url("/api/v1/admin/gateways"))
+                .bearer_auth(&admin)
+                .header("content-type", "application/json")
+                .body(vec![b' '; 10 << 20]),
+        ),
+        (
+            "admin POST: wrong content type",
+            client
+                .post(rig.p.url("/api/v1/admin/gateways"))
+                .bearer_auth(&admin)
+                .header("content-type", "text/plain")
+                .body("id=gw-z"),
+        ),
+    ];
+    let mut answers = Vec::new();
+    for (name, req) in requests {
+        let status = match req.send().await {
+            Ok(r) => r.status().as_u16(),
+            // Closed before an answer (a header too large may be).
+            Err(e) if e.is_request() || e.is_connect() => 0,
+            Err(e) => return Err(e).context(name),
+        };
+        let fine = if name.starts_with("a 16 000-byte query") {
+            // A filter that matches nothing: an empty answer is right.
+            status < 500
+        } else {
+            status == 0 || (400..500).contains(&status)
+        };
+        ensure!(fine, "{name}: answered {status}");
+        answers.push(format!(
+            "{name}: {}",
+            if status == 0 {
+                "closed".to_string()
+            } else {
+                status.to_string()
+            }
+        ));
+    }
+    // With a stalled feed and a half-sent request open, others are served.
+    let t = Instant::now();
+    let r = client
+        .get(rig.p.url("/api/v1/public/conditions"))
+        .send()
+        .await?;
+    ensure!(r.status().is_success(), "conditions: {}", r.status());
+    let served = t.elapsed();
+    ensure!(
+        served < Duration::from_secs(2),
+        "served in {served:?} beside slow clients"
+    );
+    drop((stalled, half_sent));
+    rig.send(300)?;
+    rows.push(Row {
+        order: 65,
+        fault: "hostile API requests and slow clients".into(),
+        injection: "query strings, headers and bodies against the public, agency and admin routes; a live feed that never reads and a request whose headers never end, held open meanwhile".into(),
+        load: format!("{GATEWAYS} good gateways publishing throughout"),
+        outcome: format!(
+            "{}; no 5xx; another client served in {:.0} ms beside the slow ones",
+            answers.join("; "),
+            served.as_secs_f64() * 1e3
+        ),
+        lost: 0,
+        duplicated: 0,
+        mode: mode().into(),
+    });
+    names.push("input_api");
+
+    // Every good reading sent meanwhile stored exactly once; healthy.
+    let (lost, dup) = rig.settle(Duration::from_secs(60)).await?;
+    for (row, name) in rows.into_iter().zip(names) {
+        Row {
+            lost,
+            duplicated: dup,
+            ..row
+        }
+        .record(name)?;
+    }
+    ensure!(
+        lost == 0 && dup == 0,
+        "{lost} good readings lost, {dup} duplicated"
+    );
+    Ok(())
+}
+
+async fn refusal_counts(p: &Pantau) -> Result<BTreeMap<String, f64>> {
+    Ok(refusals(&p.metrics().await?))
 }
