@@ -232,9 +232,7 @@ pub async fn drain(
         let n = batch.len() as u64;
         tracing::debug!(cursor, readings = n, "Draining a batch.");
         consumed += n;
-        if batch.replayed {
-            metrics.log_replayed.inc_by(n);
-        }
+        metrics.log_replayed.inc_by(batch.replayed);
         let ctx = ctx.clone();
         tasks.spawn(async move {
             let _permit = permit;

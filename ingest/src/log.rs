@@ -146,8 +146,9 @@ impl Committed {
 pub struct Batch {
     /// The entries, oldest first.
     pub entries: Vec<LogEntry>,
-    /// Whether any entry was in the log before this process started.
-    pub replayed: bool,
+    /// Readings of the entries that were in the log before this process
+    /// started (a replay; the rest of the batch is new).
+    pub replayed: u64,
 }
 
 impl Batch {
@@ -662,7 +663,7 @@ impl IngestLog {
             Some(entries) => entries,
             None => self.read_disk(after_id, max_readings)?,
         };
-        let replayed = entries.first().is_some_and(|e| e.id <= self.replay_until);
+        let replayed = self.replayed_in(&entries);
         Ok(Batch { entries, replayed })
     }
 
@@ -679,8 +680,17 @@ impl IngestLog {
             Some(entries) => entries,
             None => self.read_disk(after_id, max_readings)?,
         };
-        let replayed = entries.first().is_some_and(|e| e.id <= self.replay_until);
+        let replayed = self.replayed_in(&entries);
         Ok(Batch { entries, replayed })
+    }
+
+    /// Readings of `entries` that were in the log before this process.
+    fn replayed_in(&self, entries: &[LogEntry]) -> u64 {
+        entries
+            .iter()
+            .filter(|e| e.id <= self.replay_until)
+            .map(|e| e.readings.len() as u64)
+            .sum()
     }
 
     fn read_disk(&self, after_id: i64, max_readings: usize) -> Result<Vec<LogEntry>> {

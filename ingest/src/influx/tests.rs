@@ -111,7 +111,7 @@ fn batch(sensors: &[&str]) -> Batch {
             gateway: Some("gw".into()),
             readings: readings.into(),
         }],
-        replayed: false,
+        replayed: 0,
     }
 }
 

@@ -26,7 +26,7 @@ async fn entries_stay_until_acknowledged_and_replay_after_reopen() {
     assert_eq!(log.pending(), 3);
     let batch = log.read_after(0, 10).unwrap();
     assert_eq!(batch.len(), 3);
-    assert!(!batch.replayed);
+    assert_eq!(batch.replayed, 0);
     // Acknowledge the first entry only, then "crash".
     log.ack(vec![batch.entries[0].id]).await.unwrap();
     assert_eq!(log.pending(), 1);
@@ -34,7 +34,7 @@ async fn entries_stay_until_acknowledged_and_replay_after_reopen() {
     let log = IngestLog::open(dir.path(), 1_000, IngestMetrics::default()).unwrap();
     assert_eq!(log.pending(), 1);
     let again = log.read_after(0, 10).unwrap();
-    assert!(again.replayed);
+    assert_eq!(again.replayed, 1);
     assert_eq!(again.entries.len(), 1);
     assert_eq!(*again.entries[0].readings, vec![r(3)]);
     assert_eq!(again.entries[0].gateway.as_deref(), Some("gw-a"));
@@ -43,6 +43,10 @@ async fn entries_stay_until_acknowledged_and_replay_after_reopen() {
     let latest = log.latest_all().unwrap();
     assert_eq!(latest[0].ts, Timestamp(3000));
     assert_eq!(m.log_persisted.get(), 3);
+    // A batch holding old and new entries counts only the old as replayed.
+    log.append(vec![r(4), r(5)]).await.unwrap();
+    let mixed = log.peek_after(0, 10).unwrap();
+    assert_eq!((mixed.len(), mixed.replayed), (3, 1));
 }
 
 #[tokio::test]
