@@ -9,8 +9,8 @@ cd "$(dirname "$0")/.."
 mode="${1:-quick}"
 rm -rf target/faults
 PANTAU_FAULTS="$mode" cargo test -p pantau-tests --test faults --locked -- --test-threads 1
-# The fuzz targets' rows: 20 s each in quick mode, 5 min in long mode.
-./tests/fuzz.sh "$([ "$mode" = long ] && echo 300 || echo quick)"
+# The fuzz targets' rows: 20 s each in quick mode, 3 min in long mode.
+./tests/fuzz.sh "$([ "$mode" = long ] && echo 180 || echo quick)"
 python3 - "$mode" <<'PY'
 import json, pathlib, re, sys
 rows = [json.loads(p.read_text()) for p in pathlib.Path("target/faults").glob("*.json")]

@@ -37,6 +37,13 @@ pub enum Fault {
     Blackhole,
     /// Every chunk waits this long before it is forwarded.
     Delay(Duration),
+    /// Packet loss and reordering as a TCP connection lives them (the
+    /// kernel here has no `netem` to drop packets below TCP): this
+    /// percentage of chunks is held for a retransmission timeout (200 ms,
+    /// doubling while losses follow each other, at most 3.2 s), the others
+    /// are forwarded after 0–20 ms of jitter (reordered packets show as
+    /// jitter once TCP has put them back in order).
+    Lossy(u8),
 }
 
 /// A TCP proxy from a loopback port to `target`, with faults on command.
@@ -121,6 +128,19 @@ async fn pipe(
     mut mode: watch::Receiver<Fault>,
 ) -> Result<()> {
     let mut buf = vec![0u8; 64 * 1024];
+    // A small xorshift per direction, seeded from the clock.
+    let mut x = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(1)
+        | 1;
+    let mut rand = move |n: u64| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x % n
+    };
+    let mut losses = 0u32;
     loop {
         let n = tokio::select! {
             r = from.read(&mut buf) => r?,
@@ -141,6 +161,16 @@ async fn pipe(
             // Swallowed, as a dead link would.
             Fault::Blackhole => continue,
             Fault::Delay(d) => tokio::time::sleep(d).await,
+            Fault::Lossy(percent) => {
+                let wait = if rand(100) < u64::from(percent) {
+                    losses = (losses + 1).min(5);
+                    Duration::from_millis(100 << losses)
+                } else {
+                    losses = 0;
+                    Duration::from_millis(rand(21))
+                };
+                tokio::time::sleep(wait).await;
+            }
         }
         to.write_all(&buf[..n]).await?;
     }

@@ -129,3 +129,33 @@ pub async fn connect_gateway(
         }
     }
 }
+
+/// MQTT's variable-length "remaining length", appended to `buf`.
+pub fn remaining_length(buf: &mut Vec<u8>, mut len: usize) {
+    loop {
+        let mut b = (len % 128) as u8;
+        len /= 128;
+        if len > 0 {
+            b |= 0x80;
+        }
+        buf.push(b);
+        if len == 0 {
+            break;
+        }
+    }
+}
+
+/// A raw MQTT frame: first byte, remaining length, body.
+pub fn frame(byte1: u8, body: &[u8]) -> Vec<u8> {
+    let mut out = vec![byte1];
+    remaining_length(&mut out, body.len());
+    out.extend_from_slice(body);
+    out
+}
+
+/// An MQTT string (length-prefixed).
+pub fn mqtt_str(s: &[u8]) -> Vec<u8> {
+    let mut out = (s.len() as u16).to_be_bytes().to_vec();
+    out.extend_from_slice(s);
+    out
+}

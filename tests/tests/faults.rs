@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Context, Result};
 use pantau_model::Timestamp;
 use pantau_tests::faults::{long, mode, Fault, FaultProxy, Row};
+use pantau_tests::mqtt::{frame, mqtt_str};
 use pantau_tests::services::Influx;
 use pantau_tests::*;
 
@@ -60,6 +61,8 @@ struct Rig {
     base: i64,
     /// Steps sent so far (each: one reading per sensor of every gateway).
     steps: i64,
+    /// A `read:flood` token for the agency API.
+    token: String,
 }
 
 impl Rig {
@@ -85,6 +88,10 @@ impl Rig {
         for g in 0..GATEWAYS {
             creds.push(gateway_add(&data, &format!("gw-f{g}"))?);
         }
+        let token = token_create(&data, "fault-suite", "read:flood")?["token"]
+            .as_str()
+            .context("token")?
+            .to_owned();
         Self {
             _dir: dir,
             root,
@@ -95,6 +102,7 @@ impl Rig {
             agents: Vec::new(),
             base: Timestamp::now().millis() - 86_400_000,
             steps: 0,
+            token,
         }
         .with_agents(None, agent_extra)
     }
@@ -180,8 +188,52 @@ impl Rig {
             dropped == 0.0,
             "{dropped} readings dropped after they were stored"
         );
+        // Everything this process stored, and what it replayed from its
+        // predecessors, was delivered (the log is drained).
+        let delivered = metric(&m, "pantau_ingest_log_delivered_total").unwrap_or(0.0);
+        let replayed = metric(&m, "pantau_ingest_log_replayed_total").unwrap_or(0.0);
+        ensure!(
+            delivered == persisted + replayed,
+            "counters: delivered {delivered} != persisted {persisted} + replayed {replayed}"
+        );
+        self.check_latest().await?;
         healthy(&self.p).await?;
         Ok((lost, dup))
+    }
+
+    /// The latest value of every sensor is its newest reading: replays
+    /// and restarts never move a sensor back in time.
+    async fn check_latest(&self) -> Result<()> {
+        if self.steps == 0 {
+            return Ok(());
+        }
+        let (status, v) = self
+            .p
+            .call(reqwest::Method::GET, "/api/v1/latest", &self.token, None)
+            .await?;
+        ensure!(status == 200, "/api/v1/latest answered {status}: {v}");
+        let last = self.steps - 1;
+        for g in 0..GATEWAYS {
+            for s in 0..SENSORS {
+                let name = sensor(g, s);
+                let entry = v
+                    .as_array()
+                    .and_then(|a| a.iter().find(|e| e["sensor"] == name.as_str()))
+                    .with_context(|| format!("{name} missing from /api/v1/latest"))?;
+                let ts = entry["ts"]
+                    .as_str()
+                    .and_then(Timestamp::parse_rfc3339)
+                    .map(|t| t.millis());
+                let level = entry["values"]["water_level_cm"].as_f64();
+                ensure!(
+                    ts == Some(self.base + last * 100) && level == Some(value(last)),
+                    "{name}: latest {ts:?} {level:?}, newest sent {} {}",
+                    self.base + last * 100,
+                    value(last)
+                );
+            }
+        }
+        Ok(())
     }
 
     /// (lost, duplicated) against what was sent; fails on a reading never
@@ -378,6 +430,7 @@ async fn network_faults_between_agents_and_broker_lose_nothing() -> Result<()> {
         ("cut", Fault::Cut),
         ("half-open (bytes dropped silently)", Fault::Blackhole),
         ("2 s latency", Fault::Delay(Duration::from_secs(2))),
+        ("10 % loss with reordering", Fault::Lossy(10)),
     ];
     for (name, f) in faults {
         rig.send(500)?;
@@ -397,7 +450,7 @@ async fn network_faults_between_agents_and_broker_lose_nothing() -> Result<()> {
         order: 30,
         fault: "network between gateways and broker".into(),
         injection: format!(
-            "TCP fault proxy: cut, half-open (every byte dropped), 2 s latency per chunk; {} s each",
+            "TCP fault proxy: cut, half-open (every byte dropped), 2 s latency per chunk, 10 % loss with reordering (as TCP lives them: retransmission stalls of 0.2–3.2 s, 0–20 ms jitter); {} s each",
             hold.as_secs()
         ),
         load: format!("{GATEWAYS} gateways, {} readings sent before and during each fault", rig.expected()),
@@ -562,25 +615,7 @@ async fn a_gateway_whose_own_clock_is_an_hour_off_is_reported_and_judged() -> Re
 async fn influxdb_slow_and_failing_delays_nothing_and_loses_nothing() -> Result<()> {
     let hold = Duration::from_secs(if long() { 30 } else { 4 });
     let dir = tempfile::tempdir()?;
-    let influx = Influx::start(&dir.path().join("influx"), false).await?;
-    let influx_addr: std::net::SocketAddr = influx
-        .url()
-        .trim_start_matches("http://")
-        .parse()
-        .context("influx address")?;
-    let proxy = FaultProxy::start(influx_addr).await?;
-    let url = format!("http://{}", proxy.addr);
-    let flags = [
-        "--storage",
-        "influxdb",
-        "--influx-api",
-        "v1",
-        "--influx-url",
-        url.as_str(),
-        "--influx-db",
-        "pantau",
-    ];
-    let mut rig = Rig::start(&flags, "").await?;
+    let (influx, proxy, mut rig) = influx_rig(dir.path()).await?;
     rig.send(500)?;
     // Slow: every chunk to and from InfluxDB waits 2 s.
     proxy.set(Fault::Delay(Duration::from_secs(2)));
@@ -612,35 +647,21 @@ async fn influxdb_slow_and_failing_delays_nothing_and_loses_nothing() -> Result<
         proxy.set(Fault::Pass);
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+    // Lossy: 10 % of the chunks held for a retransmission timeout.
+    proxy.set(Fault::Lossy(10));
+    rig.send(2_000)?;
+    tokio::time::sleep(hold).await;
     proxy.set(Fault::Pass);
     rig.send(500)?;
     // Every reading in InfluxDB, exactly (one point per sensor and time).
-    let want = (rig.steps) as u64;
-    let counts = eventually(
-        Duration::from_secs(120),
-        "every reading in InfluxDB",
-        || async {
-            let counts: Vec<u64> = influx
-                .counts_by_sensor("flood_gauge", "water_level_cm")
-                .await
-                .ok()?
-                .into_values()
-                .collect();
-            (counts.len() == GATEWAYS * SENSORS && counts.iter().all(|n| *n >= want))
-                .then_some(counts)
-        },
-    )
-    .await?;
-    let dup: u64 = counts.iter().map(|n| n - want).sum();
+    let dup = influx_exact(&influx, rig.steps as u64).await?;
     let m = rig.p.metrics().await?;
     let retries = metric_sum(&m, "pantau_ingest_sink_retries_total");
     Row {
         order: 40,
-        fault: "InfluxDB slow, unanswering, then failing".into(),
+        fault: "InfluxDB slow, unanswering, failing, then lossy".into(),
         injection: format!(
-            "TCP fault proxy before InfluxDB: 2 s per chunk for {} s, half-open (nothing answered) for {} s, then connections cut every 0.5 s for {} s",
-            hold.as_secs(),
-            hold.as_secs(),
+            "TCP fault proxy before InfluxDB, {} s each: 2 s per chunk, half-open (nothing answered), connections cut every 0.5 s, 10 % loss with reordering (retransmission stalls, jitter)",
             hold.as_secs()
         ),
         load: format!("{GATEWAYS} gateways, {} readings", rig.expected()),
@@ -1012,20 +1033,7 @@ async fn kill_9_during_a_drain_replay_loses_nothing() -> Result<()> {
     let kills = if long() { 10 } else { 3 };
     let burst = if long() { 10_000 } else { 3_000 };
     let dir = tempfile::tempdir()?;
-    let influx = Influx::start(&dir.path().join("influx"), false).await?;
-    let proxy = FaultProxy::start(influx.addr).await?;
-    let url = format!("http://{}", proxy.addr);
-    let flags = [
-        "--storage",
-        "influxdb",
-        "--influx-api",
-        "v1",
-        "--influx-url",
-        url.as_str(),
-        "--influx-db",
-        "pantau",
-    ];
-    let mut rig = Rig::start(&flags, "").await?;
+    let (influx, proxy, mut rig) = influx_rig(dir.path()).await?;
     let (seed, mut next) = rng();
     let mut at_kills = Vec::new();
     for k in 0..kills {
@@ -1096,6 +1104,26 @@ async fn kill_9_during_a_drain_replay_loses_nothing() -> Result<()> {
     );
     ensure!(dropped == 0.0, "{dropped} readings dropped");
     Ok(())
+}
+
+/// InfluxDB under `dir`, a fault proxy before it, and a rig storing there
+/// through the proxy.
+async fn influx_rig(dir: &Path) -> Result<(Influx, FaultProxy, Rig)> {
+    let influx = Influx::start(&dir.join("influx"), false).await?;
+    let proxy = FaultProxy::start(influx.addr).await?;
+    let url = format!("http://{}", proxy.addr);
+    let flags = [
+        "--storage",
+        "influxdb",
+        "--influx-api",
+        "v1",
+        "--influx-url",
+        url.as_str(),
+        "--influx-db",
+        "pantau",
+    ];
+    let rig = Rig::start(&flags, "").await?;
+    Ok((influx, proxy, rig))
 }
 
 /// Waits until InfluxDB holds `want` points of every sensor; the points
@@ -1244,32 +1272,6 @@ async fn kill_9_during_a_retention_drop_leaves_the_store_whole() -> Result<()> {
 }
 
 // ---- Bad input at every entrance -----------------------------------------
-
-/// An MQTT string.
-fn mqtt_str(s: &[u8]) -> Vec<u8> {
-    let mut out = (s.len() as u16).to_be_bytes().to_vec();
-    out.extend_from_slice(s);
-    out
-}
-
-/// A frame: first byte, remaining length, body.
-fn frame(byte1: u8, body: &[u8]) -> Vec<u8> {
-    let mut out = vec![byte1];
-    let mut n = body.len();
-    loop {
-        let mut b = (n % 128) as u8;
-        n /= 128;
-        if n > 0 {
-            b |= 0x80;
-        }
-        out.push(b);
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(body);
-    out
-}
 
 fn connect_frame(gateway: &str, password: &str) -> Vec<u8> {
     let mut body = mqtt_str(b"MQTT");
@@ -1438,8 +1440,16 @@ async fn bad_input_at_every_entrance_is_refused_counted_and_spoils_nothing() -> 
             true,
         ),
         (
-            "reserved flags (SUBSCRIBE 0x80)",
-            frame(0x80, &[0, 1, 0, 1, b'#', 0]),
+            "reserved flags (SUBSCRIBE 0x80, to its own command topic)",
+            frame(
+                0x80,
+                &[
+                    &[0u8, 1][..],
+                    &mqtt_str(format!("pantau/v1/gw/{HOSTILE}/cmd").as_bytes()),
+                    &[1],
+                ]
+                .concat(),
+            ),
             true,
         ),
         ("reserved packet type 15", vec![0xf0, 0x00], true),

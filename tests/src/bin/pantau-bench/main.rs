@@ -45,6 +45,7 @@ use pantau_ingest::history::{Agg, HistoryQuery};
 use pantau_ingest::Store;
 use pantau_model::envelope::encode;
 use pantau_model::{Reading, SensorKind, Timestamp, Value};
+use pantau_tests::mqtt::remaining_length;
 use pantau_tests::services::{Influx, Mosquitto};
 use pantau_tests::{eventually, gateway_add, metric, rss_kib, stored_count, Pantau};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
@@ -505,21 +506,6 @@ fn publish_frame(buf: &mut Vec<u8>, topic: &str, pkid: u16, payload: &[u8]) {
     buf.extend_from_slice(topic.as_bytes());
     buf.extend_from_slice(&pkid.to_be_bytes());
     buf.extend_from_slice(payload);
-}
-
-/// MQTT's variable-length "remaining length".
-fn remaining_length(buf: &mut Vec<u8>, mut len: usize) {
-    loop {
-        let mut b = (len % 128) as u8;
-        len /= 128;
-        if len > 0 {
-            b |= 0x80;
-        }
-        buf.push(b);
-        if len == 0 {
-            break;
-        }
-    }
 }
 
 /// A Pantau for the fan-in benches: sensors `fl-f{g}` on gateways
