@@ -1800,7 +1800,7 @@ async fn bad_input_at_every_entrance_is_refused_counted_and_spoils_nothing() -> 
         let path = dir.path().join("file.toml");
         std::fs::write(&path, text)?;
         let shown = path.display().to_string();
-        let mut cmd = if *prog == "up" {
+        let cmd = if *prog == "up" {
             let mut c = std::process::Command::new(binary("pantau"));
             c.args(["up", "--data-dir"]).arg(dir.path().join("data"));
             c.arg("--registry").arg(&path);
@@ -1816,7 +1816,11 @@ async fn bad_input_at_every_entrance_is_refused_counted_and_spoils_nothing() -> 
             c.arg("--config").arg(&path).current_dir(dir.path());
             c
         };
-        let out = tokio::task::spawn_blocking(move || cmd.output()).await??;
+        let mut cmd = tokio::process::Command::from(cmd);
+        cmd.kill_on_drop(true);
+        let out = tokio::time::timeout(Duration::from_secs(15), cmd.output())
+            .await
+            .map_err(|_| anyhow::anyhow!("{name}: started anyway (still running after 15 s)"))??;
         let err = String::from_utf8_lossy(&out.stderr).to_string();
         ensure!(!out.status.success(), "{name}: started anyway");
         ensure!(
